@@ -1,0 +1,1 @@
+"""Function files the benchmarks deploy with `cumulo deploy PATH --name NAME`."""

@@ -1,0 +1,221 @@
+"""Memory of an idle platform and of idle warm workers.
+
+- Gateway RSS (VmRSS of the `cumulo up` process) after start with nothing deployed, and again
+  with the demo functions deployed, each called once, then scaled to zero (no workers).
+  Target: <= 80 MB.
+- USS (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) of each idle warm worker of
+  the echo function, after concurrent load made the pool grow. Target: <= 10 MB each.
+MB here is 10^6 bytes (the stricter reading of the target); KiB figures are kept as well.
+
+Peers measured in the same run for scale: a bare Starlette app on uvicorn (RSS after start) and
+a fresh `python -c` interpreter that imported the same SDK (`import cumulo`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    FUNCTIONS_DIR,
+    ROOT,
+    BenchError,
+    HttpConn,
+    Options,
+    Platform,
+    descendants,
+    log,
+    median,
+    pss_kb,
+    python_exe,
+    rss_kb,
+    section,
+    starlette_server,
+    uss_kb,
+)
+
+GATEWAY_TARGET_MB = 80.0
+WORKER_TARGET_MB = 10.0
+EXAMPLES_DIR = ROOT / "examples"
+
+
+def mb(kib: float | None) -> float:
+    """KiB -> MB (10^6 bytes)."""
+    return float("nan") if kib is None else kib * 1024 / 1e6
+
+
+def _settled_rss(pid: int, seconds: float = 2.0) -> int:
+    """RSS after the process has been left alone for `seconds` (median of a few reads)."""
+    time.sleep(seconds)
+    reads = []
+    for _ in range(5):
+        value = rss_kb(pid)
+        if value is None:
+            raise BenchError(f"process {pid} is gone")
+        reads.append(value)
+        time.sleep(0.1)
+    return int(median(reads))
+
+
+def demo_functions() -> list[tuple[Path, str]]:
+    """The functions a demo user would deploy: ours plus the single-file examples."""
+    files = [(FUNCTIONS_DIR / "echo.py", "echo"), (FUNCTIONS_DIR / "numpy_sum.py", "numpy-sum")]
+    if EXAMPLES_DIR.is_dir():
+        for path in sorted(EXAMPLES_DIR.glob("*.py")):
+            text = path.read_text(errors="replace")
+            if "@cumulo.function" in text and not path.name.startswith("_"):
+                name = re.sub(r"[^a-z0-9-]", "-", "ex-" + path.stem.lower())[:63]
+                files.append((path, name))
+    return files
+
+
+def _children_report(plat: Platform) -> list[dict[str, Any]]:
+    return [
+        {"pid": pid, "rss_kib": rss_kb(pid), "uss_kib": uss_kb(pid)}
+        for pid in descendants(plat.pid)
+    ]
+
+
+def platform_memory(opts: Options) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "gateway_target_mb": GATEWAY_TARGET_MB,
+        "worker_target_mb": WORKER_TARGET_MB,
+    }
+    with Platform(idle_timeout=5) as plat:
+        # 1. idle, nothing deployed
+        idle = _settled_rss(plat.pid)
+        out["gateway_idle_rss_kib"] = idle
+        out["gateway_idle_rss_mb"] = mb(idle)
+        out["gateway_idle_uss_kib"] = uss_kb(plat.pid)
+        out["idle_children"] = _children_report(plat)
+        log(f"memory: idle gateway RSS {mb(idle):.1f} MB")
+
+        # 2. deploy the demo functions, call each once
+        deployed: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
+        for path, name in demo_functions():
+            try:
+                plat.deploy(path, name)
+                resp = plat.invoke(name, {"n": 10})
+                deployed.append({"name": name, "file": path.name, "first_call": resp.status})
+            except (BenchError, OSError) as exc:
+                failed[name] = str(exc)
+        out["deployed"] = deployed
+        out["deploy_failed"] = failed
+
+        # 3. idle warm workers of echo: grow the pool with concurrent calls, then read USS
+        if any(d["name"] == "echo" for d in deployed):
+            out.update(_worker_uss(plat, opts))
+
+        # 4. everything scaled to zero
+        for d in deployed:
+            try:
+                plat.wait_no_workers(d["name"], timeout=60)
+            except BenchError as exc:
+                failed[d["name"]] = str(exc)
+        zero = _settled_rss(plat.pid)
+        out["gateway_scaled_to_zero_rss_kib"] = zero
+        out["gateway_scaled_to_zero_rss_mb"] = mb(zero)
+        out["scaled_to_zero_children"] = _children_report(plat)
+        with contextlib.suppress(BenchError, OSError):
+            out["zygotes"] = {
+                d["name"]: [
+                    {"pid": z, "rss_kib": rss_kb(z), "uss_kib": uss_kb(z), "pss_kib": pss_kb(z)}
+                    for z in plat.zygote_pids(d["name"])
+                ]
+                for d in deployed
+            }
+        log(f"memory: gateway RSS with demo functions scaled to zero {mb(zero):.1f} MB")
+    if plat.leftovers:
+        out["leftovers"] = plat.leftovers
+    out["gateway_pass"] = max(idle, zero) <= GATEWAY_TARGET_MB * 1e6 / 1024
+    return out
+
+
+def _worker_uss(plat: Platform, opts: Options) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    body = json.dumps({"payload": "x" * 100, "n": 1}).encode()
+    path = plat.invoke_path("echo")
+
+    def client(_: int) -> int:
+        conn = HttpConn(plat.url)
+        bad = 0
+        try:
+            for _ in range(25):
+                bad += conn.request("POST", path, body, plat.auth).status != 200
+        finally:
+            conn.close()
+        return bad
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        out["load_errors"] = sum(pool.map(client, range(8)))
+    time.sleep(1.0)  # let the workers go idle (idle timeout is 5 s)
+    workers = plat.worker_list("echo")
+    samples: list[dict[str, Any]] = []
+    for w in workers:
+        pid = int(w["pid"])
+        uss = uss_kb(pid)
+        if uss is None:
+            continue
+        samples.append(
+            {
+                "pid": pid,
+                "state": w.get("state"),
+                "served": w.get("served"),
+                "uss_kib": uss,
+                "pss_kib": pss_kb(pid),
+                "rss_kib": rss_kb(pid),
+            }
+        )
+    out["workers"] = samples
+    idle_uss: list[int] = [s["uss_kib"] for s in samples if s["state"] == "idle"]
+    if not idle_uss:
+        raise BenchError(f"no idle warm worker to measure (workers: {workers})")
+    out["worker_uss_median_mb"] = mb(median(idle_uss))
+    out["worker_uss_max_mb"] = mb(max(idle_uss))
+    out["worker_count"] = len(idle_uss)
+    out["worker_pass"] = max(idle_uss) <= WORKER_TARGET_MB * 1e6 / 1024
+    log(
+        f"memory: {len(idle_uss)} idle workers, USS median {out['worker_uss_median_mb']:.2f} MB,"
+        f" max {out['worker_uss_max_mb']:.2f} MB"
+    )
+    return out
+
+
+def peers() -> dict[str, Any]:
+    """Bare Starlette on uvicorn after start, and a fresh interpreter with `import cumulo`."""
+    out: dict[str, Any] = {}
+    with starlette_server() as (_, proc):
+        out["starlette_rss_kib"] = _settled_rss(proc.pid)
+        out["starlette_rss_mb"] = mb(out["starlette_rss_kib"])
+    code = (
+        "import os, cumulo\n"
+        "t = open(f'/proc/{os.getpid()}/status').read().split('VmRSS:')[1].split()[0]\n"
+        "print(t)"
+    )
+    try:
+        run = subprocess.run(
+            [python_exe(), "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        out["python_import_cumulo_rss_kib"] = int(run.stdout.strip())
+        out["python_import_cumulo_rss_mb"] = mb(out["python_import_cumulo_rss_kib"])
+    except (subprocess.SubprocessError, ValueError) as exc:
+        out["python_import_cumulo_error"] = str(exc)
+    return out
+
+
+def main(opts: Options) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    log("memory: peers")
+    with section("peers", results) as out:
+        out.update(peers())
+    log("memory: platform")
+    with section("platform", results) as out:
+        out.update(platform_memory(opts))
+    return results

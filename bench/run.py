@@ -1,0 +1,137 @@
+"""Run the benchmark suite and write docs/benchmarks.md (+ PNG plots in docs/).
+
+python -m bench.run                       # everything
+python -m bench.run --only throughput     # one or more of: throughput, coldstart,
+                                          #   memory, quantum (comma-separated)
+python -m bench.run --quick               # short runs, to check the suite itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import coldstart, memory, report, throughput
+from bench.common import BENCH_DIR, DOCS_DIR, BenchError, Options, log, machine_info, stop_all
+
+BENCHMARKS: dict[str, Callable[[Options], dict[str, Any]]] = {
+    "throughput": throughput.main,
+    "coldstart": coldstart.main,
+    "memory": memory.main,
+}
+ALL = [*BENCHMARKS, "quantum"]
+
+
+def run_quantum() -> Any:
+    """bench/quantum_bench.py is written by someone else: call its main() if it is there."""
+    try:
+        module = importlib.import_module("bench.quantum_bench")
+    except ModuleNotFoundError as exc:
+        if exc.name == "bench.quantum_bench":
+            return {"skipped": "bench/quantum_bench.py does not exist"}
+        return {"skipped": f"bench.quantum_bench does not import: {exc}"}
+    except Exception as exc:
+        return {"skipped": f"bench.quantum_bench does not import: {type(exc).__name__}: {exc}"}
+    entry = getattr(module, "main", None)
+    if not callable(entry):
+        return {"skipped": "bench.quantum_bench has no main()"}
+    saved_argv = sys.argv
+    sys.argv = ["bench.quantum_bench"]  # our flags are not its flags
+    try:
+        result = entry()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            return {"skipped": f"bench.quantum_bench.main() exited with {exc.code}"}
+        result = None
+    except Exception as exc:
+        return {"skipped": f"bench.quantum_bench.main() failed: {type(exc).__name__}: {exc}"}
+    finally:
+        sys.argv = saved_argv
+    return result if result is not None else "Ran; `bench.quantum_bench.main()` returned nothing."
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: processes get stopped
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only",
+        default=",".join(ALL),
+        help=f"comma-separated subset of {','.join(ALL)} (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs (checks the suite)")
+    parser.add_argument("--no-ray", action="store_true", help="leave the Ray Serve peer out")
+    parser.add_argument("--duration", type=float, help="seconds per measured wrk run")
+    parser.add_argument("--rounds", type=int, help="measured wrk runs per server")
+    parser.add_argument(
+        "--docs", type=Path, default=DOCS_DIR, help="where benchmarks.md and the plots go"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    selected = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(ALL)})")
+        return 2
+    opts = Options.quick() if args.quick else Options()
+    if args.no_ray:
+        opts.ray = False
+    if args.duration:
+        opts.duration_s = args.duration
+    if args.rounds:
+        opts.rounds = args.rounds
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "command": shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]),
+        "options": vars(opts).copy(),
+    }
+    try:
+        for name in selected:
+            log(f"=== {name}")
+            if name == "quantum":
+                results["quantum"] = run_quantum()
+                continue
+            try:
+                results[name] = BENCHMARKS[name](opts)
+            except BenchError as exc:
+                log(f"{name}: FAILED: {exc}")
+                results[name] = {"error": str(exc)}
+            except Exception as exc:  # one broken benchmark must not lose the others
+                log(f"{name}: FAILED with {type(exc).__name__}: {exc}")
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        stop_all()
+    results["elapsed_s"] = time.monotonic() - t0
+
+    raw = BENCH_DIR / "results" / "latest.raw"
+    with contextlib.suppress(OSError):
+        raw.parent.mkdir(exist_ok=True)
+        raw.write_text(json.dumps(results, indent=1, default=str))
+    path = report.write(results, args.docs)
+    print(f"wrote {path} and {raw}")
+    print()
+    for row in report.summary_rows(results):
+        print(f"  {row[0]}: {row[1]} | peer {row[2]} | {row[3]} (target {row[4]}) {row[5]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

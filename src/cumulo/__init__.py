@@ -1,0 +1,45 @@
+"""cumulo: deploy plain Python functions, get endpoints that scale from zero."""
+
+from cumulo.errors import (
+    ApiError,
+    BadRequest,
+    ConfigError,
+    CumuloError,
+    FunctionCrashed,
+    FunctionError,
+    FunctionTimeout,
+    NotFound,
+    PayloadTooLarge,
+    StateConflict,
+    TooManyRequests,
+    Unauthorized,
+)
+from cumulo.sdk.context import Context, StateItem, local_context
+from cumulo.sdk.decorators import function
+from cumulo.sdk.http import Request, Response
+from cumulo.sdk.spec import FunctionConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "ConfigError",
+    "Context",
+    "CumuloError",
+    "FunctionConfig",
+    "FunctionCrashed",
+    "FunctionError",
+    "FunctionTimeout",
+    "NotFound",
+    "PayloadTooLarge",
+    "Request",
+    "Response",
+    "StateConflict",
+    "StateItem",
+    "TooManyRequests",
+    "Unauthorized",
+    "__version__",
+    "function",
+    "local_context",
+]

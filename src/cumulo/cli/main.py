@@ -1,0 +1,345 @@
+"""The `cumulo` command. Thin: every command but `up` only calls cumulo.client."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cumulo.client import Client
+from cumulo.errors import CumuloError
+
+app = typer.Typer(
+    help="cumulo: deploy Python functions, get endpoints that scale from zero.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+secrets_app = typer.Typer(help="Manage secrets (functions read the ones they declare).")
+keys_app = typer.Typer(help="Manage API keys.")
+app.add_typer(secrets_app, name="secrets")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace (tenant).")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run(action: Callable[[], T]) -> T:
+    """Run a client call; any cumulo error becomes one line on stderr and exit 1."""
+    try:
+        return action()
+    except CumuloError as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+def client(namespace: str) -> Client:
+    return run(lambda: Client(namespace=namespace))
+
+
+def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"{what} takes KEY=VALUE, not {pair!r}")
+        result[key] = value
+    return result
+
+
+# ---------------------------------------------------------------- up
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[Path, typer.Option(help="Where state, code and keys live.")] = Path(
+        ".cumulo"
+    ),
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: SQLite in data dir).")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="Where workers run: local.")] = "local",
+    demo: Annotated[bool, typer.Option(help="Deploy the functions in ./examples.")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds an idle worker lives.")] = 60.0,
+    zygote_idle_timeout: Annotated[
+        float, typer.Option(help="Seconds a zygote without workers lives.")
+    ] = 600.0,
+    queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
+    max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
+    grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
+) -> None:
+    """Start the platform in the foreground (gateway, workers)."""
+    from cumulo.cli.serve import serve
+
+    if db is not None and not db.startswith("sqlite:"):
+        fail(f"unsupported --db {db!r}: this build stores data in SQLite (sqlite:///PATH)")
+    if executor != "local":
+        fail(f"unsupported --executor {executor!r}: this build runs workers locally")
+    for name, value in (("--idle-timeout", idle_timeout), ("--grace", grace)):
+        if value < 0:
+            fail(f"{name} must not be negative")
+    serve(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        db=db,
+        demo=demo,
+        idle_timeout=idle_timeout,
+        zygote_idle_timeout=zygote_idle_timeout,
+        queue_size=queue_size,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        grace=grace,
+    )
+
+
+# ---------------------------------------------------------------- functions
+@app.command()
+def deploy(
+    path: Annotated[Path, typer.Argument(help="A .py file or a directory.")],
+    name: Annotated[str | None, typer.Option(help="Function name.")] = None,
+    handler: Annotated[str | None, typer.Option(help="module.function to serve.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    promote: Annotated[bool, typer.Option(help="Move alias `live` to the new version.")] = True,
+    memory_mb: Annotated[int | None, typer.Option()] = None,
+    timeout_s: Annotated[float | None, typer.Option()] = None,
+    min_instances: Annotated[int | None, typer.Option()] = None,
+    max_instances: Annotated[int | None, typer.Option()] = None,
+    concurrency: Annotated[int | None, typer.Option()] = None,
+    namespace: Namespace = "default",
+) -> None:
+    """Deploy a function: a new immutable version, live unless --no-promote."""
+    env_map = parse_kv(env or [], "--env")
+    c = client(namespace)
+    with err.status(f"deploying {path} …"):
+        result = run(
+            lambda: c.deploy(
+                path,
+                name=name,
+                handler=handler,
+                env=env_map,
+                promote=promote,
+                memory_mb=memory_mb,
+                timeout_s=timeout_s,
+                min_instances=min_instances,
+                max_instances=max_instances,
+                concurrency=concurrency,
+            )
+        )
+    live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())
+    out.print(
+        f"deployed [bold]{result['function']}[/bold] version {result['version']} "
+        f"(live: {live})\n{c.credentials.url}/fn/{namespace}/{result['function']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def invoke(
+    name: str,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="JSON, or @file.")] = None,
+    namespace: Namespace = "default",
+) -> None:
+    """Invoke a function and print its JSON result."""
+    payload: Any = None
+    if data is not None:
+        raw = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            fail(f"--data is not valid JSON: {exc}")
+    c = client(namespace)
+    response = run(lambda: c.invoke_raw(name, payload))
+    sys.stdout.write(response.text + ("\n" if not response.text.endswith("\n") else ""))
+
+
+@app.command("ls")
+def list_functions(namespace: Namespace = "default") -> None:
+    """List functions and where their traffic goes."""
+    functions = run(lambda: client(namespace).functions())
+    table = Table("NAME", "LIVE")
+    for f in functions:
+        table.add_row(f["name"], ", ".join(f"v{v}={w}%" for v, w in f["traffic"].items()))
+    out.print(table)
+
+
+@app.command()
+def versions(name: str, namespace: Namespace = "default") -> None:
+    """List a function's versions."""
+    result = run(lambda: client(namespace).versions(name))
+    table = Table("VERSION", "TRAFFIC", "HANDLER", "BUNDLE", "CREATED")
+    import datetime as dt
+
+    for v in result["versions"]:
+        created = dt.datetime.fromtimestamp(v["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        weight = result["traffic"].get(str(v["version"]))
+        table.add_row(
+            str(v["version"]),
+            f"{weight}%" if weight else "",
+            v["handler"],
+            v["bundle_sha256"][:12],
+            created,
+        )
+    out.print(table)
+
+
+@app.command()
+def traffic(
+    name: str,
+    weights: Annotated[list[str], typer.Argument(help="VERSION=PERCENT pairs summing to 100.")],
+    namespace: Namespace = "default",
+) -> None:
+    """Split live traffic between versions, e.g. `cumulo traffic hello 3=90 4=10`."""
+    split: dict[int, int] = {}
+    for version, percent in parse_kv(weights, "traffic").items():
+        try:
+            split[int(version)] = int(percent)
+        except ValueError:
+            fail(f"traffic takes VERSION=PERCENT with whole numbers, not {version}={percent}")
+    result = run(lambda: client(namespace).set_traffic(name, split))
+    out.print(f"{name}: " + ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items()))
+
+
+@app.command()
+def rollback(name: str, namespace: Namespace = "default") -> None:
+    """Restore the previous traffic split."""
+    result = run(lambda: client(namespace).rollback(name))
+    out.print(f"{name}: " + ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items()))
+
+
+@app.command("rm")
+def remove(name: str, namespace: Namespace = "default") -> None:
+    """Remove a function with all its versions and state."""
+    run(lambda: client(namespace).remove(name))
+    out.print(f"removed {name}")
+
+
+@app.command()
+def logs(
+    name: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many recent lines.")] = 100,
+    namespace: Namespace = "default",
+) -> None:
+    """Print a function's log lines (with invocation ids)."""
+    c = client(namespace)
+    for line in run(lambda: c.logs(name, limit=limit)):
+        _print_log(line)
+    if follow:
+        try:
+            for line in c.follow_logs(name):
+                _print_log(line)
+        except CumuloError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            return
+
+
+def _print_log(line: dict[str, Any]) -> None:
+    import datetime as dt
+
+    ts = dt.datetime.fromtimestamp(line["ts"]).strftime("%H:%M:%S.%f")[:-3]
+    fields = " ".join(f"{k}={v}" for k, v in (line.get("fields") or {}).items())
+    text = (
+        f"{ts} v{line['version']} {line['invocation_id'][:12]} {line['level']:<7} {line['message']}"
+    )
+    sys.stdout.write(text + (f" {fields}" if fields else "") + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- secrets
+@secrets_app.command("set")
+def secrets_set(
+    key: str,
+    value: Annotated[str | None, typer.Argument(help="The value, or - to read stdin.")] = None,
+    namespace: Namespace = "default",
+) -> None:
+    """Set a secret (VALUE, or - / nothing to read it from stdin)."""
+    if value is None or value == "-":
+        value = sys.stdin.read().rstrip("\n")
+    secret = value
+    run(lambda: client(namespace).set_secret(key, secret))
+    out.print(f"set secret {key}")
+
+
+@secrets_app.command("ls")
+def secrets_ls(namespace: Namespace = "default") -> None:
+    """List secret names (never values)."""
+    for secret in run(lambda: client(namespace).secrets()):
+        out.print(secret["name"])
+
+
+@secrets_app.command("rm")
+def secrets_rm(key: str, namespace: Namespace = "default") -> None:
+    """Remove a secret."""
+    run(lambda: client(namespace).remove_secret(key))
+    out.print(f"removed secret {key}")
+
+
+# ---------------------------------------------------------------- keys
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    unit = text[-1:]
+    try:
+        return float(text[:-1]) * DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        fail(f"invalid duration {text!r}: use e.g. 30d, 12h, 15m")
+        raise
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="invoke, deploy, read or admin.")],
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d.")] = None,
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+    namespace: Namespace = "default",
+) -> None:
+    """Create an API key; it is printed once and never again."""
+    expires_s = parse_duration(expires) if expires else None
+    result = run(lambda: client(namespace).create_key(scope, expires_in_s=expires_s, name=name))
+    out.print(f"id:  {result['id']}\nkey: {result['key']}", highlight=False)
+
+
+@keys_app.command("ls")
+def keys_ls(namespace: Namespace = "default") -> None:
+    """List API keys (ids and scopes, never the keys)."""
+    table = Table("ID", "NAMESPACE", "SCOPES", "NAME", "REVOKED")
+    for key in run(lambda: client(namespace).keys()):
+        table.add_row(
+            key["id"], key["namespace"], ",".join(key["scopes"]), key["name"], str(key["revoked"])
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, namespace: Namespace = "default") -> None:
+    """Revoke an API key by id."""
+    run(lambda: client(namespace).revoke_key(key_id))
+    out.print(f"revoked {key_id}")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`cumulo up`: build the platform and serve it with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from cumulo.gateway.app import create_app
+from cumulo.gateway.platform import Platform, PlatformOptions
+from cumulo.runtime.settings import RuntimeSettings
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    db: str | None,
+    demo: bool,
+    idle_timeout: float,
+    zygote_idle_timeout: float,
+    queue_size: int,
+    max_body_bytes: int,
+    grace: float,
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    url_host = f"[{host}]" if ":" in host else host
+    options = PlatformOptions(
+        data_dir=data_dir.resolve(),
+        url=f"http://{url_host}:{port}",
+        runtime=RuntimeSettings(
+            idle_timeout_s=idle_timeout,
+            zygote_idle_timeout_s=zygote_idle_timeout,
+            queue_size=queue_size,
+            max_request_bytes=max_body_bytes,
+            max_response_bytes=max_body_bytes,
+            reap_interval_s=min(0.5, max(0.05, idle_timeout / 4)),
+        ),
+        demo_dir=Path("examples").resolve() if demo else None,
+    )
+    platform = Platform(options)
+    platform.announce = _announce
+    config = uvicorn.Config(
+        create_app(platform),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(grace) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+def _announce(platform: Platform) -> None:
+    options = platform.options
+    lines = [f"cumulo is up at {options.url}  (data in {options.data_dir})"]
+    if platform.new_admin_key:
+        lines.append(f"admin API key (shown once): {platform.new_admin_key}")
+        lines.append(f"saved for the CLI in {options.data_dir / 'credentials.json'}")
+    if platform.demo_functions:
+        lines.append("demo functions: " + ", ".join(platform.demo_functions))
+    print("\n".join(lines), flush=True)

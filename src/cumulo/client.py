@@ -1,0 +1,182 @@
+"""Python client for the cumulo HTTP API (the CLI is a thin layer over this)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from cumulo.config import Credentials, load_credentials
+from cumulo.control.bundle import pack
+from cumulo.errors import ApiError, TransportError, api_error_for
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        namespace: str = "default",
+        timeout: float = 60.0,
+    ) -> None:
+        if url is None or api_key is None:
+            creds = load_credentials()
+            url, api_key = url or creds.url, api_key or creds.api_key
+        self.credentials = Credentials(url.rstrip("/"), api_key)
+        self.namespace = namespace
+        self._http = httpx.Client(
+            base_url=self.credentials.url,
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"{self.credentials.url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.credentials.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def _ns(self, rest: str = "") -> str:
+        return f"/v1/namespaces/{self.namespace}{rest}"
+
+    # ------------------------------------------------------------ functions
+    def deploy(
+        self,
+        path: Path | str,
+        *,
+        name: str | None = None,
+        handler: str | None = None,
+        env: dict[str, str] | None = None,
+        promote: bool = True,
+        **config: Any,
+    ) -> dict[str, Any]:
+        bundle = pack(Path(path))
+        body = {
+            "bundle": base64.b64encode(bundle).decode(),
+            "name": name,
+            "handler": handler,
+            "env": env or {},
+            "promote": promote,
+            "config": {k: v for k, v in config.items() if v is not None},
+        }
+        return dict(self._json("POST", self._ns("/deploy"), json=body, timeout=180))
+
+    def invoke_raw(
+        self, name: str, data: Any = None, *, method: str = "POST", path: str = ""
+    ) -> httpx.Response:
+        content = b"" if data is None else orjson.dumps(data)
+        url = f"/fn/{self.namespace}/{name}{path}"
+        return self.request(method, url, content=content)
+
+    def invoke(self, name: str, data: Any = None) -> Any:
+        return self.invoke_raw(name, data).json()
+
+    def functions(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", self._ns("/functions"))["functions"])
+
+    def function(self, name: str) -> dict[str, Any]:
+        return dict(self._json("GET", self._ns(f"/functions/{name}")))
+
+    def versions(self, name: str) -> dict[str, Any]:
+        return dict(self._json("GET", self._ns(f"/functions/{name}/versions")))
+
+    def set_traffic(self, name: str, weights: dict[int, int]) -> dict[str, Any]:
+        body = {"weights": {str(v): w for v, w in weights.items()}}
+        return dict(self._json("PUT", self._ns(f"/functions/{name}/traffic"), json=body))
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        return dict(self._json("POST", self._ns(f"/functions/{name}/rollback")))
+
+    def remove(self, name: str) -> None:
+        self.request("DELETE", self._ns(f"/functions/{name}"))
+
+    def workers(self, name: str) -> list[dict[str, Any]]:
+        return list(self._json("GET", self._ns(f"/functions/{name}/workers"))["zygotes"])
+
+    def invocations(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        path = self._ns(f"/functions/{name}/invocations")
+        return list(self._json("GET", path, params={"limit": limit})["invocations"])
+
+    def invocation(self, invocation_id: str) -> dict[str, Any]:
+        return dict(self._json("GET", self._ns(f"/invocations/{invocation_id}")))
+
+    def logs(self, name: str, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        params = {"after": after, "limit": limit}
+        return list(self._json("GET", self._ns(f"/functions/{name}/logs"), params=params)["lines"])
+
+    def follow_logs(self, name: str) -> Iterator[dict[str, Any]]:
+        path = self._ns(f"/functions/{name}/logs")
+        try:
+            with self._http.stream(
+                "GET", path, params={"follow": "true"}, timeout=httpx.Timeout(None, connect=10)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_of(response)
+                for line in response.iter_lines():
+                    if line:
+                        record = orjson.loads(line)
+                        if "following" not in record:
+                            yield record
+        except httpx.HTTPError as exc:
+            raise TransportError(f"log stream from {self.credentials.url} broke: {exc}") from exc
+
+    # ------------------------------------------------------------ secrets and keys
+    def set_secret(self, key: str, value: str) -> None:
+        self.request("PUT", self._ns(f"/secrets/{key}"), json={"value": value})
+
+    def secrets(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", self._ns("/secrets"))["secrets"])
+
+    def remove_secret(self, key: str) -> None:
+        self.request("DELETE", self._ns(f"/secrets/{key}"))
+
+    def create_key(
+        self, scopes: list[str], *, expires_in_s: float | None = None, name: str = ""
+    ) -> dict[str, Any]:
+        body = {
+            "namespace": self.namespace,
+            "scopes": scopes,
+            "expires_in_s": expires_in_s,
+            "name": name,
+        }
+        return dict(self._json("POST", "/v1/keys", json=body))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/keys")["keys"])
+
+    def revoke_key(self, key_id: str) -> None:
+        self.request("DELETE", f"/v1/keys/{key_id}")
+
+
+def _error_of(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "http_error", response.text[:200] or response.reason_phrase, {}
+    return api_error_for(response.status_code, code, message, details)

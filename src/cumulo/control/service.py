@@ -1,0 +1,267 @@
+"""The control plane: deploy, versions, traffic, rollback, removal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cumulo.control.bundle import BundleStore
+from cumulo.control.routes import Route, RouteCache
+from cumulo.errors import BadRequest, Conflict, NotFound
+from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.spec import VersionSpec
+from cumulo.sdk.spec import FunctionConfig, validate_name
+from cumulo.store.base import FunctionRecord, VersionRecord
+from cumulo.store.sqlite import SQLiteStore
+
+VALIDATE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    namespace: str
+    bundle: bytes
+    name: str | None = None
+    handler: str | None = None
+    env: dict[str, str] | None = None
+    promote: bool = True
+    overrides: dict[str, Any] | None = None
+
+
+def entry_module(code_dir: Path) -> str:
+    """Which module to import when no --handler says: main.py, or the only .py file."""
+    if (code_dir / "main.py").is_file():
+        return "main"
+    candidates = sorted(p.stem for p in code_dir.glob("*.py"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise BadRequest("the bundle holds no Python module", code="invalid_deploy")
+    raise BadRequest(
+        f"cannot tell which module to load ({', '.join(candidates)}): add a main.py or pass "
+        "--handler module.function",
+        code="invalid_deploy",
+    )
+
+
+def split_handler(handler: str) -> tuple[str, str]:
+    module, _, attr = handler.rpartition(".")
+    if not module or not all(part.isidentifier() for part in [*module.split("."), attr]):
+        raise BadRequest(
+            f"invalid handler {handler!r}: use module.function (e.g. app.handler)",
+            code="invalid_handler",
+        )
+    return module, attr
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        bundles: BundleStore,
+        executor: LocalExecutor,
+        python: str = sys.executable,
+    ) -> None:
+        self.store = store
+        self.bundles = bundles
+        self.executor = executor
+        self.python = python
+        self.routes = RouteCache(self._load_route)
+
+    # ------------------------------------------------------------ deploy
+    async def deploy(self, req: DeployRequest) -> VersionRecord:
+        if req.name is not None:
+            validate_name(req.name)
+        sha, code_dir = self.bundles.add(req.bundle)
+        if req.handler:
+            module, attr = split_handler(req.handler)
+        else:
+            module, attr = entry_module(code_dir), None
+        handlers = await self._validate(code_dir, module, attr)
+        chosen = self._choose(handlers, req.name, module, attr)
+        name = validate_name(req.name or chosen["name"])
+        base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
+        config = base.merged({**(req.overrides or {}), "env": req.env or {}})
+        record = await self.store.call(
+            self.store.add_version,
+            req.namespace,
+            name,
+            bundle_sha=sha,
+            module=module,
+            attr=chosen["attr"],
+            kind=chosen["kind"],
+            config=config.to_dict(),
+            promote=req.promote,
+            now=time.time(),
+        )
+        self.routes.invalidate(req.namespace, name)
+        await self._after_traffic_change(req.namespace, name)
+        return record
+
+    async def _validate(
+        self, code_dir: Path, module: str, attr: str | None
+    ) -> list[dict[str, Any]]:
+        spec = orjson.dumps({"code_dir": str(code_dir), "module": module, "attr": attr}).decode()
+        proc = await asyncio.create_subprocess_exec(
+            self.python,
+            "-m",
+            "cumulo.runtime.validate",
+            spec,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(code_dir),
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), VALIDATE_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise BadRequest(
+                f"importing {module} took longer than {VALIDATE_TIMEOUT_S:.0f}s",
+                code="invalid_deploy",
+            ) from None
+        try:
+            result = orjson.loads(out)
+        except orjson.JSONDecodeError:
+            tail = err.decode(errors="replace")[-2000:]
+            raise BadRequest(
+                f"importing {module} crashed the validator (exit {proc.returncode})",
+                code="invalid_deploy",
+                details={"traceback": tail},
+            ) from None
+        if not result["ok"]:
+            raise BadRequest(
+                result["message"], code="invalid_deploy", details={"traceback": result["traceback"]}
+            )
+        return list(result["handlers"])
+
+    @staticmethod
+    def _choose(
+        handlers: list[dict[str, Any]], name: str | None, module: str, attr: str | None
+    ) -> dict[str, Any]:
+        if attr is not None:
+            return handlers[0]
+        if not handlers:
+            raise BadRequest(
+                f"{module}.py defines no @cumulo.function: decorate one, or pass "
+                "--handler module.function",
+                code="invalid_deploy",
+            )
+        if len(handlers) == 1:
+            return handlers[0]
+        if name is not None:
+            for handler in handlers:
+                if handler["name"] == name:
+                    return handler
+        names = ", ".join(h["name"] for h in handlers)
+        raise BadRequest(
+            f"{module}.py defines several functions ({names}): pass --name or --handler",
+            code="invalid_deploy",
+        )
+
+    # ------------------------------------------------------------ reads
+    async def function(self, namespace: str, name: str) -> FunctionRecord:
+        record = await self.store.call(self.store.get_function, namespace, name)
+        if record is None:
+            raise NotFound(f"function {name!r} not found", code="function_not_found")
+        return record
+
+    async def functions(self, namespace: str) -> list[FunctionRecord]:
+        return await self.store.call(self.store.list_functions, namespace)
+
+    async def versions(self, namespace: str, name: str) -> list[VersionRecord]:
+        await self.function(namespace, name)
+        return await self.store.call(self.store.list_versions, namespace, name)
+
+    # ------------------------------------------------------------ traffic
+    async def set_traffic(self, namespace: str, name: str, weights: dict[int, int]) -> None:
+        if not weights:
+            raise BadRequest("give at least one VERSION=PERCENT", code="invalid_traffic")
+        if any(w < 0 or w > 100 for w in weights.values()):
+            raise BadRequest("each weight must be from 0 to 100", code="invalid_traffic")
+        if sum(weights.values()) != 100:
+            raise BadRequest(
+                f"traffic weights must sum to 100, not {sum(weights.values())}",
+                code="invalid_traffic",
+            )
+        versions = {v.version for v in await self.versions(namespace, name)}
+        unknown = sorted(set(weights) - versions)
+        if unknown:
+            raise BadRequest(
+                f"{name} has no version {', '.join(map(str, unknown))}", code="unknown_version"
+            )
+        weights = {v: w for v, w in weights.items() if w > 0}
+        await self.store.call(self.store.set_traffic, namespace, name, weights)
+        await self._after_traffic_change(namespace, name)
+
+    async def rollback(self, namespace: str, name: str) -> dict[int, int]:
+        await self.function(namespace, name)
+        previous = await self.store.call(self.store.rollback, namespace, name)
+        if previous is None:
+            raise Conflict(
+                f"{name} has no earlier traffic split to roll back to", code="no_history"
+            )
+        await self._after_traffic_change(namespace, name)
+        return previous
+
+    async def remove(self, namespace: str, name: str) -> None:
+        if not await self.store.call(self.store.delete_function, namespace, name):
+            raise NotFound(f"function {name!r} not found", code="function_not_found")
+        self.routes.invalidate(namespace, name)
+        await self.executor.retire(namespace, name)
+
+    async def _after_traffic_change(self, namespace: str, name: str) -> None:
+        self.routes.invalidate(namespace, name)
+        route = await self.routes.get(namespace, name)
+        live = {spec.version for spec in route.specs} if route else set()
+        for spec in route.specs if route else ():
+            self.executor.prewarm(spec)
+        # Versions that lost all traffic keep serving their in-flight calls and idle out.
+        for key, pool in list(self.executor.pools.items()):
+            if key[:2] == (namespace, name) and key[2] not in live:
+                pool.draining = True
+
+    # ------------------------------------------------------------ routing
+    def spec_for(self, record: VersionRecord) -> VersionSpec:
+        return VersionSpec(
+            namespace=record.namespace,
+            function=record.function,
+            version=record.version,
+            code_dir=self.bundles.ensure_unpacked(record.bundle_sha),
+            module=record.module,
+            attr=record.attr,
+            kind=record.kind,
+            config=FunctionConfig.from_dict(record.config),
+        )
+
+    async def _load_route(self, namespace: str, name: str) -> Route | None:
+        function = await self.store.call(self.store.get_function, namespace, name)
+        if function is None or not function.traffic:
+            return None
+        weighted = []
+        for version, weight in sorted(function.traffic.items()):
+            record = await self.store.call(self.store.get_version, namespace, name, version)
+            if record is not None:
+                weighted.append((self.spec_for(record), weight))
+        return Route.build(weighted) if weighted else None
+
+    async def warm_all(self) -> None:
+        """At start-up: bring live versions with min_instances up."""
+        namespaces = await self.store.call(self._namespaces)
+        for namespace in namespaces:
+            for function in await self.functions(namespace):
+                route = await self.routes.get(namespace, function.name)
+                for spec in route.specs if route else ():
+                    self.executor.prewarm(spec)
+
+    def _namespaces(self) -> list[str]:
+        rows = self.store.db.execute("SELECT DISTINCT namespace FROM functions").fetchall()
+        return [r[0] for r in rows]

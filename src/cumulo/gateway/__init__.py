@@ -1,0 +1,1 @@
+"""cumulo.gateway."""

@@ -1,0 +1,110 @@
+"""The gateway ASGI app: the invoke fast path beside the FastAPI admin app, behind one
+authentication middleware."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import cumulo
+from cumulo.errors import ApiError, BadRequest, Unavailable
+from cumulo.gateway.admin import build_router, metrics_response
+from cumulo.gateway.auth import AuthMiddleware, principal_of
+from cumulo.gateway.errors import internal_error, one_line
+from cumulo.gateway.invoke import PREFIX, InvokeApp
+from cumulo.gateway.platform import Platform
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    headers = {}
+    if exc.status == 429:
+        headers["retry-after"] = "1"
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def build_admin_app(platform: Platform) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(
+        title="cumulo",
+        version=cumulo.__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(BadRequest(one_line(list(exc.errors())), code="invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(
+            ApiError(
+                str(exc.detail), code=codes.get(exc.status_code, "error"), status=exc.status_code
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _error(internal_error(exc, "admin api"))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, str]:
+        if not platform.ready:
+            raise Unavailable("starting", code="not_ready")
+        return {"status": "ready"}
+
+    def read_scope(request: Request) -> None:
+        principal_of(request.scope).require("read")
+
+    @app.get("/metrics", dependencies=[Depends(read_scope)], response_class=Response)
+    async def metrics() -> Response:
+        return metrics_response(platform)
+
+    app.state.platform = platform
+    app.include_router(build_router())
+    return app
+
+
+class Gateway:
+    """Routes /fn/ straight to the invoke app; everything else to FastAPI."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.admin = build_admin_app(platform)
+        self.invoke = InvokeApp(platform)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self.invoke(scope, receive, send)
+        else:
+            await self.admin(scope, receive, send)
+
+
+def create_app(platform: Platform) -> ASGIApp:
+    gateway = Gateway(platform)
+    app: Any = AuthMiddleware(gateway, platform.auth)
+    return app  # type: ignore[no-any-return]

@@ -1,0 +1,179 @@
+"""`ANY /fn/{namespace}/{name}[/{subpath}]`: the hot path, as a bare ASGI app.
+
+It touches no database: the route comes from the in-memory cache, the invocation record
+and metrics are buffered.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
+from cumulo.gateway.auth import principal_of
+from cumulo.gateway.errors import internal_error, send_error
+from cumulo.gateway.platform import Platform
+from cumulo.runtime.loader import KIND_REQUEST
+from cumulo.runtime.pool import InvokeResult
+from cumulo.store.base import InvocationRecord
+
+PREFIX = "/fn/"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
+)
+BODYLESS_EVENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise BadRequest("invalid Content-Length header") from None
+            if declared > limit:
+                raise PayloadTooLarge(
+                    f"the request body is {declared} bytes; the limit is {limit} bytes"
+                )
+            break
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def new_invocation_id() -> str:
+    return os.urandom(12).hex()
+
+
+class InvokeApp:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.limit = platform.options.runtime.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        invocation_id = new_invocation_id()
+        id_header = (b"x-cumulo-invocation-id", invocation_id.encode())
+        try:
+            await self._invoke(scope, receive, send, invocation_id, id_header)
+        except ApiError as exc:
+            await send_error(send, exc, [id_header])
+        except ClientGone:
+            return
+        except Exception as exc:
+            await send_error(send, internal_error(exc, "invoke"), [id_header])
+
+    async def _invoke(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        invocation_id: str,
+        id_header: tuple[bytes, bytes],
+    ) -> None:
+        parts = scope["path"][len(PREFIX) :].split("/", 2)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise NotFound("use /fn/{namespace}/{function}", code="function_not_found")
+        namespace, name = parts[0], parts[1]
+        subpath = "/" + parts[2] if len(parts) > 2 else "/"
+        principal_of(scope).require("invoke", namespace)
+        route = await self.platform.control.routes.get(namespace, name)
+        if route is None:
+            raise NotFound(f"function {name!r} not found", code="function_not_found")
+        body = await read_body(scope, receive, self.limit)
+        spec = route.pick()
+        frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
+        method = scope["method"]
+        if spec.kind == KIND_REQUEST:
+            headers = {
+                k.decode("latin-1"): v.decode("latin-1")
+                for k, v in scope["headers"]
+                if k != b"authorization"
+            }
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+            frame["http"] = [method, subpath, headers, query, body]
+        elif body:
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(
+                    f"the request body is not valid JSON: {exc}", code="invalid_json"
+                ) from None
+            frame["ev"] = body
+        elif method in BODYLESS_EVENT_METHODS or scope["query_string"]:
+            frame["q"] = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        started = time.time()
+        t0 = time.perf_counter()
+        status, code, cold = 500, "internal", False
+        try:
+            result = await self.platform.executor.invoke(spec, frame)
+            cold = result.cold
+            status, code = await self._respond(send, result, spec.version, id_header)
+        except ApiError as exc:
+            status, code = exc.status, exc.code
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            self.platform.metrics.observe(namespace, name, status, elapsed, cold)
+            self.platform.recorder.invocation(
+                InvocationRecord(
+                    id=invocation_id,
+                    namespace=namespace,
+                    function=name,
+                    version=spec.version,
+                    status=status,
+                    code=code,
+                    cold=cold,
+                    started_at=started,
+                    duration_ms=elapsed * 1000,
+                )
+            )
+
+    async def _respond(
+        self, send: Send, result: InvokeResult, version: int, id_header: tuple[bytes, bytes]
+    ) -> tuple[int, str]:
+        meta = [
+            id_header,
+            (b"x-cumulo-start", b"cold" if result.cold else b"warm"),
+            (b"x-cumulo-version", str(version).encode()),
+        ]
+        if result.http is not None:
+            status, headers, body = result.http
+            if not 100 <= status <= 599:
+                raise ApiError(
+                    f"the function returned an invalid HTTP status {status}",
+                    code="bad_status",
+                    status=502,
+                )
+            raw_headers = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in headers.items()
+                if k not in HOP_BY_HOP and not k.startswith("x-cumulo-")
+            ]
+        else:
+            status, raw_headers, body = 200, list(JSON_HEADERS), result.body or b""
+        raw_headers += meta
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+        return status, "ok"

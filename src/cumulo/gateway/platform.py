@@ -1,0 +1,222 @@
+"""The whole platform in one object: store, executor, control plane, auth, recorder.
+
+`cumulo up` builds one and serves `gateway.app.create_app(platform)` with uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cumulo.config import Credentials, write_credentials
+from cumulo.control.bundle import BundleStore
+from cumulo.control.service import ControlPlane, DeployRequest
+from cumulo.errors import BadRequest
+from cumulo.observability.logs import Recorder
+from cumulo.observability.metrics import Metrics
+from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.settings import RuntimeSettings
+from cumulo.runtime.spec import VersionSpec
+from cumulo.security.auth import ALL_NAMESPACES, Authenticator
+from cumulo.security.keys import KeyHasher, generate_key, key_id
+from cumulo.store.base import ApiKeyRecord, LogRecord
+from cumulo.store.sqlite import SQLiteStore
+
+log = logging.getLogger("cumulo")
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(slots=True)
+class PlatformOptions:
+    data_dir: Path
+    url: str = "http://127.0.0.1:8080"
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    demo_dir: Path | None = None
+
+
+class Platform:
+    def __init__(self, options: PlatformOptions) -> None:
+        self.options = options
+        data_dir = options.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+        self.store = SQLiteStore(data_dir / "cumulo.db")
+        self.bundles = BundleStore(data_dir)
+        self.hasher = KeyHasher.from_data_dir(data_dir)
+        self.auth = Authenticator(self.hasher)
+        self.recorder = Recorder(self.store)
+        self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
+        self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
+        self.metrics = Metrics(lambda: list(self.executor.pools.values()))
+        self.started_at = time.time()
+        self.ready = False
+        self.new_admin_key: str | None = None
+        self.demo_functions: list[str] = []
+        self.announce: Callable[[Platform], None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.store.open()
+        await self._ensure_admin_key()
+        await self.reload_keys()
+        await self.recorder.start()
+        await self.executor.start()
+        await self.control.warm_all()
+        if self.options.demo_dir is not None:
+            self.demo_functions = await self.deploy_demo(self.options.demo_dir)
+        self.ready = True
+        if self.announce is not None:
+            self.announce(self)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.executor.stop()
+        await self.recorder.stop()
+        self.store.close()
+
+    async def _ensure_admin_key(self) -> None:
+        keys = await self.store.call(self.store.all_keys)
+        if any("admin" in k.scopes and k.revoked_at is None for k in keys):
+            return
+        key = generate_key()
+        record = ApiKeyRecord(
+            id=key_id(key),
+            namespace=ALL_NAMESPACES,
+            name="admin",
+            scopes=("admin",),
+            created_at=time.time(),
+            expires_at=None,
+            revoked_at=None,
+            key_hash=self.hasher.hash(key),
+        )
+        await self.store.call(self.store.insert_key, record)
+        write_credentials(self.options.data_dir, Credentials(self.options.url, key))
+        self.new_admin_key = key
+
+    async def reload_keys(self) -> None:
+        self.auth.load(await self.store.call(self.store.all_keys))
+
+    async def deploy_demo(self, demo_dir: Path) -> list[str]:
+        """Deploy every @cumulo.function in each example file (one bundle per file)."""
+        from cumulo.control.bundle import pack
+
+        deployed = []
+        for path in sorted(demo_dir.glob("*.py")):  # noqa: ASYNC240 - once, at start-up
+            bundle = pack(path)
+            try:
+                handlers = await self.control._validate(
+                    self.bundles.add(bundle)[1], path.stem, None
+                )
+                for handler in handlers:
+                    record = await self.control.deploy(
+                        DeployRequest(
+                            namespace=DEFAULT_NAMESPACE,
+                            bundle=bundle,
+                            handler=f"{path.stem}.{handler['attr']}",
+                            name=handler["name"],
+                        )
+                    )
+                    deployed.append(record.function)
+            except BadRequest as exc:
+                log.warning("demo %s skipped: %s", path.name, exc.message)
+        return deployed
+
+    # ------------------------------------------------------------ worker requests
+    async def handle_rpc(self, spec: VersionSpec, invocation_id: str, op: str, args: Any) -> Any:
+        """State and secrets for a worker, scoped to the worker's own function."""
+        if not isinstance(args, dict):
+            raise BadRequest("rpc arguments must be a map")
+        ns, fn, store = spec.namespace, spec.function, self.store
+        now = time.time()
+        if op == "state.get":
+            item = await store.call(store.state_get, ns, fn, _key(args))
+            if item is None:
+                return None
+            return {"value": orjson.loads(item.value), "version": item.version}
+        if op == "state.put":
+            value = _encode_value(args.get("value"))
+            ok, version = await store.call(
+                store.state_put, ns, fn, _key(args), value, _expected(args), now
+            )
+            return {"version": version} if ok else {"conflict": True, "version": version}
+        if op == "state.delete":
+            ok, version = await store.call(store.state_delete, ns, fn, _key(args), _expected(args))
+            if not ok and _expected(args) is not None and _expected(args) != version:
+                return {"conflict": True, "version": version}
+            return ok
+        if op == "state.incr":
+            by = args.get("by", 1)
+            if not isinstance(by, int) or isinstance(by, bool):
+                raise BadRequest("incr takes an integer")
+            try:
+                total, _ = await store.call(store.state_incr, ns, fn, _key(args), by, now)
+            except (ValueError, TypeError) as exc:
+                raise BadRequest(f"state key {args['key']!r} does not hold an integer") from exc
+            return total
+        if op == "state.list":
+            prefix = args.get("prefix", "")
+            limit = args.get("limit", 1000)
+            if not isinstance(prefix, str) or not isinstance(limit, int) or not 0 < limit <= 10000:
+                raise BadRequest("list takes a string prefix and a limit from 1 to 10000")
+            return await store.call(store.state_list, ns, fn, prefix, limit)
+        if op == "secrets.get":
+            names = [n for n in args.get("names", []) if n in spec.config.secrets]
+            values = await store.call(store.secret_values, ns, names)
+            return {k: v.decode() for k, v in values.items()}
+        raise BadRequest(f"unknown operation {op!r}")
+
+    def handle_log(
+        self,
+        spec: VersionSpec,
+        invocation_id: str,
+        level: str,
+        message: str,
+        fields: dict[str, Any],
+        ts: float,
+    ) -> None:
+        self.recorder.log(
+            LogRecord(
+                namespace=spec.namespace,
+                function=spec.function,
+                version=spec.version,
+                invocation_id=invocation_id,
+                ts=ts,
+                level=level,
+                message=message,
+                fields=fields,
+            )
+        )
+
+
+MAX_STATE_VALUE = 1024 * 1024
+
+
+def _key(args: dict[str, Any]) -> str:
+    key = args.get("key")
+    if not isinstance(key, str) or not 0 < len(key) <= 512:
+        raise BadRequest("state keys are non-empty strings of at most 512 characters")
+    return key
+
+
+def _expected(args: dict[str, Any]) -> int | None:
+    expected = args.get("expected_version")
+    if expected is not None and (not isinstance(expected, int) or expected < 0):
+        raise BadRequest("expected_version must be a non-negative integer")
+    return expected
+
+
+def _encode_value(value: Any) -> bytes:
+    try:
+        data = orjson.dumps(value)
+    except TypeError as exc:
+        raise BadRequest(f"state values must be JSON-serializable: {exc}") from exc
+    if len(data) > MAX_STATE_VALUE:
+        raise BadRequest(f"state values are limited to {MAX_STATE_VALUE} bytes")
+    return data

@@ -1,0 +1,76 @@
+"""Function logs and invocation records: buffered off the hot path, flushed in batches,
+and fanned out live to `cumulo logs -f` followers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from cumulo.store.base import InvocationRecord, LogRecord
+from cumulo.store.sqlite import SQLiteStore
+
+FLUSH_INTERVAL_S = 0.2
+MAX_BUFFER = 50_000
+FOLLOWER_QUEUE = 1000
+
+
+class Recorder:
+    def __init__(self, store: SQLiteStore, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self._store = store
+        self._interval = flush_interval_s
+        self._logs: list[LogRecord] = []
+        self._invocations: list[InvocationRecord] = []
+        self._followers: dict[tuple[str, str], set[asyncio.Queue[LogRecord]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def log(self, record: LogRecord) -> None:
+        if len(self._logs) < MAX_BUFFER:
+            self._logs.append(record)
+        else:
+            self.dropped += 1
+        for queue in self._followers.get((record.namespace, record.function), ()):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
+    def invocation(self, record: InvocationRecord) -> None:
+        if len(self._invocations) < MAX_BUFFER:
+            self._invocations.append(record)
+        else:
+            self.dropped += 1
+
+    async def flush(self) -> None:
+        logs, self._logs = self._logs, []
+        invocations, self._invocations = self._invocations, []
+        if logs:
+            await self._store.call(self._store.append_logs, logs)
+        if invocations:
+            await self._store.call(self._store.append_invocations, invocations)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def follow(self, namespace: str, function: str) -> AsyncIterator[LogRecord]:
+        queue: asyncio.Queue[LogRecord] = asyncio.Queue(FOLLOWER_QUEUE)
+        key = (namespace, function)
+        self._followers.setdefault(key, set()).add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._followers[key].discard(queue)
+            if not self._followers[key]:
+                del self._followers[key]

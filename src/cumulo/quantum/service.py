@@ -1,0 +1,679 @@
+"""QuantumService: admission, the job queue, dispatch to the warm pool, and job records.
+
+Lifecycle of a job::
+
+    queued → running → succeeded | failed | cancelled        (+ cancelling, while a kill lands)
+
+`running` starts when the worker reports it has begun simulating. Terminal states never
+change (guarded in SQL and in memory).
+
+Restart rule: a job that was queued or running when the platform stopped comes back *queued*
+and runs again, with the same seed, so it produces the result it would have produced. A job
+that was already started three times is failed instead ("interrupted 3 times"), so a job that
+takes the platform down cannot loop forever. A job caught mid-cancel comes back cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from cumulo.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
+from cumulo.quantum.admission import available_memory_bytes
+from cumulo.quantum.pool import Worker, WorkerDied, WorkerPool
+from cumulo.quantum.prepare import PreparedJob, prepare_job
+from cumulo.quantum.results import SCHEMA
+from cumulo.quantum.spec import MAX_PUBS, MAX_SEED, METHODS, Limits, parse_job_request
+from cumulo.quantum.store import ACTIVE, TERMINAL, DuplicateKey, JobRow, JobStore
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 3
+MAX_WAIT_S = 60.0
+MAX_IDEMPOTENCY_KEY = 255
+MEMORY_POLL_S = 0.05
+_FINISHED_CACHE = 256
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(eq=False)
+class _Job:
+    id: str
+    namespace: str
+    created_at: float
+    prepared: PreparedJob
+    seed: int
+    timeout_s: float
+    events: list[dict[str, Any]]
+    state: str = "queued"
+    started_at: float | None = None
+    attempts: int = 0
+    pubs_done: int = 0
+    reserved: int = 0
+    worker: Worker | None = None
+    cancel_requested: bool = False
+    memory_exceeded: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class QuantumService:
+    """Quantum jobs for every namespace of one platform process."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        pool_size: int = 1,
+        max_qubits_memory_bytes: int | None = None,
+        job_timeout_s: float = 300,
+        clock: Callable[[], float] = time.time,
+        max_shots: int = 1_000_000,
+        max_queued: int = 1000,
+    ) -> None:
+        self._data_dir = Path(data_dir)
+        self._pool = WorkerPool(pool_size)
+        self._memory_cap = max_qubits_memory_bytes
+        self._job_timeout_s = float(job_timeout_s)
+        self._clock = clock
+        self._limits = Limits(max_shots=max_shots, max_timeout_s=self._job_timeout_s)
+        self._max_queued = max_queued
+        self._store: JobStore | None = None
+        self._db_thread: ThreadPoolExecutor | None = None
+        self._active: dict[str, _Job] = {}
+        self._queue: deque[_Job] = deque()
+        self._cond = asyncio.Condition()
+        self._reserved = 0
+        self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cumulo-quantum-db")
+        self._store = await self._db(JobStore, self._data_dir / "quantum.db")
+        # Import Qiskit here (off the loop) so the first submission does not pay for it.
+        await asyncio.to_thread(_import_qiskit)
+        await self._pool.start()
+        self._started = True
+        await self._recover()
+        loop = asyncio.get_running_loop()
+        self._dispatchers = [
+            loop.create_task(self._dispatch_loop(), name=f"quantum-dispatch-{i}")
+            for i in range(self._pool.size)
+        ]
+
+    async def stop(self) -> None:
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        self._pool.closing()
+        for task in self._dispatchers:
+            task.cancel()
+        await asyncio.gather(*self._dispatchers, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for job in list(self._active.values()):
+            if job.state == "cancelling":
+                await self._finish(job, "cancelled", "cancelled while the platform stopped")
+            else:
+                job.state = "queued"
+                job.events.append(
+                    self._event("queued", "the platform stopped; the job runs again on restart")
+                )
+                await self._db(self._store_.update, job.id, state="queued", events=job.events)
+        await self._pool.stop()
+        await self._db(self._store_.close)
+        assert self._db_thread is not None
+        self._db_thread.shutdown(wait=True)
+        self._started = False
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live pool processes (for operators and tests)."""
+        return self._pool.pids()
+
+    def capabilities(self) -> dict[str, Any]:
+        hello = self._pool.hello
+        return {
+            "schema": SCHEMA,
+            "methods": list(METHODS),
+            "devices": list(hello.get("devices", ["CPU"])),
+            "versions": dict(hello.get("versions", {})),
+            "pool_size": self._pool.size,
+            "available_memory_bytes": available_memory_bytes(self._memory_cap),
+            "max_shots": self._limits.max_shots,
+            "job_timeout_s": self._job_timeout_s,
+        }
+
+    # ------------------------------------------------------------------ public API
+
+    async def submit(
+        self,
+        namespace: str,
+        body: Any,
+        *,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Admit and queue a job (or only admit it, for a dry run); 400/409/422/429 on refusal."""
+        self._require_started()
+        spec = parse_job_request(body, self._limits)
+        request = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(request).hexdigest()
+        if idempotency_key is not None and not dry_run:
+            if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+                raise BadRequest(
+                    f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                    code="invalid_request",
+                )
+            existing = await self._db(self._store_.by_idempotency_key, namespace, idempotency_key)
+            if existing is not None:
+                return await self._replay(existing, digest)
+        prepared = await self._prepare(body)
+        if dry_run:
+            return {
+                "dry_run": True,
+                **prepared.admission.to_dict(),
+                "pubs": [
+                    {
+                        "kind": pub.kind,
+                        "num_qubits": pub.info.num_qubits,
+                        "shape": list(pub.shape),
+                        "parameters": list(pub.param_names),
+                        "estimated_memory_bytes": estimated,
+                    }
+                    for pub, estimated in zip(
+                        prepared.pubs, prepared.admission.per_pub_bytes, strict=True
+                    )
+                ],
+            }
+        if len(self._queue) >= self._max_queued:
+            raise TooManyRequests(
+                f"the quantum queue is full ({self._max_queued} jobs); retry later",
+                retry_after=5.0,
+            )
+        seed = spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED - MAX_PUBS)
+        timeout_s = min(spec.timeout_s or self._job_timeout_s, self._job_timeout_s)
+        now = self._clock()
+        job = _Job(
+            id=f"qj_{secrets.token_hex(10)}",
+            namespace=namespace,
+            created_at=now,
+            prepared=prepared,
+            seed=seed,
+            timeout_s=timeout_s,
+            events=[self._event("queued", "admitted", now)],
+        )
+        row = JobRow(
+            id=job.id,
+            namespace=namespace,
+            state="queued",
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            request=request,
+            method=prepared.admission.method,
+            device=prepared.admission.device,
+            estimated_bytes=prepared.admission.estimated_bytes,
+            num_pubs=len(prepared.pubs),
+            seed=seed,
+            timeout_s=timeout_s,
+            attempts=0,
+            events=job.events,
+            error=None,
+            result=None,
+        )
+        try:
+            await self._db(self._store_.insert, row)
+        except DuplicateKey:
+            # A concurrent request with the same key won the insert.
+            assert idempotency_key is not None
+            existing = await self._db(self._store_.by_idempotency_key, namespace, idempotency_key)
+            assert existing is not None
+            return await self._replay(existing, digest)
+        self._active[job.id] = job
+        await self._enqueue(job)
+        return self._view(job)
+
+    async def get(self, namespace: str, job_id: str) -> dict[str, Any]:
+        self._require_started()
+        job = self._active.get(job_id)
+        if job is not None:
+            if job.namespace != namespace:
+                raise _not_found(job_id)
+            return self._view(job)
+        cached = self._finished.get(job_id)
+        if cached is not None:
+            if cached["namespace"] != namespace:
+                raise _not_found(job_id)
+            return dict(cached)
+        row = await self._db(self._store_.get, job_id)
+        if row is None or row.namespace != namespace:
+            raise _not_found(job_id)
+        return self._row_view(row, with_result=True)
+
+    async def wait(self, namespace: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+        """The job once it is terminal, or as it stands after `timeout_s` (at most 60 s)."""
+        if not 0 <= timeout_s <= MAX_WAIT_S:
+            raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
+        self._require_started()
+        job = self._active.get(job_id)
+        if job is not None and job.namespace == namespace and timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await job.done.wait()
+        return await self.get(namespace, job_id)
+
+    async def wait_terminal(self, namespace: str, job_id: str) -> dict[str, Any]:
+        """The job once it is terminal, however long that takes (the SDK bridge uses this)."""
+        self._require_started()
+        job = self._active.get(job_id)
+        if job is not None and job.namespace == namespace:
+            await job.done.wait()
+        return await self.get(namespace, job_id)
+
+    async def cancel(self, namespace: str, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a queued one at once, a running one by killing its worker."""
+        self._require_started()
+        job = self._active.get(job_id)
+        if job is None or job.namespace != namespace:
+            view = await self.get(namespace, job_id)
+            if view["state"] == "cancelled":
+                return view
+            raise Conflict(
+                f"quantum job {job_id} already {view['state']}; only queued or running jobs "
+                "can be cancelled",
+                code="job_finished",
+            )
+        if job.state == "cancelling":
+            return self._view(job)
+        job.cancel_requested = True
+        if job.worker is None:
+            async with self._cond:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job)
+            await self._finish(job, "cancelled", "cancelled while queued")
+            return await self.get(namespace, job_id)
+        await self._transition(job, "cancelling", "cancel requested; stopping the simulation")
+        worker = job.worker
+        self._spawn_background(worker.kill())
+        return self._view(job)
+
+    async def list_jobs(
+        self, namespace: str, *, state: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        self._require_started()
+        if state is not None and state not in ACTIVE + TERMINAL:
+            raise BadRequest(f"state must be one of {', '.join(ACTIVE + TERMINAL)}")
+        if not 1 <= limit <= 500:
+            raise BadRequest("limit must be between 1 and 500")
+        rows = await self._db(self._store_.list_jobs, namespace, state, limit)
+        out = []
+        for row in rows:
+            job = self._active.get(row.id)
+            view = self._view(job) if job is not None else self._row_view(row, with_result=False)
+            view.pop("result", None)
+            out.append(view)
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _store_(self) -> JobStore:
+        if self._store is None:
+            raise Unavailable("the quantum service is not running", code="quantum_unavailable")
+        return self._store
+
+    def _require_started(self) -> None:
+        if not self._started or self._stopping:
+            raise Unavailable("the quantum service is not running", code="quantum_unavailable")
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
+
+    async def _prepare(self, body: Any) -> PreparedJob:
+        spec = parse_job_request(body, self._limits)
+        return await asyncio.to_thread(
+            prepare_job,
+            spec,
+            limits=self._limits,
+            available_bytes=available_memory_bytes(self._memory_cap),
+            devices=list(self._pool.hello.get("devices", ["CPU"])),
+        )
+
+    async def _replay(self, existing: JobRow, digest: str) -> dict[str, Any]:
+        if existing.request_hash != digest:
+            raise Conflict(
+                f"this Idempotency-Key was already used for a different request (job "
+                f"{existing.id}); use a new key for a new job",
+                code="idempotency_key_reused",
+            )
+        return await self.get(existing.namespace, existing.id)
+
+    def _event(self, state: str, message: str, at: float | None = None) -> dict[str, Any]:
+        return {"at": iso(self._clock() if at is None else at), "state": state, "message": message}
+
+    async def _enqueue(self, job: _Job) -> None:
+        async with self._cond:
+            self._queue.append(job)
+            self._cond.notify_all()
+
+    def _budget(self) -> int:
+        if self._memory_cap is not None:
+            return self._memory_cap
+        # MemAvailable already excludes what running jobs use; add their reservations back.
+        return available_memory_bytes(None) + self._reserved
+
+    async def _next_job(self) -> _Job:
+        async with self._cond:
+            while True:
+                if self._queue:
+                    head = self._queue[0]
+                    need = head.prepared.admission.estimated_bytes
+                    # Head of line only (no overtaking), so a big job is never starved.
+                    if self._reserved == 0 or self._reserved + need <= self._budget():
+                        self._queue.popleft()
+                        head.reserved = need
+                        self._reserved += need
+                        return head
+                await self._cond.wait()
+
+    async def _release(self, job: _Job) -> None:
+        async with self._cond:
+            self._reserved -= job.reserved
+            job.reserved = 0
+            self._cond.notify_all()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            worker = await self._pool.acquire()
+            try:
+                job = await self._next_job()
+            except BaseException:
+                self._pool.release(worker)
+                raise
+            await self._run(job, worker)
+
+    async def _run(self, job: _Job, worker: Worker) -> None:
+        job.worker = worker
+        admission = job.prepared.admission
+        cap = admission.available_bytes
+        spec = job.prepared.spec
+        message = {
+            "op": "run",
+            "job": job.id,
+            "pubs": job.prepared.wire,
+            "method": admission.method,
+            "device": admission.device,
+            "seed": job.seed,
+            "bitstrings": spec.bitstrings,
+            "bit_order": spec.bit_order,
+            "max_memory_mb": max(1, cap // 2**20),
+        }
+        loop = asyncio.get_running_loop()
+        watch = loop.create_task(self._watch_memory(job, worker, cap))
+        healthy = False
+        outcome: tuple[str, str, dict[str, str] | None, dict[str, Any] | None] | None = None
+        try:
+            await worker.send(message)
+            deadline = loop.time() + job.timeout_s
+            while outcome is None:
+                async with asyncio.timeout_at(deadline):
+                    reply = await worker.recv()
+                op = reply.get("op")
+                if op == "started":
+                    job.attempts += 1
+                    await self._transition(
+                        job,
+                        "running",
+                        f"simulating with {admission.method} on {admission.device} "
+                        f"(worker pid {worker.pid})",
+                        started_at=self._clock(),
+                        attempts=job.attempts,
+                    )
+                elif op == "progress":
+                    job.pubs_done = int(reply["done"])
+                elif op == "result":
+                    healthy = True
+                    outcome = ("succeeded", "finished", None, reply["result"])
+                elif op == "error":
+                    healthy = True
+                    text = str(reply.get("message", "simulation failed"))
+                    outcome = ("failed", text, {"code": "simulation_failed", "message": text}, None)
+        except TimeoutError:
+            text = f"the job ran longer than its time cap of {job.timeout_s:g} s and was stopped"
+            outcome = ("failed", text, {"code": "time_limit", "message": text}, None)
+        except WorkerDied as exc:
+            if self._stopping:
+                return
+            if job.memory_exceeded:
+                text = (
+                    f"the simulation used more than its memory cap of {cap} bytes and was stopped"
+                )
+                outcome = ("failed", text, {"code": "memory_limit", "message": text}, None)
+            elif not job.cancel_requested:
+                text = f"{exc} while running the job"
+                outcome = ("failed", text, {"code": "worker_crashed", "message": text}, None)
+        finally:
+            watch.cancel()
+            job.worker = None
+            if healthy and not job.cancel_requested:
+                self._pool.release(worker)
+            else:
+                await self._pool.discard(worker)
+            await self._release(job)
+        if job.cancel_requested:
+            await self._finish(job, "cancelled", "cancelled while running")
+        elif outcome is not None:
+            state, text, error, result = outcome
+            if result is not None:
+                result["metadata"]["estimated_memory_bytes"] = admission.estimated_bytes
+            await self._finish(job, state, text, error=error, result=result)
+
+    async def _watch_memory(self, job: _Job, worker: Worker, cap: int) -> None:
+        # Admission bounds what a method should need; this enforces it on what it does use.
+        while worker.alive:
+            await asyncio.sleep(MEMORY_POLL_S)
+            rss = worker.rss_bytes()
+            if rss is not None and rss - worker.baseline_rss > cap:
+                job.memory_exceeded = True
+                await worker.kill()
+                return
+
+    async def _transition(self, job: _Job, state: str, message: str, **fields: Any) -> None:
+        job.state = state
+        if "started_at" in fields:
+            job.started_at = fields["started_at"]
+        job.events.append(self._event(state, message))
+        await self._db(self._store_.update, job.id, state=state, events=list(job.events), **fields)
+
+    async def _finish(
+        self,
+        job: _Job,
+        state: str,
+        message: str,
+        *,
+        error: dict[str, str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        if job.state in TERMINAL:
+            return
+        now = self._clock()
+        job.state = state
+        job.events.append(self._event(state, message, now))
+        events = list(job.events)
+
+        def write() -> None:
+            encoded = orjson.dumps(result) if result is not None else None
+            self._store_.update(
+                job.id,
+                state=state,
+                events=events,
+                finished_at=now,
+                error=error,
+                result=encoded,
+            )
+
+        await self._db(write)
+        view = self._view(job, finished_at=now, error=error, result=result)
+        self._finished[job.id] = view
+        while len(self._finished) > _FINISHED_CACHE:
+            self._finished.popitem(last=False)
+        self._active.pop(job.id, None)
+        job.done.set()
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _queue_position(self, job: _Job) -> int | None:
+        if job.state != "queued" or job.worker is not None:
+            return None
+        for i, queued in enumerate(self._queue):
+            if queued is job:
+                return i + 1
+        return None
+
+    def _view(
+        self,
+        job: _Job,
+        *,
+        finished_at: float | None = None,
+        error: dict[str, str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        admission = job.prepared.admission
+        return {
+            "id": job.id,
+            "object": "quantum.job",
+            "namespace": job.namespace,
+            "state": job.state,
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(finished_at),
+            "queue_position": self._queue_position(job),
+            "method": admission.method,
+            "device": admission.device,
+            "seed": job.seed,
+            "timeout_s": job.timeout_s,
+            "estimated_memory_bytes": admission.estimated_bytes,
+            "num_pubs": len(job.prepared.pubs),
+            "progress": {"pubs_done": job.pubs_done, "pubs_total": len(job.prepared.pubs)},
+            "events": list(job.events),
+            "error": error,
+            "result": result,
+        }
+
+    def _row_view(self, row: JobRow, *, with_result: bool) -> dict[str, Any]:
+        done = row.num_pubs if row.state == "succeeded" else 0
+        return {
+            "id": row.id,
+            "object": "quantum.job",
+            "namespace": row.namespace,
+            "state": row.state,
+            "created_at": iso(row.created_at),
+            "started_at": iso(row.started_at),
+            "finished_at": iso(row.finished_at),
+            "queue_position": None,
+            "method": row.method,
+            "device": row.device,
+            "seed": row.seed,
+            "timeout_s": row.timeout_s,
+            "estimated_memory_bytes": row.estimated_bytes,
+            "num_pubs": row.num_pubs,
+            "progress": {"pubs_done": done, "pubs_total": row.num_pubs},
+            "events": row.events,
+            "error": row.error,
+            "result": orjson.loads(row.result) if with_result and row.result else None,
+        }
+
+    async def _recover(self) -> None:
+        """Bring back jobs the last run of the platform left unfinished (see module doc)."""
+        rows = await self._db(self._store_.active)
+        for row in rows:
+            prepared: PreparedJob | None = None
+            failure: str | None = None
+            if row.state != "cancelling" and row.attempts < MAX_ATTEMPTS:
+                try:
+                    prepared = await self._prepare(orjson.loads(row.request))
+                except ApiError as exc:
+                    failure = f"could not be re-admitted after a restart: {exc.message}"
+            if prepared is None:
+                if row.state == "cancelling":
+                    state, text = "cancelled", "cancelled while the platform stopped"
+                else:
+                    state = "failed"
+                    text = failure or (
+                        f"interrupted {row.attempts} times by platform restarts; not retried"
+                    )
+                row.events.append(self._event(state, text))
+                error = None if state == "cancelled" else {"code": "interrupted", "message": text}
+                await self._db(
+                    self._store_.update,
+                    row.id,
+                    state=state,
+                    events=row.events,
+                    finished_at=self._clock(),
+                    error=error,
+                )
+                continue
+            job = _Job(
+                id=row.id,
+                namespace=row.namespace,
+                created_at=row.created_at,
+                prepared=prepared,
+                seed=row.seed,
+                timeout_s=row.timeout_s,
+                events=row.events,
+                attempts=row.attempts,
+            )
+            job.events.append(self._event("queued", "re-queued after a platform restart"))
+            await self._db(self._store_.update, job.id, state="queued", events=job.events)
+            self._active[job.id] = job
+            await self._enqueue(job)
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no quantum job {job_id}", code="job_not_found")
+
+
+def _import_qiskit() -> None:
+    import qiskit  # noqa: F401
+    import qiskit_aer  # noqa: F401
+
+    from cumulo.quantum import qasm  # noqa: F401

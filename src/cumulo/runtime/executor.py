@@ -1,0 +1,84 @@
+"""The local executor: a pool per deployed version, and the reaper that scales them down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from cumulo.runtime.pool import Clock, InvokeResult, LogSink, RpcHandler, VersionPool
+from cumulo.runtime.settings import RuntimeSettings
+from cumulo.runtime.spec import VersionSpec
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        rpc: RpcHandler,
+        log_sink: LogSink,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._rpc = rpc
+        self._log_sink = log_sink
+        self._clock = clock
+        self.pools: dict[tuple[str, str, int], VersionPool] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        pools, self.pools = list(self.pools.values()), {}
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+
+    def pool_for(self, spec: VersionSpec) -> VersionPool:
+        pool = self.pools.get(spec.key)
+        if pool is None or pool.closed:
+            pool = VersionPool(spec, self.settings, self._rpc, self._log_sink, self._clock)
+            self.pools[spec.key] = pool
+        return pool
+
+    async def invoke(self, spec: VersionSpec, frame: dict[str, Any]) -> InvokeResult:
+        return await self.pool_for(spec).invoke(frame)
+
+    def prewarm(self, spec: VersionSpec) -> None:
+        """Start min_instances workers now instead of at the next reaper tick."""
+        if spec.config.min_instances > 0:
+            pool = self.pool_for(spec)
+            pool.draining = False
+            pool.tick()
+
+    async def retire(self, namespace: str, function: str, keep: set[int] | None = None) -> None:
+        """Stop the pools of a function's versions, except those in `keep`."""
+        doomed = [
+            key
+            for key in self.pools
+            if key[0] == namespace and key[1] == function and (keep is None or key[2] not in keep)
+        ]
+        pools = [self.pools.pop(key) for key in doomed]
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+
+    def tick(self) -> None:
+        for key, pool in list(self.pools.items()):
+            pool.tick()
+            if pool.is_idle and (pool.draining or pool.config.min_instances == 0):
+                del self.pools[key]
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_s)
+            self.tick()
+
+    def describe(self, namespace: str, function: str) -> list[dict[str, Any]]:
+        return [
+            pool.describe()
+            for key, pool in sorted(self.pools.items())
+            if key[0] == namespace and key[1] == function
+        ]

@@ -1,0 +1,138 @@
+"""Import a user's module from its bundle and find its handlers.
+
+Used by the throwaway validation process (deploy) and by the zygote (serve); both must
+agree on what a handler is, so the rules live here only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cumulo.sdk.decorators import spec_of
+from cumulo.sdk.http import Request
+from cumulo.sdk.spec import FunctionConfig, default_name
+
+KIND_EVENT = "event"  # f(event: dict, ctx)
+KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
+KIND_LAMBDA = "lambda"  # undecorated AWS-style handler(event, context)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundHandler:
+    attr: str
+    name: str
+    kind: str
+    is_async: bool
+    config: FunctionConfig | None
+    func: Callable[..., Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "attr": self.attr,
+            "name": self.name,
+            "kind": self.kind,
+            "is_async": self.is_async,
+            "config": self.config.to_dict() if self.config else None,
+        }
+
+
+class UserCodeError(Exception):
+    """Importing or resolving the user's code failed; carries the user's own traceback."""
+
+    def __init__(self, message: str, user_traceback: str) -> None:
+        super().__init__(message)
+        self.user_traceback = user_traceback
+
+
+def user_traceback(exc: BaseException, code_dir: Path) -> str:
+    """The traceback with platform and importlib frames removed: only the user's lines."""
+    root = str(code_dir.resolve())
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename.startswith(root) or not f.filename.startswith(("<frozen", sys.prefix))
+        if "/cumulo/" not in f.filename
+    ]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def import_module(code_dir: Path, module: str) -> Any:
+    code = str(code_dir)
+    if code not in sys.path:
+        sys.path.insert(0, code)
+    try:
+        return importlib.import_module(module)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserCodeError(
+            f"importing {module} failed: {type(exc).__name__}: {exc}", user_traceback(exc, code_dir)
+        ) from exc
+
+
+def classify(func: Callable[..., Any], decorated: bool) -> str:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if params:
+        annotation = params[0].annotation
+        if annotation is Request or annotation in ("Request", "cumulo.Request"):
+            return KIND_REQUEST
+    return KIND_EVENT if decorated else KIND_LAMBDA
+
+
+def _check_arity(func: Callable[..., Any], attr: str) -> None:
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise UserCodeError(
+            f"handler {attr} must accept two arguments (event, ctx); its signature is {attr}{sig}",
+            "",
+        ) from None
+
+
+def found(module: Any, attr: str) -> FoundHandler:
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise UserCodeError(f"module {module.__name__} has no attribute {attr!r}", "")
+    if not callable(obj):
+        raise UserCodeError(f"{module.__name__}.{attr} is not callable", "")
+    _check_arity(obj, attr)
+    spec = spec_of(obj)
+    name = (spec.name if spec else None) or default_name(attr)
+    return FoundHandler(
+        attr=attr,
+        name=name,
+        kind=classify(obj, spec is not None),
+        is_async=inspect.iscoroutinefunction(obj),
+        config=spec.config if spec else None,
+        func=obj,
+    )
+
+
+def discover(module: Any) -> list[FoundHandler]:
+    """Every `@cumulo.function` defined in the module itself (not ones it imported)."""
+    handlers = []
+    for attr, obj in vars(module).items():
+        if spec_of(obj) is not None and getattr(obj, "__module__", None) == module.__name__:
+            handlers.append(found(module, attr))
+    return handlers
+
+
+def resolve(code_dir: Path, module: str, attr: str) -> FoundHandler:
+    return found(import_module(code_dir, module), attr)

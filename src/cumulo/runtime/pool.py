@@ -1,0 +1,450 @@
+"""One version's pool of workers: dispatch, the bounded wait queue, scaling and reaping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cumulo.errors import (
+    ApiError,
+    FunctionCrashed,
+    FunctionError,
+    FunctionTimeout,
+    PayloadTooLarge,
+    TooManyRequests,
+)
+from cumulo.runtime.settings import RuntimeSettings
+from cumulo.runtime.spec import VersionSpec
+from cumulo.runtime.wire import FrameProtocol, FrameTooLarge
+from cumulo.runtime.zygote_handle import ExitInfo, ZygoteHandle
+
+RpcHandler = Callable[[VersionSpec, str, str, dict[str, Any]], Awaitable[Any]]
+LogSink = Callable[[VersionSpec, str, str, str, dict[str, Any], float], None]
+Clock = Callable[[], float]
+
+# How long a crashed worker's in-flight calls wait for the zygote to report the exit status.
+EXIT_REPORT_WAIT_S = 0.5
+
+
+@dataclass(slots=True)
+class InvokeResult:
+    body: bytes | None
+    http: tuple[int, dict[str, str], bytes] | None
+    cold: bool
+    worker_pid: int
+
+
+def scale_up_count(
+    demand: int, workers: int, starting: int, concurrency: int, max_instances: int
+) -> int:
+    """How many workers to start now so capacity covers demand, within max_instances."""
+    capacity = (workers + starting) * concurrency
+    if demand <= capacity:
+        return 0
+    wanted = math.ceil((demand - capacity) / concurrency)
+    return max(0, min(wanted, max_instances - workers - starting))
+
+
+class WorkerHandle:
+    def __init__(self, pool: VersionPool, pid: int, zygote: ZygoteHandle, now: float) -> None:
+        self.pool = pool
+        self.pid = pid
+        self.zygote = zygote
+        self.inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.served = 0
+        # Slots promised to waiters that have not sent their frame yet.
+        self.reserved = 0
+        self.started_at = now
+        self.last_used = now
+        self.alive = True
+        self.doomed_reason: ApiError | None = None
+        self.exit_info: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
+        self.protocol = FrameProtocol(
+            self._on_frame,
+            self._on_close,
+            max_frame=pool.settings.max_response_bytes + 64 * 1024,
+        )
+
+    @property
+    def load(self) -> int:
+        return len(self.inflight) + self.reserved
+
+    def send_invoke(self, frame: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.inflight[frame["id"]] = fut
+        self.protocol.send(frame)
+        return fut
+
+    def _on_frame(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind in ("res", "err"):
+            fut = self.inflight.pop(message.get("id", ""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+            elif fut is not None and self.alive:
+                # Its caller went away; the slot is free again for whoever waits.
+                self.pool.release(self)
+        elif kind == "rpc":
+            asyncio.get_running_loop().create_task(self.pool.handle_rpc(self, message))
+        elif kind == "log":
+            self.pool.handle_log(message)
+
+    def _on_close(self, exc: Exception | None) -> None:
+        self.alive = False
+        if isinstance(exc, FrameTooLarge):
+            self.doomed_reason = PayloadTooLarge(
+                f"the response exceeds the {self.pool.settings.max_response_bytes}-byte limit",
+                code="response_too_large",
+            )
+            self.zygote.kill_worker(self.pid)
+        self.pool.worker_gone(self)
+        if self.inflight:
+            asyncio.get_running_loop().create_task(self._fail_inflight())
+
+    async def _fail_inflight(self) -> None:
+        error = self.doomed_reason
+        if error is None:
+            try:
+                info = await asyncio.wait_for(asyncio.shield(self.exit_info), EXIT_REPORT_WAIT_S)
+                detail = info.describe()
+            except TimeoutError:
+                detail = "closed its connection"
+            error = FunctionCrashed(
+                f"the worker running {self.pool.spec.function} crashed: {detail}",
+                code="function_crashed",
+            )
+        for fut in self.inflight.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.inflight.clear()
+
+    def close(self) -> None:
+        """Let the worker go: it exits when its socket closes."""
+        self.alive = False
+        if self.protocol.transport is not None:
+            self.protocol.transport.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "state": "busy" if self.inflight else "idle",
+            "inflight": len(self.inflight),
+            "served": self.served,
+            "started_at": self.started_at,
+            "last_used": self.last_used,
+        }
+
+
+class VersionPool:
+    def __init__(
+        self,
+        spec: VersionSpec,
+        settings: RuntimeSettings,
+        rpc: RpcHandler,
+        log_sink: LogSink,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.config = spec.config
+        self._rpc = rpc
+        self._log_sink = log_sink
+        self._clock = clock
+        self.zygote: ZygoteHandle | None = None
+        self._zygote_starting: asyncio.Task[ZygoteHandle] | None = None
+        self.workers: list[WorkerHandle] = []
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.starting = 0
+        self.waiters: deque[asyncio.Future[tuple[WorkerHandle, bool]]] = deque()
+        self.cold_starts = 0
+        self.closed = False
+        # A version that lost all traffic: serve what arrives, keep nothing warm.
+        self.draining = False
+        self._ids = itertools.count(1)
+
+    # ----------------------------------------------------------------- dispatch
+    async def invoke(self, frame: dict[str, Any]) -> InvokeResult:
+        while True:
+            worker, cold = self._pick(), False
+            if worker is None:
+                worker, cold = await self._wait_for_worker()
+                worker.reserved -= 1
+            if worker.alive:
+                break
+        timeout = self.config.timeout_s
+        frame["deadline"] = time.time() + timeout
+        worker.last_used = self._clock()
+        fut = worker.send_invoke(frame)
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            worker.doomed_reason = FunctionTimeout(
+                f"{self.spec.function} timed out after {timeout:g}s", code="function_timeout"
+            )
+            worker.inflight.pop(frame["id"], None)
+            self._kill(worker)
+            raise worker.doomed_reason from None
+        finally:
+            worker.served += 1
+            worker.last_used = self._clock()
+            if worker.alive:
+                self.release(worker)
+        if reply["t"] == "res":
+            http = reply.get("http")
+            return InvokeResult(
+                body=reply.get("body"),
+                http=(http[0], http[1], http[2]) if http else None,
+                cold=cold,
+                worker_pid=worker.pid,
+            )
+        raise _error_from(reply)
+
+    def _pick(self) -> WorkerHandle | None:
+        limit = self.config.concurrency
+        for worker in self.workers:
+            if worker.alive and worker.load < limit:
+                return worker
+        return None
+
+    async def _wait_for_worker(self) -> tuple[WorkerHandle, bool]:
+        if len(self.waiters) >= self.settings.queue_size:
+            raise TooManyRequests(
+                f"{self.spec.function} has {len(self.waiters)} requests waiting for a worker; "
+                "try again shortly",
+                code="queue_full",
+            )
+        fut: asyncio.Future[tuple[WorkerHandle, bool]] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self._scale_up()
+        try:
+            return await asyncio.wait_for(fut, self.config.timeout_s)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                worker, _ = fut.result()
+                worker.reserved -= 1
+                self.release(worker)
+            raise
+        except TimeoutError:
+            raise TooManyRequests(
+                f"no worker of {self.spec.function} became free within {self.config.timeout_s:g}s",
+                code="queue_timeout",
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(fut)
+
+    def release(self, worker: WorkerHandle) -> None:
+        """A slot on `worker` came free: hand it to the longest waiter, if any."""
+        while self.waiters and worker.alive and worker.load < self.config.concurrency:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                worker.reserved += 1
+                fut.set_result((worker, False))
+
+    def _hand_new_worker(self, worker: WorkerHandle) -> None:
+        handed = 0
+        while self.waiters and worker.load < self.config.concurrency:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                worker.reserved += 1
+                fut.set_result((worker, True))
+                handed += 1
+        if handed:
+            self.cold_starts += 1
+
+    # ----------------------------------------------------------------- scaling
+    @property
+    def inflight(self) -> int:
+        return sum(len(w.inflight) for w in self.workers)
+
+    def _scale_up(self) -> None:
+        count = scale_up_count(
+            demand=self.inflight + len(self.waiters),
+            workers=len(self.workers),
+            starting=self.starting,
+            concurrency=self.config.concurrency,
+            max_instances=self.config.max_instances,
+        )
+        for _ in range(count):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self.starting += 1
+        asyncio.get_running_loop().create_task(self._spawn())
+
+    async def _spawn(self) -> None:
+        try:
+            zygote = await self._ensure_zygote()
+            pid, sock = await zygote.fork()
+            worker = WorkerHandle(self, pid, zygote, self._clock())
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: worker.protocol, sock)
+        except ApiError as exc:
+            self.starting -= 1
+            self._fail_waiters(exc)
+            return
+        except Exception as exc:
+            self.starting -= 1
+            self._fail_waiters(FunctionCrashed(f"could not start a worker: {exc}"))
+            return
+        self.starting -= 1
+        if self.closed or not zygote.alive:
+            worker.close()
+            return
+        self.workers.append(worker)
+        self.by_pid[pid] = worker
+        self._hand_new_worker(worker)
+
+    def _fail_waiters(self, exc: ApiError) -> None:
+        # Waiters are only failed when nothing else can serve them.
+        if self.workers or self.starting:
+            return
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _ensure_zygote(self) -> ZygoteHandle:
+        if self.zygote is not None and self.zygote.alive:
+            return self.zygote
+        if self._zygote_starting is None:
+            self._zygote_starting = asyncio.get_running_loop().create_task(self._start_zygote())
+        task = self._zygote_starting
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._zygote_starting is task:
+                self._zygote_starting = None
+
+    async def _start_zygote(self) -> ZygoteHandle:
+        zygote = ZygoteHandle(self.spec, self.settings, self._worker_exited, self._zygote_died)
+        try:
+            await zygote.start()
+        except BaseException:
+            zygote.kill()
+            raise
+        zygote.idle_since = self._clock()
+        self.zygote = zygote
+        return zygote
+
+    def _worker_exited(self, pid: int, info: ExitInfo) -> None:
+        worker = self.by_pid.pop(pid, None)
+        if worker is not None and not worker.exit_info.done():
+            worker.exit_info.set_result(info)
+
+    def _zygote_died(self, zygote: ZygoteHandle) -> None:
+        if self.zygote is zygote:
+            self.zygote = None
+
+    def worker_gone(self, worker: WorkerHandle) -> None:
+        with contextlib.suppress(ValueError):
+            self.workers.remove(worker)
+        if self.waiters and not self.closed:
+            self._scale_up()
+
+    def _kill(self, worker: WorkerHandle) -> None:
+        worker.alive = False
+        worker.zygote.kill_worker(worker.pid)
+
+    def tick(self) -> None:
+        """Scale down idle workers and zygotes; keep min_instances warm."""
+        if self.closed:
+            return
+        now = self._clock()
+        keep = 0 if self.draining else self.config.min_instances
+        idle = [w for w in self.workers if not w.load and not self.waiters]
+        removable = len(self.workers) - keep
+        for worker in sorted(idle, key=lambda w: w.last_used):
+            if removable <= 0:
+                break
+            if now - worker.last_used >= self.settings.idle_timeout_s:
+                self.workers.remove(worker)
+                worker.close()
+                removable -= 1
+        missing = keep - len(self.workers) - self.starting
+        for _ in range(max(0, missing)):
+            self._start_worker()
+        zygote = self.zygote
+        if zygote is not None:
+            if self.workers or self.starting or self.waiters:
+                zygote.idle_since = now
+            elif now - zygote.idle_since >= self.settings.zygote_idle_timeout_s:
+                self.zygote = None
+                zygote.kill()
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.workers and not self.starting and not self.waiters and self.zygote is None
+
+    async def close(self) -> None:
+        self.closed = True
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(FunctionCrashed("the platform is shutting down", code="shutdown"))
+        self.waiters.clear()
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()
+        if self._zygote_starting is not None:
+            with contextlib.suppress(BaseException):
+                await self._zygote_starting
+        if self.zygote is not None:
+            zygote, self.zygote = self.zygote, None
+            zygote.kill()
+            await zygote.wait()
+
+    # ----------------------------------------------------------------- worker requests
+    async def handle_rpc(self, worker: WorkerHandle, message: dict[str, Any]) -> None:
+        rid = message.get("rid")
+        try:
+            value = await self._rpc(
+                self.spec, str(message.get("id", "")), str(message.get("op")), message["args"]
+            )
+            reply: dict[str, Any] = {"t": "rpr", "rid": rid, "ok": True, "value": value}
+        except ApiError as exc:
+            reply = {"t": "rpr", "rid": rid, "ok": False, "error": exc.message}
+        except Exception as exc:
+            reply = {"t": "rpr", "rid": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        worker.protocol.send(reply)
+
+    def handle_log(self, message: dict[str, Any]) -> None:
+        self._log_sink(
+            self.spec,
+            str(message.get("id", "")),
+            str(message.get("level", "info")),
+            str(message.get("msg", "")),
+            message.get("fields") or {},
+            float(message.get("ts") or time.time()),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.spec.version,
+            "pid": self.zygote.pid if self.zygote else None,
+            "starting": self.starting,
+            "queued": len(self.waiters),
+            "workers": [w.describe() for w in self.workers],
+        }
+
+
+def _error_from(reply: dict[str, Any]) -> ApiError:
+    code = str(reply.get("code", "function_error"))
+    message = str(reply.get("message", ""))
+    type_name = str(reply.get("type", "Exception"))
+    if code == "out_of_memory":
+        return FunctionCrashed(message, code=code)
+    if code == "payload_too_large":
+        return PayloadTooLarge(message, code="response_too_large")
+    if code == "function_crashed":
+        return FunctionCrashed(message, code=code)
+    return FunctionError(
+        f"{type_name}: {message}" if message else type_name,
+        code=code,
+        details={"type": type_name, "traceback": str(reply.get("tb", ""))},
+    )

@@ -1,0 +1,20 @@
+"""Runtime settings as plain data (one object for the whole executor)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    idle_timeout_s: float = 60.0
+    zygote_idle_timeout_s: float = 600.0
+    queue_size: int = 256
+    max_request_bytes: int = 6 * MB
+    max_response_bytes: int = 6 * MB
+    zygote_start_timeout_s: float = 120.0
+    python: str = field(default_factory=lambda: sys.executable)
+    reap_interval_s: float = 0.5

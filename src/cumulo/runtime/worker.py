@@ -1,0 +1,285 @@
+"""The worker: a process forked from a zygote that runs invocations one frame at a time.
+
+With `concurrency == 1` a worker runs each invocation on its main thread and reads rpc
+replies itself; with more, a reader thread dispatches invocations to a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cumulo.runtime.loader import KIND_LAMBDA, KIND_REQUEST, FoundHandler, user_traceback
+from cumulo.runtime.wire import BlockingChannel
+from cumulo.sdk.context import Context
+from cumulo.sdk.http import Request, Response
+from cumulo.sdk.spec import FunctionConfig
+
+MAX_LOG_LINE = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMeta:
+    namespace: str
+    function: str
+    version: int
+    code_dir: Path
+    config: FunctionConfig
+    max_response: int
+
+
+class RemoteError(Exception):
+    """The gateway refused an rpc; surfaces in user code with the gateway's message."""
+
+
+class WorkerTransport:
+    """Context operations as rpc frames over the worker socket."""
+
+    def __init__(self, channel: BlockingChannel, threaded: bool) -> None:
+        self._channel = channel
+        self._threaded = threaded
+        self._send_lock = threading.Lock()
+        self._rids = itertools.count(1)
+        self._pending: dict[int, Future[Any]] = {}
+        self._current = threading.local()
+        # Frames that arrived while an inline invocation waited for an rpc reply.
+        self.deferred: list[dict[str, Any]] = []
+
+    @property
+    def invocation_id(self) -> str:
+        return getattr(self._current, "id", "")
+
+    @invocation_id.setter
+    def invocation_id(self, value: str) -> None:
+        self._current.id = value
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self._channel.send(message)
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        rid = next(self._rids)
+        frame = {"t": "rpc", "rid": rid, "id": self.invocation_id, "op": op, "args": args}
+        if self._threaded:
+            fut: Future[Any] = Future()
+            self._pending[rid] = fut
+            self.send(frame)
+            reply = fut.result()
+        else:
+            self.send(frame)
+            reply = self._read_reply(rid)
+        if not reply.get("ok"):
+            raise RemoteError(str(reply.get("error", "rpc failed")))
+        return reply.get("value")
+
+    def _read_reply(self, rid: int) -> dict[str, Any]:
+        while True:
+            message = self._channel.recv()
+            if message is None:
+                os._exit(0)
+            if message.get("t") == "rpr" and message.get("rid") == rid:
+                return message
+            self.deferred.append(message)
+
+    def resolve(self, message: dict[str, Any]) -> None:
+        fut = self._pending.pop(message.get("rid", -1), None)
+        if fut is not None:
+            fut.set_result(message)
+
+    def log(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        try:
+            safe_fields = orjson.loads(orjson.dumps(fields, default=str)) if fields else {}
+        except (TypeError, orjson.JSONEncodeError):
+            safe_fields = {"fields": repr(fields)}
+        self.send(
+            {
+                "t": "log",
+                "id": self.invocation_id,
+                "level": level,
+                "msg": str(message)[:MAX_LOG_LINE],
+                "fields": safe_fields,
+                "ts": time.time(),
+            }
+        )
+
+
+class CapturedStream(io.TextIOBase):
+    """sys.stdout / sys.stderr inside a worker: each line becomes a log frame."""
+
+    def __init__(self, transport: WorkerTransport, level: str) -> None:
+        self._transport = transport
+        self._level = level
+        self._buf = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        pending = getattr(self._buf, "text", "") + s
+        *lines, rest = pending.split("\n")
+        self._buf.text = rest
+        for line in lines:
+            self._transport.log(self._level, line, {})
+        return len(s)
+
+    def flush(self) -> None:
+        rest = getattr(self._buf, "text", "")
+        if rest:
+            self._buf.text = ""
+            self._transport.log(self._level, rest, {})
+
+
+class Worker:
+    def __init__(self, channel: BlockingChannel, handler: FoundHandler, meta: WorkerMeta) -> None:
+        self.channel = channel
+        self.handler = handler
+        self.meta = meta
+        self.threaded = meta.config.concurrency > 1
+        self.transport = WorkerTransport(channel, self.threaded)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    def serve(self) -> None:
+        sys.stdout = CapturedStream(self.transport, "stdout")
+        sys.stderr = CapturedStream(self.transport, "stderr")
+        pool = (
+            ThreadPoolExecutor(self.meta.config.concurrency, thread_name_prefix="invoke")
+            if self.threaded
+            else None
+        )
+        while True:
+            deferred = self.transport.deferred
+            message = deferred.pop(0) if deferred else self.channel.recv()
+            if message is None:
+                return
+            kind = message.get("t")
+            if kind == "inv":
+                if pool is None:
+                    self.invoke(message)
+                else:
+                    pool.submit(self.invoke, message)
+            elif kind == "rpr":
+                self.transport.resolve(message)
+
+    def invoke(self, message: dict[str, Any]) -> None:
+        iid = message["id"]
+        self.transport.invocation_id = iid
+        try:
+            reply = self._run(message)
+        except ResponseTooLarge as exc:
+            self._send_error(iid, "payload_too_large", "ResponseTooLarge", str(exc))
+        except MemoryError:
+            self._send_error(iid, "out_of_memory", "MemoryError", self._oom_message())
+            sys.stdout.flush()
+            os._exit(3)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):
+                self._send_error(
+                    iid, "function_crashed", "SystemExit", f"the function exited ({exc.code})"
+                )
+                os._exit(1)
+            self._send_error(
+                iid,
+                "function_error",
+                type(exc).__name__,
+                str(exc),
+                user_traceback(exc, self.meta.code_dir),
+            )
+        else:
+            self.transport.send(reply)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            self.transport.invocation_id = ""
+
+    def _oom_message(self) -> str:
+        return (
+            f"the function exceeded its memory limit of {self.meta.config.memory_mb} MB; "
+            "the worker was replaced"
+        )
+
+    def _send_error(self, iid: str, code: str, type_name: str, message: str, tb: str = "") -> None:
+        self.transport.send(
+            {"t": "err", "id": iid, "code": code, "type": type_name, "message": message, "tb": tb}
+        )
+
+    def _run(self, message: dict[str, Any]) -> dict[str, Any]:
+        handler = self.handler
+        meta = self.meta
+        ctx = Context(
+            transport=self.transport,
+            invocation_id=message["id"],
+            deadline=message["deadline"],
+            namespace=meta.namespace,
+            function_name=meta.function,
+            version=meta.version,
+            memory_mb=meta.config.memory_mb,
+            env=meta.config.env,
+            secrets=meta.config.secrets,
+        )
+        if handler.kind == KIND_REQUEST:
+            method, path, headers, query, body = message["http"]
+            arg: Any = Request(method=method, path=path, headers=headers, query=query, body=body)
+        elif "q" in message:
+            arg = message["q"]
+        else:
+            raw = message.get("ev")
+            arg = orjson.loads(raw) if raw else {}
+        result = handler.func(arg, ctx)
+        if handler.is_async:
+            result = self._await(result)
+        return self._encode(message["id"], result)
+
+    def _await(self, coro: Any) -> Any:
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(coro)
+
+    def _encode(self, iid: str, result: Any) -> dict[str, Any]:
+        if self.handler.kind == KIND_LAMBDA and isinstance(result, dict) and "statusCode" in result:
+            result = _lambda_proxy_response(result)
+        if isinstance(result, Response):
+            status, headers, body = result.encode()
+            self._check_size(len(body))
+            return {"t": "res", "id": iid, "http": [status, headers, body]}
+        try:
+            body = orjson.dumps(result)
+        except TypeError as exc:
+            raise TypeError(f"the return value is not JSON-serializable: {exc}") from None
+        self._check_size(len(body))
+        return {"t": "res", "id": iid, "body": body}
+
+    def _check_size(self, size: int) -> None:
+        if size > self.meta.max_response:
+            raise ResponseTooLarge(size, self.meta.max_response)
+
+
+class ResponseTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the response is {size} bytes; the limit is {limit} bytes")
+
+
+def _lambda_proxy_response(result: dict[str, Any]) -> Response:
+    """API Gateway proxy shape: {"statusCode", "headers", "body", "isBase64Encoded"}."""
+    body: Any = result.get("body", "")
+    if result.get("isBase64Encoded") and isinstance(body, str):
+        import base64
+
+        body = base64.b64decode(body)
+    elif not isinstance(body, str | bytes):
+        body = orjson.dumps(body)
+    headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+    media = None if any(k.lower() == "content-type" for k in headers) else "application/json"
+    return Response(body=body, status=int(result["statusCode"]), headers=headers, media_type=media)

@@ -1,0 +1,1 @@
+"""What user code imports, and what runs inside a worker."""

@@ -1,0 +1,74 @@
+"""`@cumulo.function`: attach a FunctionSpec to a plain callable, changing nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from cumulo.sdk.spec import SPEC_ATTR, FunctionConfig, FunctionSpec, validate_name
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def function(fn: F, /) -> F: ...
+
+
+@overload
+def function(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    memory_mb: int = 256,
+    timeout_s: float = 30.0,
+    min_instances: int = 0,
+    max_instances: int = 10,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> Callable[[F], F]: ...
+
+
+def function(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    memory_mb: int = 256,
+    timeout_s: float = 30.0,
+    min_instances: int = 0,
+    max_instances: int = 10,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> F | Callable[[F], F]:
+    """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
+    cumulo function. The callable stays a plain function: call it directly in unit tests."""
+    if name is not None:
+        validate_name(name)
+    spec = FunctionSpec(
+        name=name,
+        config=FunctionConfig(
+            memory_mb=memory_mb,
+            timeout_s=timeout_s,
+            min_instances=min_instances,
+            max_instances=max_instances,
+            concurrency=concurrency,
+            env=dict(env or {}),
+            secrets=tuple(secrets),
+        ),
+    )
+
+    def mark(target: F) -> F:
+        setattr(target, SPEC_ATTR, spec)
+        return target
+
+    if fn is not None:
+        return mark(fn)
+    return mark
+
+
+def spec_of(obj: object) -> FunctionSpec | None:
+    spec = getattr(obj, SPEC_ATTR, None)
+    return spec if isinstance(spec, FunctionSpec) else None

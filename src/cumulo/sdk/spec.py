@@ -1,0 +1,112 @@
+"""Function configuration as plain data, attached to user callables by the decorators."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cumulo.errors import BadRequest
+
+NAME_RE = re.compile(r"^[a-z0-9-]{1,63}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME_RE = SECRET_NAME_RE
+
+SPEC_ATTR = "__cumulo_function__"
+
+MAX_MEMORY_MB = 64 * 1024
+MAX_TIMEOUT_S = 15 * 60
+MAX_CONCURRENCY = 1000
+MAX_INSTANCES = 1000
+
+
+def validate_name(name: str, what: str = "function name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"invalid {what} {name!r}: use 1-63 characters from a-z, 0-9 and '-'",
+            code="invalid_name",
+        )
+    return name
+
+
+def default_name(python_name: str) -> str:
+    """`send_email` deploys as `send-email`: function names are DNS-label-like."""
+    return python_name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionConfig:
+    """Limits and scaling of one function; every field has a safe default."""
+
+    memory_mb: int = 256
+    timeout_s: float = 30.0
+    min_instances: int = 0
+    max_instances: int = 10
+    concurrency: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.memory_mb, int) or not 16 <= self.memory_mb <= MAX_MEMORY_MB:
+            problems.append(f"memory_mb must be an integer from 16 to {MAX_MEMORY_MB}")
+        if (
+            not isinstance(self.timeout_s, int | float)
+            or isinstance(self.timeout_s, bool)
+            or not 0 < self.timeout_s <= MAX_TIMEOUT_S
+        ):
+            problems.append(f"timeout_s must be a number above 0 and at most {MAX_TIMEOUT_S}")
+        if not isinstance(self.max_instances, int) or not 1 <= self.max_instances <= MAX_INSTANCES:
+            problems.append(f"max_instances must be an integer from 1 to {MAX_INSTANCES}")
+        if not isinstance(self.min_instances, int) or not self.min_instances >= 0:
+            problems.append("min_instances must be a non-negative integer")
+        elif isinstance(self.max_instances, int) and self.min_instances > self.max_instances:
+            problems.append("min_instances must not exceed max_instances")
+        if not isinstance(self.concurrency, int) or not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            problems.append(f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}")
+        if not isinstance(self.env, dict) or not all(
+            isinstance(k, str) and ENV_NAME_RE.fullmatch(k) and isinstance(v, str)
+            for k, v in self.env.items()
+        ):
+            problems.append("env must map variable names to string values")
+        if not all(isinstance(s, str) and SECRET_NAME_RE.fullmatch(s) for s in self.secrets):
+            problems.append("secrets must be a list of secret names")
+        if problems:
+            raise BadRequest("; ".join(problems), code="invalid_config")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["secrets"] = list(self.secrets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FunctionConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "secrets" in known:
+            known["secrets"] = tuple(known["secrets"] or ())
+        if "env" in known:
+            known["env"] = dict(known["env"] or {})
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise BadRequest(f"invalid function config: {exc}", code="invalid_config") from exc
+
+    def merged(self, overrides: dict[str, Any]) -> FunctionConfig:
+        """Deploy-time flags override decorator values; env maps are merged."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "env":
+                data["env"] = {**data["env"], **value}
+            else:
+                data[key] = value
+        return FunctionConfig.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """What `@cumulo.function` records on the callable."""
+
+    name: str | None
+    config: FunctionConfig

@@ -1,0 +1,63 @@
+"""Who is calling: the one place every request's credentials are checked."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from cumulo.errors import Forbidden, NotFound, Unauthorized
+from cumulo.security.keys import KeyHasher, well_formed
+from cumulo.store.base import ApiKeyRecord
+
+ALL_NAMESPACES = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    namespace: str  # "*" for the platform admin key
+    scopes: frozenset[str]
+
+    def can_see(self, namespace: str) -> bool:
+        return self.namespace in (ALL_NAMESPACES, namespace)
+
+    def require(self, scope: str, namespace: str | None = None) -> None:
+        """Raise unless this principal may act with `scope` in `namespace`.
+
+        Another tenant's namespace answers 404, exactly like a missing one, so a key can
+        not probe which names exist elsewhere."""
+        if namespace is not None and not self.can_see(namespace):
+            raise NotFound("not found", code="not_found")
+        if "admin" not in self.scopes and scope not in self.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
+
+
+class Authenticator:
+    """Checks bearer keys against an in-memory table (reloaded whenever keys change)."""
+
+    def __init__(self, hasher: KeyHasher) -> None:
+        self._hasher = hasher
+        self._by_hash: dict[bytes, ApiKeyRecord] = {}
+
+    def load(self, records: list[ApiKeyRecord]) -> None:
+        self._by_hash = {r.key_hash: r for r in records if r.revoked_at is None}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthorized(
+                "missing credentials: send Authorization: Bearer <key>", code="missing_key"
+            )
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("use Authorization: Bearer <key>", code="bad_auth_scheme")
+        if not well_formed(token):
+            raise Unauthorized("invalid API key", code="invalid_key")
+        digest = self._hasher.hash(token)
+        record = self._by_hash.get(digest)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            raise Unauthorized("invalid API key", code="invalid_key")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise Unauthorized("this API key has expired", code="expired_key")
+        return Principal(record.id, record.namespace, frozenset(record.scopes))
