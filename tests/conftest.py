@@ -1,0 +1,157 @@
+"""Fixtures that run the real platform: `cumulo up` in a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cumulo.client import Client
+
+FUNCTIONS = Path(__file__).parent / "functions"
+CUMULO = str(Path(sys.executable).parent / "cumulo")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+@dataclass
+class RunningPlatform:
+    proc: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    api_key: str
+    log_path: Path
+    clients: list[Client] = field(default_factory=list)
+
+    def client(self, namespace: str = "default") -> Client:
+        c = Client(self.url, self.api_key, namespace=namespace)
+        self.clients.append(c)
+        return c
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CUMULO_URL": self.url, "CUMULO_API_KEY": self.api_key}
+        return subprocess.run(
+            [CUMULO, *args], capture_output=True, text=True, env=env, input=input, timeout=120
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        for c in self.clients:
+            c.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_platform(tmp: Path, *extra: str) -> RunningPlatform:
+    port = free_port()
+    data_dir = tmp / "data"
+    log_path = tmp / "platform.log"
+    with log_path.open("wb") as logfile:
+        proc = subprocess.Popen(
+            [CUMULO, "up", "--port", str(port), "--data-dir", str(data_dir), *extra],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            start_new_session=True,
+        )
+    creds = data_dir / "credentials.json"
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"cumulo up exited early:\n{log_path.read_text()}")
+        try:
+            return creds.exists() and httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 30, "the platform to become ready")
+    api_key = json.loads(creds.read_text())["api_key"]
+    return RunningPlatform(proc, url, data_dir, api_key, log_path)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """One platform for the whole session, with short idle windows so scaling is observable."""
+    running = start_platform(
+        tmp_path_factory.mktemp("platform"),
+        "--idle-timeout",
+        "1",
+        "--zygote-idle-timeout",
+        "3",
+        "--max-body-mb",
+        "1",
+        "--grace",
+        "5",
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fresh_platform(tmp_path: Path) -> Iterator[Callable[..., RunningPlatform]]:
+    """A platform of the test's own, for tests that stop or overload it."""
+    started: list[RunningPlatform] = []
+
+    def make(*extra: str) -> RunningPlatform:
+        running = start_platform(tmp_path, *extra)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def client(platform: RunningPlatform) -> Client:
+    return platform.client()
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A function name no other test uses on the shared platform."""
+    base = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40]
+    return f"{base}-{next(_counter)}"

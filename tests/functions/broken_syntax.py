@@ -1,0 +1,6 @@
+import cumulo
+
+
+@cumulo.function
+def broken(event, ctx)
+    return event
