@@ -20,6 +20,7 @@ from cumulo.quantum.admission import Admission, CircuitInfo, admit, circuit_info
 from cumulo.quantum.qasm import parse_qasm
 from cumulo.quantum.spec import JobSpec, Limits, Observable, PubSpec
 
+_MAX_EXPANSION_DEPTH = 16
 _ALWAYS_SUPPORTED = frozenset({"measure", "reset", "barrier", "delay"})
 
 
@@ -161,16 +162,15 @@ def _lower(circuit: Any, method: str, field: str) -> Any:
     basis = _aer_basis(method)
     if basis is None:
         return circuit
-    names = {inst.operation.name for inst in circuit.data}
-    if names <= basis:
-        return circuit
-    from qiskit import transpile
-
-    try:
-        return transpile(circuit, basis_gates=sorted(basis), optimization_level=0)
-    except Exception as exc:
-        unknown = ", ".join(sorted(names - basis))
-        raise _bad(field, f"uses gate(s) {unknown} that {method} cannot run: {exc}") from None
+    for _ in range(_MAX_EXPANSION_DEPTH):
+        unknown = {inst.operation.name for inst in circuit.data} - basis
+        if not unknown:
+            return circuit
+        try:
+            circuit = circuit.decompose(gates_to_decompose=sorted(unknown))
+        except Exception as exc:  # definitions can fail in many ways
+            raise _bad(field, f"uses gate(s) {', '.join(sorted(unknown))}: {exc}") from None
+    raise _bad(field, f"uses gate(s) {', '.join(sorted(unknown))} that {method} cannot run")
 
 
 def _shape_pub(pub: PubSpec, circuit: Any, field: str, limits: Limits) -> dict[str, Any]:

@@ -85,6 +85,9 @@ class WorkerHandle:
     def _on_frame(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind in ("res", "err"):
+            if message.get("exit") and self.alive:
+                self.alive = False
+                self.pool.worker_gone(self)
             fut = self.inflight.pop(message.get("id", ""), None)
             if fut is not None and not fut.done():
                 fut.set_result(message)
@@ -429,7 +432,7 @@ class VersionPool:
             "pid": self.zygote.pid if self.zygote else None,
             "starting": self.starting,
             "queued": len(self.waiters),
-            "workers": [w.describe() for w in self.workers],
+            "workers": [w.describe() for w in self.workers if w.alive],
         }
 
 

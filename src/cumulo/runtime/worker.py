@@ -175,18 +175,22 @@ class Worker:
     def invoke(self, message: dict[str, Any]) -> None:
         iid = message["id"]
         self.transport.invocation_id = iid
+        out_of_memory = False
         try:
             reply = self._run(message)
         except ResponseTooLarge as exc:
             self._send_error(iid, "payload_too_large", "ResponseTooLarge", str(exc))
         except MemoryError:
-            self._send_error(iid, "out_of_memory", "MemoryError", self._oom_message())
-            sys.stdout.flush()
-            os._exit(3)
+            # Reported below, once the traceback (and the memory its frames hold) is gone.
+            out_of_memory = True
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 self._send_error(
-                    iid, "function_crashed", "SystemExit", f"the function exited ({exc.code})"
+                    iid,
+                    "function_crashed",
+                    "SystemExit",
+                    f"the function exited ({exc.code})",
+                    exiting=True,
                 )
                 os._exit(1)
             self._send_error(
@@ -201,7 +205,10 @@ class Worker:
         finally:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
-            self.transport.invocation_id = ""
+        if out_of_memory:
+            self._send_error(iid, "out_of_memory", "MemoryError", self._oom_message(), exiting=True)
+            os._exit(3)
+        self.transport.invocation_id = ""
 
     def _oom_message(self) -> str:
         return (
@@ -209,10 +216,19 @@ class Worker:
             "the worker was replaced"
         )
 
-    def _send_error(self, iid: str, code: str, type_name: str, message: str, tb: str = "") -> None:
-        self.transport.send(
-            {"t": "err", "id": iid, "code": code, "type": type_name, "message": message, "tb": tb}
-        )
+    def _send_error(
+        self,
+        iid: str,
+        code: str,
+        type_name: str,
+        message: str,
+        tb: str = "",
+        *,
+        exiting: bool = False,
+    ) -> None:
+        # `exit` tells the gateway this worker is about to die, so it sends it nothing more.
+        frame = {"t": "err", "id": iid, "code": code, "type": type_name, "message": message}
+        self.transport.send({**frame, "tb": tb, "exit": exiting})
 
     def _run(self, message: dict[str, Any]) -> dict[str, Any]:
         handler = self.handler

@@ -21,6 +21,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,8 @@ class Zygote:
                 Worker(BlockingChannel(worker_end), self.handler, self.meta).serve()
             except BaseException:
                 code = 1
+                with contextlib.suppress(BaseException):
+                    os.write(2, f"cumulo worker died:\n{traceback.format_exc()}".encode())
             finally:
                 os._exit(code)
         self.children.add(pid)

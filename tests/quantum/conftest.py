@@ -1,0 +1,137 @@
+"""A real QuantumService with real Aer workers behind a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cumulo.errors import ApiError
+from cumulo.quantum.api import build_router
+from cumulo.quantum.service import QuantumService
+
+T = TypeVar("T")
+MEMORY_CAP = 2 * 2**30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def namespace_of(request: Request) -> str:
+    return request.headers.get("x-namespace", "default")
+
+
+def build_app(service: QuantumService, started: list[asyncio.AbstractEventLoop]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        started.append(asyncio.get_running_loop())
+        yield
+        await service.stop()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    app.include_router(build_router(lambda: service, namespace_of))
+    return app
+
+
+@dataclass
+class QuantumServer:
+    url: str
+    service: QuantumService
+    loop: asyncio.AbstractEventLoop
+    data_dir: Path
+
+    def http(self, namespace: str = "default") -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"x-namespace": namespace}, timeout=60)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the server's event loop (where the service lives)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@dataclass
+class RunningServer:
+    server: uvicorn.Server
+    thread: threading.Thread
+    quantum: QuantumServer
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+
+
+def start_server(data_dir: Path, **options: Any) -> RunningServer:
+    service = QuantumService(data_dir, **options)
+    loops: list[asyncio.AbstractEventLoop] = []
+    port = free_port()
+    config = uvicorn.Config(
+        build_app(service, loops), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="quantum-uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 120, "uvicorn to start")
+    assert server.started, "uvicorn did not start"
+    quantum = QuantumServer(f"http://127.0.0.1:{port}", service, loops[0], data_dir)
+    return RunningServer(server, thread, quantum)
+
+
+@pytest.fixture(scope="session")
+def quantum_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuantumServer]:
+    """One server for the session: two warm workers, a 2 GiB memory budget, 60 s time cap."""
+    running = start_server(
+        tmp_path_factory.mktemp("quantum"),
+        pool_size=2,
+        max_qubits_memory_bytes=MEMORY_CAP,
+        job_timeout_s=60,
+    )
+    yield running.quantum
+    running.stop()
+
+
+@pytest.fixture
+def http(quantum_server: QuantumServer) -> Iterator[httpx.Client]:
+    with quantum_server.http() as client:
+        yield client
+
+
+def run_job(client: httpx.Client, body: dict[str, Any], wait: float = 60) -> dict[str, Any]:
+    """Submit and long-poll until the job is terminal."""
+    response = client.post("/v1/quantum/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    deadline = time.monotonic() + wait
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job still {job['state']}"
+        job = client.get(f"/v1/quantum/jobs/{job['id']}", params={"wait": 10}).json()
+    return job
