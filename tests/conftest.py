@@ -81,7 +81,7 @@ class RunningPlatform:
         return self.proc.returncode
 
 
-def start_platform(tmp: Path, *extra: str) -> RunningPlatform:
+def start_platform(tmp: Path, *extra: str, cwd: Path | None = None) -> RunningPlatform:
     port = free_port()
     data_dir = tmp / "data"
     log_path = tmp / "platform.log"
@@ -90,7 +90,7 @@ def start_platform(tmp: Path, *extra: str) -> RunningPlatform:
             [CUMULO, "up", "--port", str(port), "--data-dir", str(data_dir), *extra],
             stdout=logfile,
             stderr=subprocess.STDOUT,
-            cwd=tmp,
+            cwd=cwd or tmp,
             start_new_session=True,
         )
     creds = data_dir / "credentials.json"
@@ -132,8 +132,8 @@ def fresh_platform(tmp_path: Path) -> Iterator[Callable[..., RunningPlatform]]:
     """A platform of the test's own, for tests that stop or overload it."""
     started: list[RunningPlatform] = []
 
-    def make(*extra: str) -> RunningPlatform:
-        running = start_platform(tmp_path, *extra)
+    def make(*extra: str, cwd: Path | None = None) -> RunningPlatform:
+        running = start_platform(tmp_path, *extra, cwd=cwd)
         started.append(running)
         return running
 

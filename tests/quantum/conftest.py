@@ -42,7 +42,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 
 def namespace_of(request: Request) -> str:
-    return request.headers.get("x-namespace", "default")
+    # Header for the tests' own clients; query parameter as the CLI sends it.
+    return request.headers.get("x-namespace") or request.query_params.get("namespace", "default")
 
 
 def build_app(service: QuantumService, started: list[asyncio.AbstractEventLoop]) -> FastAPI:

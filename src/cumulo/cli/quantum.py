@@ -54,6 +54,12 @@ class _Api:
             timeout=httpx.Timeout(10.0, read=POLL_S + 30.0),
         )
 
+    def __enter__(self) -> _Api:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.http.close()
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         params = dict(kwargs.pop("params", {}) or {})
         params["namespace"] = self.namespace
@@ -191,7 +197,11 @@ def run(
     }
     if seed is not None:
         body["seed"] = seed
-    api = _Api(namespace)
+    with _Api(namespace) as api:
+        _run(api, body, dry_run=dry_run, wait=wait, as_json=as_json)
+
+
+def _run(api: _Api, body: dict[str, Any], *, dry_run: bool, wait: bool, as_json: bool) -> None:
     if dry_run:
         report = api.call("POST", "/v1/quantum/jobs", params={"dry_run": "true"}, json=body)
         if as_json:
@@ -232,10 +242,10 @@ def status(
     namespace: Namespace = "default",
 ) -> None:
     """Show a job: its state, events and (when finished) its result."""
-    api = _Api(namespace)
-    job = api.call("GET", f"/v1/quantum/jobs/{job_id}")
-    if wait:
-        job = _wait(api, job, quiet=as_json)
+    with _Api(namespace) as api:
+        job = api.call("GET", f"/v1/quantum/jobs/{job_id}")
+        if wait:
+            job = _wait(api, job, quiet=as_json)
     if as_json:
         out.print_json(orjson.dumps(job).decode())
         return
@@ -256,6 +266,6 @@ def cancel(
     namespace: Namespace = "default",
 ) -> None:
     """Cancel a queued or running job."""
-    api = _Api(namespace)
-    job = api.call("DELETE", f"/v1/quantum/jobs/{job_id}")
+    with _Api(namespace) as api:
+        job = api.call("DELETE", f"/v1/quantum/jobs/{job_id}")
     out.print(f"{job['id']}: {job['state']}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def serve(
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn drains, restores these handlers, then re-raises the signal it caught: a
+    # drained SIGTERM is a clean stop (exit 0), Ctrl-C exits 130 without a traceback.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     server.run()
     if not server.started:
         sys.exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import sysconfig
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ from typing import Any
 from cumulo.sdk.decorators import spec_of
 from cumulo.sdk.http import Request
 from cumulo.sdk.spec import FunctionConfig, default_name
+
+# Frames from these paths are the platform's, not the user's: stdlib, importlib, cumulo.
+_PLATFORM_PATHS = (
+    "<frozen",
+    sysconfig.get_paths()["stdlib"],
+    str(Path(__file__).resolve().parent.parent),
+)
 
 KIND_EVENT = "event"  # f(event: dict, ctx)
 KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
@@ -57,8 +65,7 @@ def user_traceback(exc: BaseException, code_dir: Path) -> str:
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
-        if f.filename.startswith(root) or not f.filename.startswith(("<frozen", sys.prefix))
-        if "/cumulo/" not in f.filename
+        if f.filename.startswith(root) or not f.filename.startswith(_PLATFORM_PATHS)
     ]
     lines = ["Traceback (most recent call last):\n"] if frames else []
     lines += traceback.format_list(frames)
