@@ -107,9 +107,7 @@ def test_crashing_function_hammered_while_a_healthy_one_serves_without_error(
     assert sum(errors for _, errors in results) == 0
 
 
-def test_request_body_over_the_limit_gives_413(
-    platform: RunningPlatform, unique_name: str
-) -> None:
+def test_request_body_over_the_limit_gives_413(platform: RunningPlatform, unique_name: str) -> None:
     platform.client().deploy(KIT, name=unique_name, handler="kit.echo")
     body = b'{"x": "' + b"a" * (1024 * 1024) + b'"}'
     with platform.http() as http:

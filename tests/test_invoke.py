@@ -65,9 +65,7 @@ def test_state_survives_new_versions_and_is_not_shared(client: Client, unique_na
     assert client.invoke(other, {})["n"] == 1
 
 
-def test_logs_and_prints_are_kept_with_the_invocation_id(
-    client: Client, unique_name: str
-) -> None:
+def test_logs_and_prints_are_kept_with_the_invocation_id(client: Client, unique_name: str) -> None:
     client.deploy(KIT, name=unique_name, handler="kit.talk")
     response = client.invoke_raw(unique_name, {"order": 42})
     iid = response.headers["x-cumulo-invocation-id"]
@@ -216,6 +214,7 @@ def test_metrics_count_invocations_and_cold_starts(
 def test_health_endpoints_need_no_key(platform: RunningPlatform) -> None:
     assert httpx.get(f"{platform.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{platform.url}/readyz").status_code == 200
-    assert "/v1/namespaces/{namespace}/deploy" in httpx.get(f"{platform.url}/openapi.json").json()[
-        "paths"
-    ]
+    assert (
+        "/v1/namespaces/{namespace}/deploy"
+        in httpx.get(f"{platform.url}/openapi.json").json()["paths"]
+    )

@@ -86,8 +86,13 @@ def talk(event, ctx):
 
 def raw(request: cumulo.Request, ctx: cumulo.Context) -> cumulo.Response:
     return cumulo.Response(
-        {"method": request.method, "path": request.path, "query": request.query,
-         "body": request.text(), "has_auth": "authorization" in request.headers},
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "body": request.text(),
+            "has_auth": "authorization" in request.headers,
+        },
         status=201,
         headers={"x-custom": "yes"},
     )

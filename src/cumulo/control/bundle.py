@@ -109,6 +109,12 @@ class BundleStore:
                     if sum(m.size for m in members) > MAX_UNPACKED_BYTES:
                         raise PayloadTooLarge(f"the bundle unpacks to over {MAX_UNPACKED_BYTES}")
                     for member in members:
+                        parts = Path(member.name).parts
+                        if member.name.startswith("/") or ".." in parts:
+                            raise BadRequest(
+                                f"the bundle path {member.name!r} leaves the bundle",
+                                code="bad_bundle",
+                            )
                         if not (member.isfile() or member.isdir()):
                             raise BadRequest(
                                 f"the bundle holds {member.name!r}, which is not a regular file",
