@@ -1,6 +1,6 @@
 """An unmodified AWS Lambda handler; deploy with:
 
-    cumulo deploy examples/lambda_handler.py --name orders --handler lambda_handler.handler
+cumulo deploy examples/lambda_handler.py --name orders --handler lambda_handler.handler
 """
 
 import json

@@ -31,7 +31,8 @@ def test_deploy_invoke_versions_traffic_rollback_rm(
     split = platform.cli("traffic", unique_name, "1=10", "2=90")
     assert split.stdout.strip() == f"{unique_name}: v1=10%, v2=90%"
     versions = platform.cli("versions", unique_name)
-    assert "kit.whoami" in versions.stdout and "90%" in versions.stdout
+    assert "kit.whoami" in versions.stdout
+    assert "90%" in versions.stdout
     listed = platform.cli("ls")
     assert unique_name in listed.stdout
     rolled = platform.cli("rollback", unique_name)

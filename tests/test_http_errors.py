@@ -121,7 +121,7 @@ def test_scoped_key_cannot_deploy_and_other_namespace_is_404(
         assert http.post(f"/fn/default/{unique_name}", json={}).status_code == 404
         assert http.get(f"/v1/namespaces/default/functions/{unique_name}").status_code == 404
         assert http.get("/v1/namespaces/default/functions/no-such").status_code == 404
-    admin.revoke_key(next(k["id"] for k in admin.keys() if k["name"] == "invoke-only"))
+    admin.revoke_key(next(k["id"] for k in admin.api_keys() if k["name"] == "invoke-only"))
     revoked = httpx.post(
         f"{platform.url}/fn/default/{unique_name}", headers={"authorization": f"Bearer {key}"}
     )

@@ -21,7 +21,8 @@ from cumulo.security.keys import KeyHasher, generate_key, well_formed
 
 def test_generated_keys_are_well_formed_and_typos_are_caught_offline() -> None:
     key = generate_key()
-    assert key.startswith("cmo_") and len(key) == 53
+    assert key.startswith("cmo_")
+    assert len(key) == 53
     assert well_formed(key)
     typo = key[:10] + ("a" if key[10] != "a" else "b") + key[11:]
     assert not well_formed(typo)

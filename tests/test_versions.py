@@ -123,7 +123,7 @@ def test_unknown_handler_is_400(client: Client, unique_name: str) -> None:
 
 
 def test_ambiguous_module_needs_a_name(client: Client) -> None:
-    with pytest.raises(BadRequest, match="defines several functions .*echo.*secret"):
+    with pytest.raises(BadRequest, match=r"defines several functions .*echo.*secret"):
         client.deploy(KIT)
 
 

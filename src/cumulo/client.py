@@ -165,7 +165,7 @@ class Client:
         }
         return dict(self._json("POST", "/v1/keys", json=body))
 
-    def keys(self) -> list[dict[str, Any]]:
+    def api_keys(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/v1/keys")["keys"])
 
     def revoke_key(self, key_id: str) -> None:

@@ -322,7 +322,7 @@ def keys_create(
 def keys_ls(namespace: Namespace = "default") -> None:
     """List API keys (ids and scopes, never the keys)."""
     table = Table("ID", "NAMESPACE", "SCOPES", "NAME", "REVOKED")
-    for key in run(lambda: client(namespace).keys()):
+    for key in run(lambda: client(namespace).api_keys()):
         table.add_row(
             key["id"], key["namespace"], ",".join(key["scopes"]), key["name"], str(key["revoked"])
         )
