@@ -135,6 +135,7 @@ def _print_result(job: dict[str, Any]) -> None:
         f"{meta.get('seed')} · {1000 * float(meta.get('run_time_s', 0)):.1f} ms · "
         f"Qiskit {meta.get('qiskit_version')} / Aer {meta.get('qiskit_aer_version')}",
         highlight=False,
+        soft_wrap=True,
     )
     for i, pub in enumerate(result.get("pubs", [])):
         if pub.get("kind") == "estimator":

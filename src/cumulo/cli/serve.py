@@ -55,6 +55,7 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=int(grace) or None,
         server_header=False,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     # uvicorn drains, restores these handlers, then re-raises the signal it caught: a

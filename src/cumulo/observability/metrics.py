@@ -4,6 +4,7 @@ when /metrics is scraped, so keeping them costs the hot path nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,14 +74,25 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(PoolCollector(pools))
+        # labels() costs a lock and a dict lookup per call; the hot path reuses children.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def observe(
         self, namespace: str, function: str, status: int, seconds: float, cold: bool
     ) -> None:
-        self.invocations.labels(namespace, function, str(status)).inc()
-        self.duration.labels(namespace, function).observe(seconds)
+        key = (namespace, function, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.invocations.labels(namespace, function, str(status)),
+                self.duration.labels(namespace, function),
+                self.cold_starts.labels(namespace, function),
+            )
+        invocations, duration, cold_starts = children
+        invocations.inc()
+        duration.observe(seconds)
         if cold:
-            self.cold_starts.labels(namespace, function).inc()
+            cold_starts.inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

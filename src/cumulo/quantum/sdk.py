@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cumulo.errors import ApiError, BadRequest
+
+if TYPE_CHECKING:  # the service pulls in NumPy; a function's process never needs it
+    from cumulo.quantum.service import QuantumService
 
 Transport = Callable[[str, dict[str, Any]], Any]
 
@@ -239,7 +242,9 @@ class QuantumClient:
         return EstimateResult(result["pubs"][0], result["metadata"], job.get("id"))
 
 
-async def handle_sdk_call(service: Any, namespace: str, op: str, args: dict[str, Any]) -> Any:
+async def handle_sdk_call(
+    service: QuantumService, namespace: str, op: str, args: dict[str, Any]
+) -> Any:
     """Answer a function's `ctx.quantum` call: the gateway calls this for ops `quantum.*`.
 
     The namespace is the calling function's (enforced by the gateway), never taken from args.
@@ -248,8 +253,7 @@ async def handle_sdk_call(service: Any, namespace: str, op: str, args: dict[str,
     if body is None:
         raise BadRequest(f"{op} needs a job body", code="invalid_request")
     if op == OP_DRY_RUN:
-        reply: dict[str, Any] = await service.submit(namespace, body, dry_run=True)
-        return reply
+        return await service.submit(namespace, body, dry_run=True)
     if op != OP_RUN:
         raise BadRequest(f"unknown quantum operation {op!r}", code="unknown_op")
     key = args.get("idempotency_key")

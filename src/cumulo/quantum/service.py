@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -34,6 +35,7 @@ import orjson
 from cumulo.errors import (
     ApiError,
     BadRequest,
+    ConfigError,
     Conflict,
     NotFound,
     TooManyRequests,
@@ -47,12 +49,14 @@ from cumulo.quantum.spec import MAX_PUBS, MAX_SEED, METHODS, Limits, parse_job_r
 from cumulo.quantum.store import ACTIVE, TERMINAL, DuplicateKey, JobRow, JobStore
 
 T = TypeVar("T")
+log = logging.getLogger("cumulo.quantum")
 
 MAX_ATTEMPTS = 3
 MAX_WAIT_S = 60.0
 MAX_IDEMPOTENCY_KEY = 255
 MEMORY_POLL_S = 0.05
-_FINISHED_CACHE = 256
+_FINISHED_CACHE = 128
+_CACHE_RESULT_BYTES = 1 << 20
 
 
 def iso(ts: float | None) -> str | None:
@@ -321,14 +325,18 @@ class QuantumService:
         if job.state == "cancelling":
             return self._view(job)
         job.cancel_requested = True
-        if job.worker is None:
-            async with self._cond:
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(job)
+        async with self._cond:
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+        if queued:
             await self._finish(job, "cancelled", "cancelled while queued")
             return await self.get(namespace, job_id)
-        await self._transition(job, "cancelling", "cancel requested; stopping the simulation")
         worker = job.worker
+        if job.state in TERMINAL or worker is None:
+            return await self.get(namespace, job_id)
+        # Killing the worker is the only way to stop Aer mid-run; the pool replaces it.
+        await self._transition(job, "cancelling", "cancel requested; stopping the simulation")
         self._spawn_background(worker.kill())
         return self._view(job)
 
@@ -426,7 +434,16 @@ class QuantumService:
             except BaseException:
                 self._pool.release(worker)
                 raise
-            await self._run(job, worker)
+            try:
+                await self._run(job, worker)
+            except Exception as exc:
+                # A bug here must not take a pool slot down with it; the job says what happened.
+                log.exception("quantum job %s: internal error", job.id)
+                text = f"internal error while running the job: {type(exc).__name__}"
+                with contextlib.suppress(Exception):
+                    await self._finish(
+                        job, "failed", text, error={"code": "internal", "message": text}
+                    )
 
     async def _run(self, job: _Job, worker: Worker) -> None:
         job.worker = worker
@@ -537,7 +554,7 @@ class QuantumService:
         job.events.append(self._event(state, message, now))
         events = list(job.events)
 
-        def write() -> None:
+        def write() -> int:
             encoded = orjson.dumps(result) if result is not None else None
             self._store_.update(
                 job.id,
@@ -547,12 +564,14 @@ class QuantumService:
                 error=error,
                 result=encoded,
             )
+            return len(encoded) if encoded is not None else 0
 
-        await self._db(write)
-        view = self._view(job, finished_at=now, error=error, result=result)
-        self._finished[job.id] = view
-        while len(self._finished) > _FINISHED_CACHE:
-            self._finished.popitem(last=False)
+        size = await self._db(write)
+        if size <= _CACHE_RESULT_BYTES:
+            # Recent small results answer GETs from memory; big ones are read back from disk.
+            self._finished[job.id] = self._view(job, finished_at=now, error=error, result=result)
+            while len(self._finished) > _FINISHED_CACHE:
+                self._finished.popitem(last=False)
         self._active.pop(job.id, None)
         job.done.set()
 
@@ -673,7 +692,12 @@ def _not_found(job_id: str) -> NotFound:
 
 
 def _import_qiskit() -> None:
-    import qiskit  # noqa: F401
-    import qiskit_aer  # noqa: F401
-
-    from cumulo.quantum import qasm  # noqa: F401
+    try:
+        import qiskit  # noqa: F401
+        import qiskit_aer  # noqa: F401
+        import qiskit_qasm3_import  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"quantum jobs need Qiskit ({exc.name} is missing): "
+            "pip install qiskit qiskit-aer qiskit-qasm3-import"
+        ) from exc

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cumulo.errors import (
     ApiError,
@@ -28,6 +28,7 @@ from cumulo.runtime.zygote_handle import ExitInfo, ZygoteHandle
 RpcHandler = Callable[[VersionSpec, str, str, dict[str, Any]], Awaitable[Any]]
 LogSink = Callable[[VersionSpec, str, str, str, dict[str, Any], float], None]
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 # How long a crashed worker's in-flight calls wait for the zygote to report the exit status.
 EXIT_REPORT_WAIT_S = 0.5
@@ -186,7 +187,7 @@ class VersionPool:
         worker.last_used = self._clock()
         fut = worker.send_invoke(frame)
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            reply = await _within(fut, timeout)
         except TimeoutError:
             worker.doomed_reason = FunctionTimeout(
                 f"{self.spec.function} timed out after {timeout:g}s", code="function_timeout"
@@ -227,21 +228,25 @@ class VersionPool:
         self.waiters.append(fut)
         self._scale_up()
         try:
-            return await asyncio.wait_for(fut, self.config.timeout_s)
+            return await _within(fut, self.config.timeout_s)
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 worker, _ = fut.result()
                 worker.reserved -= 1
                 self.release(worker)
+            self._discard_waiter(fut)
             raise
         except TimeoutError:
+            self._discard_waiter(fut)
             raise TooManyRequests(
                 f"no worker of {self.spec.function} became free within {self.config.timeout_s:g}s",
                 code="queue_timeout",
             ) from None
-        finally:
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(fut)
+
+    def _discard_waiter(self, fut: asyncio.Future[tuple[WorkerHandle, bool]]) -> None:
+        # Only on the slow path: a served waiter was already popped by whoever served it.
+        if fut in self.waiters:
+            self.waiters.remove(fut)
 
     def release(self, worker: WorkerHandle) -> None:
         """A slot on `worker` came free: hand it to the longest waiter, if any."""
@@ -434,6 +439,22 @@ class VersionPool:
             "queued": len(self.waiters),
             "workers": [w.describe() for w in self.workers if w.alive],
         }
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _within(fut: asyncio.Future[T], seconds: float) -> T:
+    """`await fut`, failing with TimeoutError after `seconds`.
+
+    Unlike asyncio.wait_for this creates no task: it runs twice per queued invocation."""
+    handle = asyncio.get_running_loop().call_later(seconds, _expire, fut)
+    try:
+        return await fut
+    finally:
+        handle.cancel()
 
 
 def _error_from(reply: dict[str, Any]) -> ApiError:

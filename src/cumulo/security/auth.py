@@ -11,6 +11,7 @@ from cumulo.security.keys import KeyHasher, well_formed
 from cumulo.store.base import ApiKeyRecord
 
 ALL_NAMESPACES = "*"
+MAX_VERIFIED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,12 @@ class Authenticator:
     def __init__(self, hasher: KeyHasher) -> None:
         self._hasher = hasher
         self._by_hash: dict[bytes, ApiKeyRecord] = {}
+        # Keys already verified, so the hot path skips the HMAC; emptied on every key change.
+        self._verified: dict[str, tuple[ApiKeyRecord, Principal]] = {}
 
     def load(self, records: list[ApiKeyRecord]) -> None:
         self._by_hash = {r.key_hash: r for r in records if r.revoked_at is None}
+        self._verified = {}
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -52,12 +56,19 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("use Authorization: Bearer <key>", code="bad_auth_scheme")
-        if not well_formed(token):
-            raise Unauthorized("invalid API key", code="invalid_key")
-        digest = self._hasher.hash(token)
-        record = self._by_hash.get(digest)
-        if record is None or not hmac.compare_digest(record.key_hash, digest):
-            raise Unauthorized("invalid API key", code="invalid_key")
+        verified = self._verified.get(token)
+        if verified is None:
+            if not well_formed(token):
+                raise Unauthorized("invalid API key", code="invalid_key")
+            digest = self._hasher.hash(token)
+            record = self._by_hash.get(digest)
+            if record is None or not hmac.compare_digest(record.key_hash, digest):
+                raise Unauthorized("invalid API key", code="invalid_key")
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            principal = Principal(record.id, record.namespace, frozenset(record.scopes))
+            verified = self._verified[token] = (record, principal)
+        record, principal = verified
         if record.expires_at is not None and record.expires_at <= time.time():
             raise Unauthorized("this API key has expired", code="expired_key")
-        return Principal(record.id, record.namespace, frozenset(record.scopes))
+        return principal
