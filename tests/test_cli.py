@@ -98,3 +98,35 @@ def test_logs_prints_lines_with_invocation_ids(platform: RunningPlatform, unique
     assert "structured line order=7" in out
     assert "a printed line" in out
     assert iid[:12] in out
+
+
+def test_logs_follow_prints_new_lines_as_they_happen(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    import os
+    import subprocess
+    import threading
+
+    from tests.conftest import CUMULO, wait_until
+
+    client = platform.client()
+    client.deploy(KIT, name=unique_name, handler="kit.talk")
+    env = {**os.environ, "CUMULO_URL": platform.url, "CUMULO_API_KEY": platform.api_key}
+    seen: list[str] = []
+    with subprocess.Popen(
+        [CUMULO, "logs", unique_name, "-f"], stdout=subprocess.PIPE, text=True, env=env
+    ) as follower:
+        assert follower.stdout is not None
+        stdout = follower.stdout
+        reader = threading.Thread(target=lambda: seen.extend(stdout), daemon=True)
+        reader.start()
+
+        def followed(order: int) -> bool:
+            client.invoke(unique_name, {"order": order})
+            return any(f"order={order}" in line for line in list(seen))
+
+        try:
+            wait_until(lambda: followed(99), 10, "the followed line")
+        finally:
+            follower.terminate()
+            reader.join(10)
