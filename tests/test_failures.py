@@ -9,7 +9,7 @@ import pytest
 
 from cumulo.client import Client
 from cumulo.errors import FunctionCrashed, FunctionError, FunctionTimeout, PayloadTooLarge
-from tests.conftest import FUNCTIONS, RunningPlatform
+from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 
 KIT = FUNCTIONS / "kit.py"
 
@@ -161,3 +161,33 @@ def test_full_queue_gives_429(fresh_platform: object, tmp_path: object) -> None:
     assert statuses.count(200) >= 2
     assert statuses.count(429) >= 1
     assert set(statuses) == {200, 429}
+
+
+@pytest.mark.parametrize("then", ["crash", "hang"])
+def test_call_queued_behind_a_dying_call_runs_on_a_new_worker(
+    platform: RunningPlatform, unique_name: str, then: str
+) -> None:
+    """Regression: with prefetch, a frame waiting inside a worker must not share its fate."""
+    client = platform.client()
+    client.deploy(KIT, name=unique_name, handler="kit.slow_then", max_instances=1, timeout_s=1)
+    client.invoke(unique_name, {"s": 0})  # a warm worker, so both calls go to it
+
+    def call(event: dict[str, object]) -> tuple[int, dict[str, object]]:
+        with platform.http() as http:
+            response = http.post(f"/fn/default/{unique_name}", json=event)
+            return response.status_code, response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        doomed = pool.submit(call, {"s": 0.5, "then": then})
+        wait_until(
+            lambda: (
+                [w["inflight"] for z in client.workers(unique_name) for w in z["workers"]] == [1]
+            ),
+            5,
+            "the first call to be running",
+        )
+        queued = pool.submit(call, {"s": 0})
+        doomed_status, _ = doomed.result()
+        queued_status, queued_body = queued.result()
+    assert doomed_status == (502 if then == "crash" else 504)
+    assert queued_status == 200, queued_body

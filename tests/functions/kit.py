@@ -108,3 +108,12 @@ def aws(event, context):
 
 async def async_echo(event, ctx):
     return {"async": True, **event}
+
+
+def slow_then(event, ctx):
+    time.sleep(float(event.get("s", 0.3)))
+    if event.get("then") == "crash":
+        os._exit(1)
+    if event.get("then") == "hang":
+        time.sleep(60)
+    return {"pid": os.getpid()}

@@ -210,3 +210,16 @@ def test_gateway_sigkill_takes_workers_down_and_job_comes_back(tmp_path: Path) -
             assert done["state"] == "cancelled"
     finally:
         running.stop()
+
+
+def test_post_with_wait_and_backends(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/quantum/jobs", json={"pubs": [{"circuit": BELL}]}, params={"wait": 30}
+    )
+    assert response.status_code == 202
+    assert response.json()["state"] == "succeeded"
+    backends = http.get("/v1/quantum/backends").json()
+    assert "matrix_product_state" in backends["methods"]
+    assert "CPU" in backends["devices"]
+    assert backends["versions"]["qiskit_aer"]
+    assert backends["schema"] == "cumulo.quantum.result/v1"

@@ -63,7 +63,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def new_invocation_id() -> str:
-    return os.urandom(12).hex()
+    """24 hex digits: microseconds since the epoch, then 40 random bits.
+
+    Time-ordered ids append to the end of the invocations index instead of landing at
+    random pages, which keeps recording cheap as the table grows."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
 
 
 class InvokeApp:

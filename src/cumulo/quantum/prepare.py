@@ -1,4 +1,4 @@
-"""A checked request → circuits a worker can run at once: parsed, shaped, admitted, pickled.
+"""A checked request → circuits a worker can run at once: parsed, shaped, admitted, encoded.
 
 This is all the work that can fail on the user's input, done before a job is queued, so a bad
 job is refused at submission (400/422) and a queued job fails only for run-time reasons.
@@ -7,8 +7,8 @@ CPU-bound; the service runs it on a thread.
 
 from __future__ import annotations
 
+import io
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +42,7 @@ class PreparedPub:
     def to_wire(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "circuit": pickle.dumps(self.circuit, protocol=pickle.HIGHEST_PROTOCOL),
+            "circuit": circuit_to_bytes(self.circuit),
             "shots": self.shots,
             "precision": self.precision,
             "param_names": list(self.param_names),
@@ -60,7 +60,22 @@ class PreparedJob:
     spec: JobSpec
     pubs: tuple[PreparedPub, ...]
     admission: Admission
-    wire: list[dict[str, Any]]  # what the worker receives; pickled here, off the event loop
+    wire: list[dict[str, Any]]  # what the worker receives; encoded here, off the event loop
+
+
+def circuit_to_bytes(circuit: Any) -> bytes:
+    """QPY, Qiskit's own binary format: about 3x faster than pickle both ways, and plain data."""
+    from qiskit import qpy
+
+    buffer = io.BytesIO()
+    qpy.dump(circuit, buffer)
+    return buffer.getvalue()
+
+
+def circuit_from_bytes(data: bytes) -> Any:
+    from qiskit import qpy
+
+    return qpy.load(io.BytesIO(data))[0]
 
 
 def _bad(field: str, problem: str) -> BadRequest:

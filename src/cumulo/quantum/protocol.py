@@ -1,7 +1,7 @@
 """Frames between the service and its workers: a 4-byte big-endian length, then msgpack.
 
-Circuits travel pickled inside the frame (the service made them; the worker trusts its
-parent). Replies carry plain data only.
+Circuits travel inside the frame as QPY bytes (Qiskit's binary circuit format); everything
+else is plain data.
 """
 
 from __future__ import annotations

@@ -157,6 +157,10 @@ class QuantumService:
                     self._event("queued", "the platform stopped; the job runs again on restart")
                 )
                 await self._db(self._store_.update, job.id, state="queued", events=job.events)
+        # Release long-polls now (they answer 503) rather than holding up the shutdown.
+        for job in self._active.values():
+            job.done.set()
+        self._active.clear()
         await self._pool.stop()
         await self._db(self._store_.close)
         assert self._db_thread is not None

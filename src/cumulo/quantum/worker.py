@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import pickle
 import re
 import signal
 import socket
@@ -22,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from cumulo.quantum.prepare import circuit_from_bytes
 from cumulo.quantum.protocol import pack, recv_sync
 
 _PR_SET_PDEATHSIG = 1
@@ -134,7 +134,7 @@ class Runner:
     def _sample(self, job: dict[str, Any], pub: dict[str, Any], seed: int) -> dict[str, Any]:
         from cumulo.quantum.results import nest, registers, split_counts, split_memory
 
-        circuit = pickle.loads(pub["circuit"])  # noqa: S301 - pickled by our own parent
+        circuit = circuit_from_bytes(pub["circuit"])
         bitstrings = bool(job["bitstrings"])
         result = self._execute(
             job, circuit, pub, shots=pub["shots"], seed_simulator=seed, memory=bitstrings
@@ -182,7 +182,7 @@ class Runner:
 
         from cumulo.quantum.results import estimates
 
-        circuit = pickle.loads(pub["circuit"])  # noqa: S301 - pickled by our own parent
+        circuit = circuit_from_bytes(pub["circuit"])
         for j, label in enumerate(pub["paulis"]):
             circuit.append(SaveExpectationValue(Pauli(label), label=f"ev{j}"), circuit.qubits)
         result = self._execute(job, circuit, pub, shots=1, seed_simulator=seed)

@@ -53,12 +53,30 @@ def scale_up_count(
     return max(0, min(wanted, max_instances - workers - starting))
 
 
+class Redispatch(Exception):
+    """The frame never started on its worker (the worker died first): send it elsewhere."""
+
+
 class WorkerHandle:
+    """The gateway's end of one worker.
+
+    A worker with concurrency 1 runs frames one after another, in the order sent. The pool
+    may send it the next frame while one runs (prefetch), so it never sleeps between calls;
+    such a frame's timeout starts only when it becomes the head, and if the worker dies
+    first the frame is sent to another worker instead of failing.
+    """
+
     def __init__(self, pool: VersionPool, pid: int, zygote: ZygoteHandle, now: float) -> None:
         self.pool = pool
         self.pid = pid
         self.zygote = zygote
+        self.sequential = pool.config.concurrency == 1
+        # In send order: for a sequential worker the first one is the one running.
         self.inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Frames queued behind the running one, resolved when each becomes the head.
+        self.pending_start: dict[str, asyncio.Future[None]] = {}
+        # No frame will start on this worker any more (it timed out or announced its exit).
+        self.exiting = False
         self.served = 0
         # Slots promised to waiters that have not sent their frame yet.
         self.reserved = 0
@@ -77,19 +95,38 @@ class WorkerHandle:
     def load(self) -> int:
         return len(self.inflight) + self.reserved
 
-    def send_invoke(self, frame: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def send_invoke(
+        self, frame: dict[str, Any]
+    ) -> tuple[asyncio.Future[dict[str, Any]], asyncio.Future[None] | None]:
+        """Send a frame; returns its reply future and, when it queues behind a running
+        frame, a future that resolves once it starts."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        started: asyncio.Future[None] | None = None
+        if self.sequential and self.inflight:
+            started = self.pending_start[frame["id"]] = loop.create_future()
         self.inflight[frame["id"]] = fut
         self.protocol.send(frame)
-        return fut
+        return fut, started
+
+    def _advance(self) -> None:
+        """The head finished: the next frame in line is running now."""
+        for iid in self.inflight:
+            started = self.pending_start.pop(iid, None)
+            if started is not None and not started.done():
+                started.set_result(None)
+            return
 
     def _on_frame(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind in ("res", "err"):
             if message.get("exit") and self.alive:
                 self.alive = False
+                self.exiting = True
                 self.pool.worker_gone(self)
             fut = self.inflight.pop(message.get("id", ""), None)
+            if self.sequential and not self.exiting:
+                self._advance()
             if fut is not None and not fut.done():
                 fut.set_result(message)
             elif fut is not None and self.alive:
@@ -124,9 +161,14 @@ class WorkerHandle:
                 f"the worker running {self.pool.spec.function} crashed: {detail}",
                 code="function_crashed",
             )
-        for fut in self.inflight.values():
-            if not fut.done():
-                fut.set_exception(error)
+        for index, (iid, fut) in enumerate(self.inflight.items()):
+            started = self.pending_start.pop(iid, None)
+            never_ran = self.sequential and (index > 0 or self.exiting)
+            if never_ran and started is not None and not started.done():
+                started.set_exception(Redispatch())
+                fut.cancel()
+            elif not fut.done():
+                fut.set_exception(Redispatch() if never_ran else error)
         self.inflight.clear()
 
     def close(self) -> None:
@@ -171,51 +213,81 @@ class VersionPool:
         self.closed = False
         # A version that lost all traffic: serve what arrives, keep nothing warm.
         self.draining = False
+        self.prefetch = settings.prefetch if spec.config.concurrency == 1 else 0
         self._ids = itertools.count(1)
 
     # ----------------------------------------------------------------- dispatch
     async def invoke(self, frame: dict[str, Any]) -> InvokeResult:
+        while True:
+            worker, cold = await self._acquire()
+            try:
+                reply = await self._run_on(worker, frame)
+            except Redispatch:
+                continue
+            if reply["t"] == "res":
+                http = reply.get("http")
+                return InvokeResult(
+                    body=reply.get("body"),
+                    http=(http[0], http[1], http[2]) if http else None,
+                    cold=cold,
+                    worker_pid=worker.pid,
+                )
+            raise _error_from(reply)
+
+    async def _acquire(self) -> tuple[WorkerHandle, bool]:
         while True:
             worker, cold = self._pick(), False
             if worker is None:
                 worker, cold = await self._wait_for_worker()
                 worker.reserved -= 1
             if worker.alive:
-                break
+                return worker, cold
+
+    async def _run_on(self, worker: WorkerHandle, frame: dict[str, Any]) -> dict[str, Any]:
         timeout = self.config.timeout_s
-        frame["deadline"] = time.time() + timeout
-        worker.last_used = self._clock()
-        fut = worker.send_invoke(frame)
+        fut, started = worker.send_invoke(frame)
         try:
-            reply = await _within(fut, timeout)
-        except TimeoutError:
-            worker.doomed_reason = FunctionTimeout(
-                f"{self.spec.function} timed out after {timeout:g}s", code="function_timeout"
-            )
-            worker.inflight.pop(frame["id"], None)
-            self._kill(worker)
-            raise worker.doomed_reason from None
+            if started is not None:
+                await started
+            try:
+                return await _within(fut, timeout)
+            except TimeoutError:
+                worker.inflight.pop(frame["id"], None)
+                worker.exiting = True
+                worker.doomed_reason = FunctionTimeout(
+                    f"{self.spec.function} timed out after {timeout:g}s", code="function_timeout"
+                )
+                self._kill(worker)
+                raise worker.doomed_reason from None
         finally:
             worker.served += 1
             worker.last_used = self._clock()
             if worker.alive:
                 self.release(worker)
-        if reply["t"] == "res":
-            http = reply.get("http")
-            return InvokeResult(
-                body=reply.get("body"),
-                http=(http[0], http[1], http[2]) if http else None,
-                cold=cold,
-                worker_pid=worker.pid,
-            )
-        raise _error_from(reply)
 
     def _pick(self) -> WorkerHandle | None:
         limit = self.config.concurrency
         for worker in self.workers:
             if worker.alive and worker.load < limit:
                 return worker
+        if self._prefetching():
+            deeper = limit + self.prefetch
+            for worker in self.workers:
+                if worker.alive and worker.load < deeper:
+                    return worker
         return None
+
+    def _prefetching(self) -> bool:
+        """Queue frames inside busy workers only once no more workers may start."""
+        return bool(self.prefetch) and (
+            len(self.workers) + self.starting >= self.config.max_instances
+        )
+
+    def _has_room(self, worker: WorkerHandle) -> bool:
+        limit = self.config.concurrency
+        if self._prefetching():
+            limit += self.prefetch
+        return worker.alive and worker.load < limit
 
     async def _wait_for_worker(self) -> tuple[WorkerHandle, bool]:
         if len(self.waiters) >= self.settings.queue_size:
@@ -250,7 +322,7 @@ class VersionPool:
 
     def release(self, worker: WorkerHandle) -> None:
         """A slot on `worker` came free: hand it to the longest waiter, if any."""
-        while self.waiters and worker.alive and worker.load < self.config.concurrency:
+        while self.waiters and self._has_room(worker):
             fut = self.waiters.popleft()
             if not fut.done():
                 worker.reserved += 1

@@ -18,3 +18,5 @@ class RuntimeSettings:
     zygote_start_timeout_s: float = 120.0
     python: str = field(default_factory=lambda: sys.executable)
     reap_interval_s: float = 0.5
+    # Frames a busy concurrency-1 worker may hold queued behind the running one.
+    prefetch: int = 1

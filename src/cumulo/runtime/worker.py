@@ -236,7 +236,8 @@ class Worker:
         ctx = Context(
             transport=self.transport,
             invocation_id=message["id"],
-            deadline=message["deadline"],
+            # The clock starts when the frame starts: it may have waited behind another.
+            deadline=message.get("deadline") or time.time() + meta.config.timeout_s,
             namespace=meta.namespace,
             function_name=meta.function,
             version=meta.version,
