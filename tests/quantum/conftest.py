@@ -60,7 +60,10 @@ def build_app(service: QuantumService, started: list[asyncio.AbstractEventLoop])
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.status)
 
-    app.include_router(build_router(lambda: service, namespace_of))
+    async def get_service() -> QuantumService:
+        return service
+
+    app.include_router(build_router(get_service, namespace_of))
     return app
 
 

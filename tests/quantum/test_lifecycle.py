@@ -223,3 +223,13 @@ def test_post_with_wait_and_backends(http: httpx.Client) -> None:
     assert "CPU" in backends["devices"]
     assert backends["versions"]["qiskit_aer"]
     assert backends["schema"] == "cumulo.quantum.result/v1"
+
+
+def test_idle_workers_that_die_are_replaced(
+    http: httpx.Client, quantum_server: QuantumServer
+) -> None:
+    for pid in quantum_server.service.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    job = run_job(http, {"pubs": [{"circuit": BELL}], "seed": 3})
+    assert job["state"] == "succeeded", job["error"]
+    wait_until(lambda: len(quantum_server.service.worker_pids()) == 2, 60, "a refilled pool")

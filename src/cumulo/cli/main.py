@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cumulo.cli.quantum import app as quantum_app
 from cumulo.client import Client
 from cumulo.errors import CumuloError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 secrets_app = typer.Typer(help="Manage secrets (functions read the ones they declare).")
 keys_app = typer.Typer(help="Manage API keys.")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(quantum_app, name="quantum")
 app.add_typer(keys_app, name="keys")
 
 out = Console()

@@ -15,11 +15,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import cumulo
 from cumulo.errors import ApiError, BadRequest, Unavailable
-from cumulo.gateway.admin import build_router, metrics_response
+from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.auth import AuthMiddleware, principal_of
 from cumulo.gateway.errors import internal_error, one_line
 from cumulo.gateway.invoke import PREFIX, InvokeApp
 from cumulo.gateway.platform import Platform
+from cumulo.quantum.api import build_router as build_quantum_router
+from cumulo.security.auth import ALL_NAMESPACES
+
+
+def quantum_namespace(request: Request) -> str:
+    """Quantum jobs: `?namespace=` (default: the key's own), `read` to look, `invoke` to run."""
+    principal = principal_of(request.scope)
+    namespace = request.query_params.get("namespace") or (
+        "default" if principal.namespace == ALL_NAMESPACES else principal.namespace
+    )
+    validate_namespace(namespace)
+    principal.require("read" if request.method == "GET" else "invoke", namespace)
+    return namespace
 
 
 def _error(exc: ApiError) -> JSONResponse:
@@ -86,6 +99,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
 
     app.state.platform = platform
     app.include_router(build_router())
+    app.include_router(build_quantum_router(platform.quantum_service, quantum_namespace))
     return app
 
 

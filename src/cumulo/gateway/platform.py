@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,6 +29,9 @@ from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from cumulo.quantum.service import QuantumService
 
 log = logging.getLogger("cumulo")
 
@@ -60,6 +65,7 @@ class Platform:
         self.new_admin_key: str | None = None
         self.demo_functions: list[str] = []
         self.announce: Callable[[Platform], None] | None = None
+        self._quantum: asyncio.Task[QuantumService] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -69,6 +75,9 @@ class Platform:
         await self.recorder.start()
         await self.executor.start()
         await self.control.warm_all()
+        if (self.quantum_dir / "quantum.db").exists():
+            # Jobs from before a restart resume; a platform that never ran one stays lean.
+            self.quantum_service_task()
         if self.options.demo_dir is not None:
             self.demo_functions = await self.deploy_demo(self.options.demo_dir)
         self.ready = True
@@ -77,9 +86,39 @@ class Platform:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._quantum is not None:
+            with contextlib.suppress(BaseException):
+                await (await self._quantum).stop()
         await self.executor.stop()
         await self.recorder.stop()
         self.store.close()
+
+    # ------------------------------------------------------------ quantum
+    @property
+    def quantum_dir(self) -> Path:
+        return self.options.data_dir / "quantum"
+
+    def quantum_service_task(self) -> asyncio.Task[QuantumService]:
+        if self._quantum is None:
+            self._quantum = asyncio.get_running_loop().create_task(self._start_quantum())
+        return self._quantum
+
+    async def quantum_service(self) -> QuantumService:
+        """The quantum job service, started on first use (it loads Qiskit: ~100 MB)."""
+        task = self.quantum_service_task()
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and self._quantum is task:
+                self._quantum = None
+            raise
+
+    async def _start_quantum(self) -> QuantumService:
+        from cumulo.quantum.service import QuantumService
+
+        service = QuantumService(self.quantum_dir)
+        await service.start()
+        return service
 
     async def _ensure_admin_key(self) -> None:
         keys = await self.store.call(self.store.all_keys)
@@ -166,6 +205,10 @@ class Platform:
             if not isinstance(prefix, str) or not isinstance(limit, int) or not 0 < limit <= 10000:
                 raise BadRequest("list takes a string prefix and a limit from 1 to 10000")
             return await store.call(store.state_list, ns, fn, prefix, limit)
+        if op.startswith("quantum."):
+            from cumulo.quantum.sdk import handle_sdk_call
+
+            return await handle_sdk_call(await self.quantum_service(), ns, op, args)
         if op == "secrets.get":
             names = [n for n in args.get("names", []) if n in spec.config.secrets]
             values = await store.call(store.secret_values, ns, names)

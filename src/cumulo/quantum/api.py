@@ -7,14 +7,17 @@ FastAPI's own 422 format.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
 from cumulo.errors import BadRequest, PayloadTooLarge
-from cumulo.quantum.service import MAX_WAIT_S, QuantumService
+from cumulo.quantum.spec import MAX_WAIT_S
+
+if TYPE_CHECKING:  # the service pulls in NumPy; the gateway loads it on first use
+    from cumulo.quantum.service import QuantumService
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -85,7 +88,7 @@ async def _body(request: Request) -> Any:
 
 
 def build_router(
-    get_service: Callable[[], QuantumService],
+    get_service: Callable[[], Awaitable[QuantumService]],
     get_namespace: Callable[[Request], str],
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/quantum", tags=["quantum"])
@@ -101,7 +104,7 @@ def build_router(
     ) -> Response:
         body = await _body(request)
         namespace = get_namespace(request)
-        service = get_service()
+        service = await get_service()
         key = request.headers.get("idempotency-key")
         wait_s = _wait_param(wait)
         job = await service.submit(namespace, body, idempotency_key=key, dry_run=dry_run)
@@ -113,12 +116,14 @@ def build_router(
 
     @router.get("/jobs", summary="List quantum jobs, newest first")
     async def list_jobs(request: Request, state: str | None = None, limit: int = 50) -> Response:
-        jobs = await get_service().list_jobs(get_namespace(request), state=state, limit=limit)
+        jobs = await (await get_service()).list_jobs(
+            get_namespace(request), state=state, limit=limit
+        )
         return _json({"object": "list", "data": jobs})
 
     @router.get("/jobs/{job_id}", summary="A quantum job; ?wait=SECONDS long-polls until done")
     async def get_job(request: Request, job_id: str, wait: float | None = None) -> Response:
-        service = get_service()
+        service = await get_service()
         namespace = get_namespace(request)
         wait_s = _wait_param(wait)
         if wait_s > 0:
@@ -127,12 +132,12 @@ def build_router(
 
     @router.delete("/jobs/{job_id}", summary="Cancel a queued or running quantum job")
     async def cancel_job(request: Request, job_id: str) -> Response:
-        job = await get_service().cancel(get_namespace(request), job_id)
+        job = await (await get_service()).cancel(get_namespace(request), job_id)
         return _json(job, 202 if job["state"] == "cancelling" else 200)
 
     @router.get("/backends", summary="Simulation methods, devices, versions and limits")
     async def backends(request: Request) -> Response:
         get_namespace(request)
-        return _json(get_service().capabilities())
+        return _json((await get_service()).capabilities())
 
     return router

@@ -45,14 +45,20 @@ from cumulo.quantum.admission import available_memory_bytes
 from cumulo.quantum.pool import Worker, WorkerDied, WorkerPool
 from cumulo.quantum.prepare import PreparedJob, prepare_job
 from cumulo.quantum.results import SCHEMA
-from cumulo.quantum.spec import MAX_PUBS, MAX_SEED, METHODS, Limits, parse_job_request
+from cumulo.quantum.spec import (
+    MAX_PUBS,
+    MAX_SEED,
+    MAX_WAIT_S,
+    METHODS,
+    Limits,
+    parse_job_request,
+)
 from cumulo.quantum.store import ACTIVE, TERMINAL, DuplicateKey, JobRow, JobStore
 
 T = TypeVar("T")
 log = logging.getLogger("cumulo.quantum")
 
 MAX_ATTEMPTS = 3
-MAX_WAIT_S = 60.0
 MAX_IDEMPOTENCY_KEY = 255
 MEMORY_POLL_S = 0.05
 _FINISHED_CACHE = 128
@@ -82,6 +88,7 @@ class _Job:
     worker: Worker | None = None
     cancel_requested: bool = False
     memory_exceeded: bool = False
+    requeues: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -468,6 +475,7 @@ class QuantumService:
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._watch_memory(job, worker, cap))
         healthy = False
+        requeue = False
         outcome: tuple[str, str, dict[str, str] | None, dict[str, Any] | None] | None = None
         try:
             await worker.send(message)
@@ -506,6 +514,11 @@ class QuantumService:
                     f"the simulation used more than its memory cap of {cap} bytes and was stopped"
                 )
                 outcome = ("failed", text, {"code": "memory_limit", "message": text}, None)
+            elif not job.cancel_requested and job.state == "queued" and job.requeues < MAX_ATTEMPTS:
+                # The worker died before it began (it broke while idle): not the job's fault,
+                # so the job goes back to the head of the queue (a few times at most).
+                job.requeues += 1
+                requeue = True
             elif not job.cancel_requested:
                 text = f"{exc} while running the job"
                 outcome = ("failed", text, {"code": "worker_crashed", "message": text}, None)
@@ -519,6 +532,10 @@ class QuantumService:
             await self._release(job)
         if job.cancel_requested:
             await self._finish(job, "cancelled", "cancelled while running")
+        elif requeue:
+            async with self._cond:
+                self._queue.appendleft(job)
+                self._cond.notify_all()
         elif outcome is not None:
             state, text, error, result = outcome
             if result is not None:

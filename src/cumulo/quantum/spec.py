@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from cumulo.errors import BadRequest
 
+MAX_WAIT_S = 60.0  # longest long-poll a client may ask for
+
 METHODS = ("auto", "statevector", "density_matrix", "stabilizer", "matrix_product_state")
 DEVICES = ("CPU", "GPU")
 BIT_ORDERS = ("little", "big")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cumulo.errors import StateConflict
+
+if TYPE_CHECKING:
+    from cumulo.quantum.sdk import QuantumClient
 
 MAX_STATE_KEY = 512
 
@@ -170,6 +173,16 @@ class Context:
         self.secrets = Secrets(transport, secrets)
         self.log = Log(transport)
         self._transport = transport
+        self._quantum: QuantumClient | None = None
+
+    @property
+    def quantum(self) -> QuantumClient:
+        """Quantum circuits on the platform's simulators (`sample`, `estimate`)."""
+        if self._quantum is None:
+            from cumulo.quantum.sdk import QuantumClient
+
+            self._quantum = QuantumClient(self._transport.call)
+        return self._quantum
 
     @property
     def aws_request_id(self) -> str:
