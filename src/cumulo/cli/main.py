@@ -84,12 +84,17 @@ def up(
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
+    isolation: Annotated[
+        str, typer.Option(help="strict: require the sandbox; auto: use it when available.")
+    ] = "auto",
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
 
     if db is not None and not db.startswith("sqlite:"):
         fail(f"unsupported --db {db!r}: this build stores data in SQLite (sqlite:///PATH)")
+    if isolation not in ("strict", "auto"):
+        fail(f"--isolation takes strict or auto, not {isolation!r}")
     if executor != "local":
         fail(f"unsupported --executor {executor!r}: this build runs workers locally")
     for name, value in (("--idle-timeout", idle_timeout), ("--grace", grace)):
@@ -106,6 +111,7 @@ def up(
         queue_size=queue_size,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         grace=grace,
+        isolation=isolation,
     )
 
 

@@ -26,6 +26,7 @@ def serve(
     queue_size: int,
     max_body_bytes: int,
     grace: float,
+    isolation: str = "auto",
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
@@ -39,6 +40,8 @@ def serve(
             max_request_bytes=max_body_bytes,
             max_response_bytes=max_body_bytes,
             reap_interval_s=min(0.5, max(0.05, idle_timeout / 4)),
+            isolation=isolation,
+            data_dir=data_dir.resolve(),
         ),
         demo_dir=Path("examples").resolve() if demo else None,
     )

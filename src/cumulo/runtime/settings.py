@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 
 MB = 1024 * 1024
@@ -20,3 +21,8 @@ class RuntimeSettings:
     reap_interval_s: float = 0.5
     # Frames a busy concurrency-1 worker may hold queued behind the running one.
     prefetch: int = 1
+    # "strict": refuse to start without the sandbox; "auto": sandbox when bubblewrap works,
+    # else process isolation with a loud warning.
+    isolation: str = "auto"
+    # Hidden from every worker (the sandbox mounts an empty tmpfs over it).
+    data_dir: Path | None = None

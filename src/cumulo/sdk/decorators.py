@@ -27,6 +27,7 @@ def function(
     concurrency: int = 1,
     env: dict[str, str] | None = None,
     secrets: Iterable[str] = (),
+    network: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -42,6 +43,7 @@ def function(
     concurrency: int = 1,
     env: dict[str, str] | None = None,
     secrets: Iterable[str] = (),
+    network: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
     cumulo function. The callable stays a plain function: call it directly in unit tests."""
@@ -57,6 +59,7 @@ def function(
             concurrency=concurrency,
             env=dict(env or {}),
             secrets=tuple(secrets),
+            network=network,
         ),
     )
 

@@ -45,6 +45,7 @@ class FunctionConfig:
     concurrency: int = 1
     env: dict[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
+    network: bool = False  # outbound network from the sandbox (off by default)
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,6 +72,8 @@ class FunctionConfig:
             problems.append("env must map variable names to string values")
         if not all(isinstance(s, str) and SECRET_NAME_RE.fullmatch(s) for s in self.secrets):
             problems.append("secrets must be a list of secret names")
+        if not isinstance(self.network, bool):
+            problems.append("network must be true or false")
         if problems:
             raise BadRequest("; ".join(problems), code="invalid_config")
 
