@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MB = 1024 * 1024
 
