@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ class RunningPlatform:
     data_dir: Path
     api_key: str
     log_path: Path
+    verify: ssl.SSLContext | bool = True
     clients: list[Client] = field(default_factory=list)
 
     def client(self, namespace: str = "default") -> Client:
@@ -57,7 +59,7 @@ class RunningPlatform:
         return {"authorization": f"Bearer {self.api_key}"}
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, verify=self.verify)
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CUMULO_URL": self.url, "CUMULO_API_KEY": self.api_key}
@@ -81,7 +83,9 @@ class RunningPlatform:
         return self.proc.returncode
 
 
-def start_platform(tmp: Path, *extra: str, cwd: Path | None = None) -> RunningPlatform:
+def start_platform(
+    tmp: Path, *extra: str, cwd: Path | None = None, verify: ssl.SSLContext | bool = True
+) -> RunningPlatform:
     port = free_port()
     data_dir = tmp / "data"
     log_path = tmp / "platform.log"
@@ -94,19 +98,22 @@ def start_platform(tmp: Path, *extra: str, cwd: Path | None = None) -> RunningPl
             start_new_session=True,
         )
     creds = data_dir / "credentials.json"
-    url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"cumulo up exited early:\n{log_path.read_text()}")
+        if not creds.exists():
+            return False
+        url = json.loads(creds.read_text())["url"]
         try:
-            return creds.exists() and httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            return httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 
     wait_until(ready, 30, "the platform to become ready")
-    api_key = json.loads(creds.read_text())["api_key"]
-    return RunningPlatform(proc, url, data_dir, api_key, log_path)
+    saved = json.loads(creds.read_text())
+    assert saved["url"].endswith(f":{port}")
+    return RunningPlatform(proc, saved["url"], data_dir, saved["api_key"], log_path, verify=verify)
 
 
 @pytest.fixture(scope="session")
@@ -132,8 +139,10 @@ def fresh_platform(tmp_path: Path) -> Iterator[Callable[..., RunningPlatform]]:
     """A platform of the test's own, for tests that stop or overload it."""
     started: list[RunningPlatform] = []
 
-    def make(*extra: str, cwd: Path | None = None) -> RunningPlatform:
-        running = start_platform(tmp_path, *extra, cwd=cwd)
+    def make(
+        *extra: str, cwd: Path | None = None, verify: ssl.SSLContext | bool = True
+    ) -> RunningPlatform:
+        running = start_platform(tmp_path, *extra, cwd=cwd, verify=verify)
         started.append(running)
         return running
 

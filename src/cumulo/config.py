@@ -36,10 +36,10 @@ def write_credentials(data_dir: Path, creds: Credentials) -> Path:
     return path
 
 
-def load_credentials(data_dir: Path | None = None) -> Credentials:
+def load_credentials(data_dir: Path | None = None, *, use_env: bool = True) -> Credentials:
     """Credentials for the CLI and client: CUMULO_URL / CUMULO_API_KEY win over the file."""
-    url = os.environ.get("CUMULO_URL")
-    key = os.environ.get("CUMULO_API_KEY")
+    url = os.environ.get("CUMULO_URL") if use_env else None
+    key = os.environ.get("CUMULO_API_KEY") if use_env else None
     if url and key:
         return Credentials(url=url.rstrip("/"), api_key=key)
     path = (data_dir or data_dir_from_env()) / CREDENTIALS_FILE

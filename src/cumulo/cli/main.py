@@ -16,6 +16,7 @@ from rich.table import Table
 from cumulo.cli.quantum import app as quantum_app
 from cumulo.client import Client
 from cumulo.errors import CumuloError
+from cumulo.security.ratelimit import Rate
 
 app = typer.Typer(
     help="cumulo: deploy Python functions, get endpoints that scale from zero.",
@@ -87,12 +88,32 @@ def up(
     isolation: Annotated[
         str, typer.Option(help="strict: require the sandbox; auto: use it when available.")
     ] = "auto",
+    key_rate: Annotated[
+        str, typer.Option(help="Rate limit per API key, e.g. 1000/s or 1000/s:2000.")
+    ] = "",
+    namespace_concurrency: Annotated[
+        int, typer.Option(help="In-flight invocations allowed per namespace (0: no limit).")
+    ] = 0,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
 
     if db is not None and not db.startswith("sqlite:"):
         fail(f"unsupported --db {db!r}: this build stores data in SQLite (sqlite:///PATH)")
+    if key_rate:
+        try:
+            Rate.parse(key_rate)
+        except ValueError as exc:
+            fail(str(exc))
+    if namespace_concurrency < 0:
+        fail("--namespace-concurrency must not be negative")
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    for pem in (tls_cert, tls_key):
+        if pem is not None and not pem.is_file():
+            fail(f"{pem} does not exist")
     if isolation not in ("strict", "auto"):
         fail(f"--isolation takes strict or auto, not {isolation!r}")
     if executor != "local":
@@ -112,6 +133,10 @@ def up(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         grace=grace,
         isolation=isolation,
+        key_rate=key_rate,
+        namespace_concurrency=namespace_concurrency,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 
@@ -128,6 +153,13 @@ def deploy(
     min_instances: Annotated[int | None, typer.Option()] = None,
     max_instances: Annotated[int | None, typer.Option()] = None,
     concurrency: Annotated[int | None, typer.Option()] = None,
+    public: Annotated[
+        bool | None, typer.Option("--public/--private", help="Allow calls without a key.")
+    ] = None,
+    network: Annotated[
+        bool | None, typer.Option("--network/--no-network", help="Outbound network access.")
+    ] = None,
+    rate_limit: Annotated[str | None, typer.Option(help="e.g. 100/s or 6000/m:200.")] = None,
     namespace: Namespace = "default",
 ) -> None:
     """Deploy a function: a new immutable version, live unless --no-promote."""
@@ -146,6 +178,9 @@ def deploy(
                 min_instances=min_instances,
                 max_instances=max_instances,
                 concurrency=concurrency,
+                public=public,
+                network=network,
+                rate_limit=rate_limit,
             )
         )
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())

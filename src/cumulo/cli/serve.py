@@ -27,12 +27,20 @@ def serve(
     max_body_bytes: int,
     grace: float,
     isolation: str = "auto",
+    key_rate: str = "",
+    namespace_concurrency: int = 0,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls_cert else "http"
     options = PlatformOptions(
         data_dir=data_dir.resolve(),
-        url=f"http://{url_host}:{port}",
+        url=f"{scheme}://{url_host}:{port}",
+        key_rate=key_rate,
+        namespace_concurrency=namespace_concurrency,
+        tls=tls_cert is not None,
         runtime=RuntimeSettings(
             idle_timeout_s=idle_timeout,
             zygote_idle_timeout_s=zygote_idle_timeout,
@@ -59,6 +67,8 @@ def serve(
         timeout_graceful_shutdown=int(grace) or None,
         server_header=False,
         proxy_headers=False,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
     )
     server = uvicorn.Server(config)
     # uvicorn drains, restores these handlers, then re-raises the signal it caught: a

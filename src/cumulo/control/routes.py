@@ -12,19 +12,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cumulo.runtime.spec import VersionSpec
+from cumulo.security.ratelimit import Rate
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     specs: tuple[VersionSpec, ...]
     cumulative: tuple[int, ...]  # running sum of weights, ends at 100
+    public: bool = False  # every live version allows anonymous calls
+    rate: Rate | None = None  # the function's rate limit (the newest live version's)
 
     @classmethod
     def build(cls, weighted: list[tuple[VersionSpec, int]]) -> Route:
         weighted = [(s, w) for s, w in weighted if w > 0]
+        specs = tuple(s for s, _ in weighted)
+        newest = max(specs, key=lambda s: s.version).config if specs else None
         return cls(
-            specs=tuple(s for s, _ in weighted),
+            specs=specs,
             cumulative=tuple(itertools.accumulate(w for _, w in weighted)),
+            public=bool(specs) and all(s.config.public for s in specs),
+            rate=Rate.parse(newest.rate_limit) if newest and newest.rate_limit else None,
         )
 
     def pick(self, rng: Callable[[], float] = random.random) -> VersionSpec:

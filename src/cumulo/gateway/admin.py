@@ -31,6 +31,9 @@ class ConfigOverrides(BaseModel):
     min_instances: int | None = None
     max_instances: int | None = None
     concurrency: int | None = None
+    network: bool | None = None
+    public: bool | None = None
+    rate_limit: str | None = None
 
 
 class DeployBody(BaseModel):
@@ -65,6 +68,16 @@ def get_platform(request: Request) -> Platform:
 P = Annotated[Platform, Depends(get_platform)]
 
 
+def admin_principal(request: Request) -> Principal:
+    """For routes without a namespace in the path: the caller must hold `admin`."""
+    principal = principal_of(request.scope)
+    principal.require("admin")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
@@ -80,7 +93,6 @@ def build_router() -> APIRouter:
 
     Read = Depends(allow("read"))
     Deploy = Depends(allow("deploy"))
-    Admin = Depends(allow("admin"))
 
     @router.post("/namespaces/{namespace}/deploy", status_code=201, dependencies=[Deploy])
     async def deploy(namespace: str, body: DeployBody, p: P) -> dict[str, Any]:
@@ -200,10 +212,14 @@ def build_router() -> APIRouter:
             raise NotFound(f"secret {secret!r} not found", code="secret_not_found")
         return {"removed": secret}
 
-    @router.post("/keys", status_code=201, dependencies=[Admin])
-    async def create_key(body: KeyBody, p: P) -> dict[str, Any]:
+    @router.post("/keys", status_code=201)
+    async def create_key(body: KeyBody, p: P, principal: AdminPrincipal) -> dict[str, Any]:
         if body.namespace != ALL_NAMESPACES:
             validate_namespace(body.namespace)
+        # A namespace's admin manages its own namespace's keys, never another's.
+        principal.require("admin", body.namespace if body.namespace != ALL_NAMESPACES else None)
+        if body.namespace == ALL_NAMESPACES and principal.namespace != ALL_NAMESPACES:
+            raise NotFound("not found", code="not_found")
         unknown = sorted(set(body.scopes) - set(SCOPES))
         if unknown or not body.scopes:
             raise BadRequest(f"scopes must be some of {', '.join(SCOPES)}", code="invalid_scope")
@@ -223,14 +239,16 @@ def build_router() -> APIRouter:
         await p.reload_keys()
         return {**record.public(), "key": key}
 
-    @router.get("/keys", dependencies=[Admin])
-    async def list_keys(p: P) -> dict[str, Any]:
+    @router.get("/keys")
+    async def list_keys(p: P, principal: AdminPrincipal) -> dict[str, Any]:
         keys = await p.store.call(p.store.all_keys)
-        return {"keys": [k.public() for k in keys]}
+        return {"keys": [k.public() for k in keys if principal.can_see(k.namespace)]}
 
-    @router.delete("/keys/{key}", dependencies=[Admin])
-    async def revoke_key(key: str, p: P) -> dict[str, Any]:
-        if not await p.store.call(p.store.revoke_key, key, time.time()):
+    @router.delete("/keys/{key}")
+    async def revoke_key(key: str, p: P, principal: AdminPrincipal) -> dict[str, Any]:
+        keys = await p.store.call(p.store.all_keys)
+        target = next((k for k in keys if k.id == key and principal.can_see(k.namespace)), None)
+        if target is None or not await p.store.call(p.store.revoke_key, key, time.time()):
             raise NotFound(f"key {key!r} not found or already revoked", code="key_not_found")
         await p.reload_keys()
         return {"revoked": key}

@@ -17,11 +17,13 @@ import cumulo
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.auth import AuthMiddleware, principal_of
-from cumulo.gateway.errors import internal_error, one_line
+from cumulo.gateway.errors import error_headers, internal_error, one_line
+from cumulo.gateway.headers import SecurityHeaders
 from cumulo.gateway.invoke import PREFIX, InvokeApp
 from cumulo.gateway.platform import Platform
 from cumulo.quantum.api import build_router as build_quantum_router
 from cumulo.security.auth import ALL_NAMESPACES
+from cumulo.security.ratelimit import Rate
 
 
 def quantum_namespace(request: Request) -> str:
@@ -36,9 +38,7 @@ def quantum_namespace(request: Request) -> str:
 
 
 def _error(exc: ApiError) -> JSONResponse:
-    headers = {}
-    if exc.status == 429:
-        headers["retry-after"] = "1"
+    headers = {k.decode(): v.decode() for k, v in error_headers(exc)}
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
@@ -119,6 +119,9 @@ class Gateway:
 
 
 def create_app(platform: Platform) -> ASGIApp:
-    gateway = Gateway(platform)
-    app: Any = AuthMiddleware(gateway, platform.auth)
+    options = platform.options
+    key_rate = Rate.parse(options.key_rate) if options.key_rate else None
+    app: Any = SecurityHeaders(
+        AuthMiddleware(Gateway(platform), platform.auth, key_rate), tls=options.tls
+    )
     return app  # type: ignore[no-any-return]

@@ -14,12 +14,14 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
-from cumulo.gateway.auth import principal_of
+from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, TooManyRequests
+from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, send_error
+from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
 from cumulo.runtime.loader import KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
+from cumulo.security.ratelimit import ConcurrencyQuota, RateLimiter
 from cumulo.store.base import InvocationRecord
 
 PREFIX = "/fn/"
@@ -27,6 +29,10 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
 )
+# Set by the platform on every function response; a function cannot override them.
+OWN_HEADERS = frozenset(k.decode() for k, _ in (*FUNCTION_SECURITY_HEADERS, HSTS))
+# Set by the platform on every function response; a function cannot override them.
+OWN_HEADERS = frozenset(k.decode() for k, _ in (*FUNCTION_SECURITY_HEADERS, HSTS))
 BODYLESS_EVENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
@@ -74,6 +80,11 @@ class InvokeApp:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.limit = platform.options.runtime.max_request_bytes
+        self.limiter = RateLimiter()
+        self.quota = ConcurrencyQuota(platform.options.namespace_concurrency)
+        self.meta_headers = list(FUNCTION_SECURITY_HEADERS)
+        if platform.options.tls:
+            self.meta_headers.append(HSTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         invocation_id = new_invocation_id()
@@ -81,11 +92,11 @@ class InvokeApp:
         try:
             await self._invoke(scope, receive, send, invocation_id, id_header)
         except ApiError as exc:
-            await send_error(send, exc, [id_header])
+            await send_error(send, exc, [*self.meta_headers, id_header])
         except ClientGone:
             return
         except Exception as exc:
-            await send_error(send, internal_error(exc, "invoke"), [id_header])
+            await send_error(send, internal_error(exc, "invoke"), [*self.meta_headers, id_header])
 
     async def _invoke(
         self,
@@ -100,10 +111,23 @@ class InvokeApp:
             raise NotFound("use /fn/{namespace}/{function}", code="function_not_found")
         namespace, name = parts[0], parts[1]
         subpath = "/" + parts[2] if len(parts) > 2 else "/"
-        principal_of(scope).require("invoke", namespace)
+        anonymous = scope.get(PRINCIPAL) is None
+        if not anonymous:
+            principal_of(scope).require("invoke", namespace)
         route = await self.platform.control.routes.get(namespace, name)
+        if anonymous and (route is None or not route.public):
+            # The same answer for private and missing functions: no existence oracle.
+            principal_of(scope)
         if route is None:
             raise NotFound(f"function {name!r} not found", code="function_not_found")
+        if route.rate is not None:
+            wait = self.limiter.take((namespace, name), route.rate)
+            if wait > 0:
+                raise TooManyRequests(
+                    f"{name} is over its rate limit of {route.rate.per_s:g}/s",
+                    code="function_rate_limited",
+                    retry_after=wait,
+                )
         body = await read_body(scope, receive, self.limit)
         spec = route.pick()
         frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
@@ -126,6 +150,11 @@ class InvokeApp:
             frame["ev"] = body
         elif method in BODYLESS_EVENT_METHODS or scope["query_string"]:
             frame["q"] = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        if not self.quota.enter(namespace):
+            raise TooManyRequests(
+                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
+                code="namespace_concurrency",
+            )
         started = time.time()
         t0 = time.perf_counter()
         status, code, cold = 500, "internal", False
@@ -137,6 +166,7 @@ class InvokeApp:
             status, code = exc.status, exc.code
             raise
         finally:
+            self.quota.leave(namespace)
             elapsed = time.perf_counter() - t0
             self.platform.metrics.observe(namespace, name, status, elapsed, cold)
             self.platform.recorder.invocation(
@@ -157,6 +187,7 @@ class InvokeApp:
         self, send: Send, result: InvokeResult, version: int, id_header: tuple[bytes, bytes]
     ) -> tuple[int, str]:
         meta = [
+            *self.meta_headers,
             id_header,
             (b"x-cumulo-start", b"cold" if result.cold else b"warm"),
             (b"x-cumulo-version", str(version).encode()),
@@ -172,7 +203,7 @@ class InvokeApp:
             raw_headers = [
                 (k.encode("latin-1"), v.encode("latin-1"))
                 for k, v in headers.items()
-                if k not in HOP_BY_HOP and not k.startswith("x-cumulo-")
+                if k not in HOP_BY_HOP and k not in OWN_HEADERS and not k.startswith("x-cumulo-")
             ]
         else:
             status, raw_headers, body = 200, list(JSON_HEADERS), result.body or b""

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cumulo.config import Credentials, write_credentials
+from cumulo.config import Credentials, load_credentials, write_credentials
 from cumulo.control.bundle import BundleStore
 from cumulo.control.service import ControlPlane, DeployRequest
-from cumulo.errors import BadRequest
+from cumulo.errors import BadRequest, ConfigError
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.runtime.executor import LocalExecutor
@@ -44,6 +44,9 @@ class PlatformOptions:
     url: str = "http://127.0.0.1:8080"
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     demo_dir: Path | None = None
+    key_rate: str = ""  # token bucket per API key, e.g. "1000/s:2000"; empty: unlimited
+    namespace_concurrency: int = 0  # in-flight invocations per namespace; 0: unlimited
+    tls: bool = False
 
 
 class Platform:
@@ -123,6 +126,7 @@ class Platform:
     async def _ensure_admin_key(self) -> None:
         keys = await self.store.call(self.store.all_keys)
         if any("admin" in k.scopes and k.revoked_at is None for k in keys):
+            self._refresh_credentials_url()
             return
         key = generate_key()
         record = ApiKeyRecord(
@@ -138,6 +142,15 @@ class Platform:
         await self.store.call(self.store.insert_key, record)
         write_credentials(self.options.data_dir, Credentials(self.options.url, key))
         self.new_admin_key = key
+
+    def _refresh_credentials_url(self) -> None:
+        """A restart may listen elsewhere: keep the saved key, point the CLI at the new URL."""
+        try:
+            saved = load_credentials(self.options.data_dir, use_env=False)
+        except ConfigError:
+            return  # never written, or deleted by the operator: nothing to refresh
+        if saved.url != self.options.url:
+            write_credentials(self.options.data_dir, Credentials(self.options.url, saved.api_key))
 
     async def reload_keys(self) -> None:
         self.auth.load(await self.store.call(self.store.all_keys))

@@ -28,6 +28,8 @@ def function(
     env: dict[str, str] | None = None,
     secrets: Iterable[str] = (),
     network: bool = False,
+    public: bool = False,
+    rate_limit: str = "",
 ) -> Callable[[F], F]: ...
 
 
@@ -44,6 +46,8 @@ def function(
     env: dict[str, str] | None = None,
     secrets: Iterable[str] = (),
     network: bool = False,
+    public: bool = False,
+    rate_limit: str = "",
 ) -> F | Callable[[F], F]:
     """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
     cumulo function. The callable stays a plain function: call it directly in unit tests."""
@@ -60,6 +64,8 @@ def function(
             env=dict(env or {}),
             secrets=tuple(secrets),
             network=network,
+            public=public,
+            rate_limit=rate_limit,
         ),
     )
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cumulo.errors import BadRequest
+from cumulo.security.ratelimit import Rate
 
 NAME_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -46,6 +47,8 @@ class FunctionConfig:
     env: dict[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
     network: bool = False  # outbound network from the sandbox (off by default)
+    public: bool = False  # anyone may invoke it without a key
+    rate_limit: str = ""  # e.g. "100/s" or "6000/m:200" (burst after the colon)
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,8 +75,13 @@ class FunctionConfig:
             problems.append("env must map variable names to string values")
         if not all(isinstance(s, str) and SECRET_NAME_RE.fullmatch(s) for s in self.secrets):
             problems.append("secrets must be a list of secret names")
-        if not isinstance(self.network, bool):
-            problems.append("network must be true or false")
+        if not isinstance(self.network, bool) or not isinstance(self.public, bool):
+            problems.append("network and public must be true or false")
+        if self.rate_limit:
+            try:
+                Rate.parse(self.rate_limit)
+            except (ValueError, AttributeError) as exc:
+                problems.append(str(exc))
         if problems:
             raise BadRequest("; ".join(problems), code="invalid_config")
 
