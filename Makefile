@@ -7,7 +7,18 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 BENCHSTAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench clean sandbox
+
+# The worker sandbox uses bubblewrap when it is installed; without root or apt this is a
+# no-op and `cumulo up` runs with process isolation (and says so).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
+	    echo "note: could not install bubblewrap; functions run without the sandbox"; \
+	  else echo "note: bubblewrap (bwrap) is not installed; functions run without the sandbox"; fi; }
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +36,10 @@ $(BENCHSTAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[dev,bench]'
 	touch $@ $(STAMP) $(DEVSTAMP)
 
-run: $(STAMP)
+run: $(STAMP) sandbox
 	$(VENV)/bin/cumulo up --demo
 
-test: $(DEVSTAMP) lint typecheck pytest
+test: $(DEVSTAMP) sandbox lint typecheck pytest
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check src tests bench examples

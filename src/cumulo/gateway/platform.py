@@ -22,10 +22,13 @@ from cumulo.control.service import ControlPlane, DeployRequest
 from cumulo.errors import BadRequest, ConfigError
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
+from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
+from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
+from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
@@ -55,7 +58,13 @@ class Platform:
         data_dir = options.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         data_dir.chmod(0o700)
-        self.store = SQLiteStore(data_dir / "cumulo.db")
+        # ConfigError, before anything starts, on a malformed CUMULO_MASTER_KEY, a key file
+        # open to others, or a master key that does not wrap this database's data keys.
+        master = load_master_key(data_dir)
+        check_master_key(data_dir / "cumulo.db", master)
+        self.encryptor = Encryptor(master)
+        self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self.encryptor)
+        self.audit = AuditLog(self.store, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
         self.bundles = BundleStore(data_dir)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
@@ -72,10 +81,14 @@ class Platform:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        sandbox.check(self.options.runtime)
         self.store.open()
+        # Finishes an interrupted master rotation; encrypts values from before encryption.
+        await self.store.call(self.encryptor.open, self.store)
         await self._ensure_admin_key()
         await self.reload_keys()
         await self.recorder.start()
+        await self.audit.start()
         await self.executor.start()
         await self.control.warm_all()
         if (self.quantum_dir / "quantum.db").exists():
@@ -94,6 +107,7 @@ class Platform:
                 await (await self._quantum).stop()
         await self.executor.stop()
         await self.recorder.stop()
+        await self.audit.stop()
         self.store.close()
 
     # ------------------------------------------------------------ quantum

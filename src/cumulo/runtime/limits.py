@@ -46,3 +46,51 @@ def limit_memory(baseline: int, memory_mb: int, threads: int) -> None:
 
 def no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# Open files per process: plenty for a function, a bound for one that leaks descriptors.
+NOFILE = 4096
+# Processes (threads count too) per zygote uid, beyond what its workers need: enough for
+# thread pools and BLAS, a ceiling for a fork bomb.
+NPROC_BASE = 128
+
+
+def limit_files(max_file_bytes: int) -> None:
+    """No file bigger than `max_file_bytes` (0: unchanged), at most NOFILE descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, cap) if soft > 0 else cap, cap))
+    if max_file_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+
+def _tasks_of(uid: int) -> int:
+    """Threads the kernel counts against `uid` now (what RLIMIT_NPROC compares to)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return count
+
+
+def limit_processes(max_instances: int, concurrency: int) -> None:
+    """RLIMIT_NPROC against fork bombs: what this uid runs now plus room for the workers.
+
+    The count is per real uid, so under a private uid this bounds one function version;
+    under a shared uid it is measured from what already runs."""
+    uid = os.getuid()
+    if uid == 0:
+        return  # root is exempt from RLIMIT_NPROC anyway
+    per_worker = concurrency + (os.cpu_count() or 1) + 2
+    limit = _tasks_of(uid) + NPROC_BASE + max_instances * per_worker
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))

@@ -1,15 +1,27 @@
 """The zygote: imports one function version once, then forks a worker per request.
 
-Started by the gateway as `python -m cumulo.runtime.zygote SPEC_JSON` with a SOCK_SEQPACKET
-control socket on fd 3. Control messages are msgpack maps, one per packet:
+Started by the gateway as `python -m cumulo.runtime.zygote CTL_FD` (inside bubblewrap when
+the sandbox is on, see sandbox.py) with a SOCK_SEQPACKET control socket on CTL_FD. The first
+packet on it is the spec (JSON: the version, its config, the uid to run as); it travels on
+the socket rather than the command line, which every process on the machine may read.
+Control messages are msgpack maps, one per packet:
 
 gateway → zygote   {op: fork, wid}   {op: kill, pid}   {op: stop}
 zygote → gateway   {op: ready, pid}  {op: error, message, traceback}
-                   {op: forked, wid, pid} + the worker's socket as SCM_RIGHTS
-                   {op: exit, pid, code, signal}
+worker → gateway   {op: forked, wid, pid} + the worker's socket as SCM_RIGHTS
+zygote → gateway   {op: exit, pid, code, signal}
 
 The worker's end of a fresh socketpair is passed to the gateway, so workers need no
 listening socket and no path: whatever the sandbox hides, the inherited fd still works.
+`forked` is sent by the new worker itself: the gateway reads the sender's pid from the
+kernel (SO_PASSCRED), translated into its own pid namespace, and never trusts a pid a
+zygote (which has run user code) writes into a message. Pids in `exit` and `kill` are the
+zygote's own (its pid namespace); the gateway maps them.
+
+Start-up order matters: read the spec, set rlimits, drop to the private uid, set
+NO_NEW_PRIVS and install the seccomp filter, and only then import the user's module.
+Each worker leads its own process group (then may create no other), so killing the group
+kills whatever the worker forked.
 """
 
 from __future__ import annotations
@@ -28,11 +40,13 @@ from typing import Any
 import msgpack
 import orjson
 
-from cumulo.runtime import limits
+from cumulo.runtime import limits, sandbox
 from cumulo.runtime.loader import FoundHandler, UserCodeError, resolve
 from cumulo.runtime.wire import BlockingChannel
 from cumulo.runtime.worker import Worker, WorkerMeta
 from cumulo.sdk.spec import FunctionConfig
+
+SPEC_MAX = 1 << 20
 
 
 def _send(ctl: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -44,11 +58,19 @@ def _send(ctl: socket.socket, message: dict[str, Any], fds: list[int] | None = N
 
 
 class Zygote:
-    def __init__(self, ctl: socket.socket, handler: FoundHandler, meta: WorkerMeta) -> None:
+    def __init__(
+        self,
+        ctl: socket.socket,
+        handler: FoundHandler,
+        meta: WorkerMeta,
+        worker_filter: bytes | None = None,
+    ) -> None:
         self.ctl = ctl
         self.handler = handler
         self.meta = meta
-        self.children: set[int] = set()
+        self.worker_filter = worker_filter
+        # pid → the wid the gateway asked for (to fail that fork if the child dies first).
+        self.children: dict[int, str] = {}
         self.baseline = limits.virtual_size()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -79,8 +101,7 @@ class Zygote:
         elif op == "kill":
             pid = int(message["pid"])
             if pid in self.children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                kill_group(pid)
         elif op == "stop":
             self.stop(0)
 
@@ -91,6 +112,13 @@ class Zygote:
         if pid == 0:
             code = 0
             try:
+                # Its own process group first: the gateway and the zygote kill the group.
+                os.setpgid(0, 0)
+                if self.worker_filter is not None:
+                    sandbox.load_bpf(self.worker_filter)
+                # Sent by the worker itself, so the kernel vouches for the pid.
+                forked = {"op": "forked", "wid": wid, "pid": os.getpid()}
+                _send(self.ctl, forked, [gateway_end.fileno()])
                 gateway_end.close()
                 self.ctl.close()
                 signal.set_wakeup_fd(-1)
@@ -109,27 +137,31 @@ class Zygote:
                     os.write(2, f"cumulo worker died:\n{traceback.format_exc()}".encode())
             finally:
                 os._exit(code)
-        self.children.add(pid)
+        self.children[pid] = wid
         worker_end.close()
-        try:
-            _send(self.ctl, {"op": "forked", "wid": wid, "pid": pid}, [gateway_end.fileno()])
-        finally:
-            gateway_end.close()
+        gateway_end.close()
 
     def reap(self) -> None:
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # Peek first: while the worker is a zombie its pid (= its group) cannot be
+                # reused, so whatever it left running in its group is killed, nothing else.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 self.children.clear()
                 return
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
-            self.children.discard(pid)
+            kill_group(info.si_pid)
+            pid, status = os.waitpid(info.si_pid, 0)
+            if pid not in self.children:
+                continue  # an orphan of the zygote's own (user code at import)
+            wid = self.children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             message = {
                 "op": "exit",
                 "pid": pid,
+                "wid": wid,
                 "code": code if code >= 0 else None,
                 "signal": -code if code < 0 else None,
             }
@@ -138,21 +170,62 @@ class Zygote:
 
     def stop(self, code: int) -> None:
         for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            kill_group(pid)
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         os._exit(code)
 
 
-def main() -> None:
-    spec = orjson.loads(sys.argv[1])
-    limits.die_with_parent(int(spec["parent"]))
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker and everything it forked (its process group)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def confine(spec: dict[str, Any], code_dir: Path) -> tuple[Path, bytes | None]:
+    """Everything that must happen before user code: rlimits, uid, NO_NEW_PRIVS, seccomp.
+
+    Returns the code dir as the dropped uid reaches it and the worker's seccomp filter."""
+    config = spec["config"]
     limits.no_core_dumps()
-    ctl = socket.socket(fileno=int(spec["ctl_fd"]))
+    limits.limit_files(int(spec.get("fsize_bytes") or 0))
+    keep: list[int] = []
+    uid = spec.get("uid")
+    if uid is not None and os.geteuid() == 0:
+        # Without bubblewrap the interpreter or the code may lie where the new uid cannot
+        # reach (/root, the 0700 data dir): keep a descriptor to each such directory.
+        if not spec.get("sandboxed"):
+            sys.path[:] = [sandbox.reachable_path(p, keep) for p in sys.path]
+            code_dir = Path(sandbox.reachable_path(str(code_dir), keep))
+        sandbox.drop_privileges(int(uid), int(uid))
+    # Credentials changed: the parent-death signal was reset with them.
+    limits.die_with_parent(os.getppid())
+    limits.limit_processes(
+        int(config.get("max_instances") or 1), int(config.get("concurrency") or 1)
+    )
+    sandbox.no_new_privs()
+    worker_filter = None
+    if spec.get("seccomp", True):
+        worker_filter = sandbox.install_filter(network=bool(config.get("network")))
+    return code_dir, worker_filter
+
+
+def main() -> None:
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    spec = orjson.loads(ctl.recv(SPEC_MAX))
+    parent = int(spec.get("parent") or 0)
+    limits.die_with_parent(parent if parent > 0 else os.getppid())
     code_dir = Path(spec["code_dir"])
     os.chdir(code_dir)
+    try:
+        code_dir, worker_filter = confine(spec, code_dir)
+    except OSError as exc:
+        _send(ctl, {"op": "error", "message": f"the sandbox could not be set up: {exc}"})
+        os._exit(1)
     meta = WorkerMeta(
         namespace=spec["namespace"],
         function=spec["function"],
@@ -167,7 +240,7 @@ def main() -> None:
         _send(ctl, {"op": "error", "message": str(exc), "traceback": exc.user_traceback})
         os._exit(1)
     try:
-        Zygote(ctl, handler, meta).run()
+        Zygote(ctl, handler, meta, worker_filter).run()
     except OSError as exc:
         if exc.errno in (errno.EPIPE, errno.ECONNRESET):
             os._exit(0)

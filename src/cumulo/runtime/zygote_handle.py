@@ -1,4 +1,10 @@
-"""The gateway's handle on one zygote process: start it, fork workers, learn of exits."""
+"""The gateway's handle on one zygote process: start it, fork workers, learn of exits.
+
+The zygote starts inside the sandbox (sandbox.py) when one can be built: bubblewrap with
+its own pid namespace, under a private uid when the gateway is root. Every pid this handle
+hands out is a host pid the kernel vouched for (SO_PASSCRED on the control socket), never
+one written into a message by the zygote, which has run user code.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import itertools
 import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +22,7 @@ import msgpack
 import orjson
 
 from cumulo.errors import FunctionCrashed
+from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 
@@ -50,6 +58,27 @@ def zygote_env(spec: VersionSpec) -> dict[str, str]:
     return env
 
 
+MB = 1024 * 1024
+# Room for the worker's socket and the sender's credentials on each control packet.
+_ANCILLARY = socket.CMSG_SPACE(4 * 4) + socket.CMSG_SPACE(struct.calcsize("iII"))
+
+
+def recv_packet(sock: socket.socket) -> tuple[bytes, list[int], int | None]:
+    """One control packet: data, the fds it carried, and the sender's pid (ours)."""
+    data, ancdata, _flags, _addr = sock.recvmsg(65536, _ANCILLARY)
+    fds: list[int] = []
+    pid = None
+    for level, kind, payload in ancdata:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+        elif kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+            pid = struct.unpack("iII", payload[:12])[0]
+    return data, fds, pid
+
+
 class ZygoteHandle:
     def __init__(
         self,
@@ -70,15 +99,29 @@ class ZygoteHandle:
         self._wids = itertools.count(1)
         self.alive = False
         self.idle_since: float = 0.0
+        # The zygote's pid namespace → ours, for the workers it forked.
+        self._host_pids: dict[int, int] = {}
+        self._uid: int | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        settings = self.settings
+        status = sandbox.status(settings)
+        if settings.isolation == "strict" and not status.sandboxed:
+            raise FunctionCrashed(
+                f"the sandbox is unavailable ({status.reason}) and isolation is strict",
+                code="sandbox_unavailable",
+            )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Every packet then carries its sender's pid, translated into our pid namespace.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         spec = self.spec
+        memory = max(spec.config.memory_mb, 16) * MB
+        if status.drop_uid:
+            self._uid = sandbox.uids.acquire()
         payload = orjson.dumps(
             {
-                "parent": os.getpid(),
-                "ctl_fd": theirs.fileno(),
+                "parent": 0 if status.sandboxed else os.getpid(),
                 "namespace": spec.namespace,
                 "function": spec.function,
                 "version": spec.version,
@@ -86,38 +129,56 @@ class ZygoteHandle:
                 "module": spec.module,
                 "attr": spec.attr,
                 "config": spec.config.to_dict(),
-                "max_response": self.settings.max_response_bytes,
+                "max_response": settings.max_response_bytes,
+                "uid": self._uid,
+                "sandboxed": status.sandboxed,
+                "seccomp": status.seccomp,
+                "fsize_bytes": memory,
             }
-        ).decode()
+        )
+        argv = [settings.python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
+        if status.bwrap is not None:
+            argv = [
+                *sandbox.bwrap_argv(
+                    status.bwrap,
+                    settings,
+                    spec.code_dir,
+                    network=spec.config.network,
+                    tmp_bytes=memory,
+                    drop_uid=status.drop_uid,
+                ),
+                *argv,
+            ]
         self._ready = loop.create_future()
         try:
+            ours.send(payload)
             self.proc = await asyncio.create_subprocess_exec(
-                self.settings.python,
-                "-m",
-                "cumulo.runtime.zygote",
-                payload,
+                *argv,
                 pass_fds=[theirs.fileno()],
                 env=zygote_env(spec),
                 cwd=str(spec.code_dir),
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
+        except BaseException:
+            ours.close()
+            self._release_uid()
+            raise
         finally:
             theirs.close()
+        # Until `ready` names the zygote itself: the launcher (bwrap), our process group.
         self.pid = self.proc.pid
         ours.setblocking(False)
         self._ctl = ours
         self.alive = True
         loop.add_reader(ours.fileno(), self._on_readable)
         try:
-            await asyncio.wait_for(
-                asyncio.shield(self._ready), self.settings.zygote_start_timeout_s
-            )
+            await asyncio.wait_for(asyncio.shield(self._ready), settings.zygote_start_timeout_s)
         except TimeoutError:
             self.kill()
             raise FunctionCrashed(
                 f"function {spec.function} did not start within "
-                f"{self.settings.zygote_start_timeout_s:.0f}s",
+                f"{settings.zygote_start_timeout_s:.0f}s",
                 code="start_timeout",
             ) from None
 
@@ -125,30 +186,50 @@ class ZygoteHandle:
         assert self._ctl is not None
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self._ctl, 65536, 4)
+                data, fds, sender = recv_packet(self._ctl)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data, fds = b"", []
+                data, fds, sender = b"", [], None
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 self._closed()
                 return
-            self._handle(msgpack.unpackb(data, raw=False), fds)
+            try:
+                message = msgpack.unpackb(data, raw=False)
+                if not isinstance(message, dict):
+                    raise TypeError("not a map")
+                self._handle(message, fds, sender)
+            except Exception:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
-    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+    def _handle(self, message: dict[str, Any], fds: list[int], sender: int | None) -> None:
         op = message.get("op")
         if op == "forked":
-            fut = self._forks.pop(str(message["wid"]), None)
-            sock = socket.socket(fileno=fds[0]) if fds else None
-            if fut is not None and not fut.done() and sock is not None:
-                fut.set_result((int(message["pid"]), sock))
+            fut = self._forks.pop(str(message.get("wid")), None)
+            sock = socket.socket(fileno=fds.pop(0)) if fds else None
+            for fd in fds:
+                os.close(fd)
+            if fut is not None and not fut.done() and sock is not None and sender:
+                self._host_pids[int(message["pid"])] = sender
+                fut.set_result((sender, sock))
             elif sock is not None:
                 sock.close()
         elif op == "exit":
-            self._on_worker_exit(
-                int(message["pid"]), ExitInfo(message.get("code"), message.get("signal"))
-            )
+            fut = self._forks.pop(str(message.get("wid")), None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    FunctionCrashed("the worker died while starting", code="function_crashed")
+                )
+            host = self._host_pids.pop(int(message["pid"]), None)
+            if host is not None:
+                self._on_worker_exit(host, ExitInfo(message.get("code"), message.get("signal")))
         elif op == "ready":
+            if sender:
+                self.pid = sender
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
         elif op == "error":
@@ -181,6 +262,7 @@ class ZygoteHandle:
             if not fut.done():
                 fut.set_exception(error)
         self._forks.clear()
+        self._release_uid()
         self._on_death(self)
 
     async def fork(self) -> tuple[int, socket.socket]:
@@ -193,10 +275,13 @@ class ZygoteHandle:
         return await fut
 
     def kill_worker(self, pid: int) -> None:
-        """SIGKILL a worker now (the gateway is its grandparent, so it asks the zygote too)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, 9)
-        self._send({"op": "kill", "pid": pid})
+        """SIGKILL a worker and what it forked, now (its process group: the gateway is its
+        grandparent, so it asks the zygote too)."""
+        if pid in self._host_pids.values():
+            _kill_group(pid)
+        inner = next((i for i, h in self._host_pids.items() if h == pid), None)
+        if inner is not None:
+            self._send({"op": "kill", "pid": inner})
 
     def _send(self, message: dict[str, Any]) -> None:
         if self._ctl is None or not self.alive:
@@ -206,12 +291,26 @@ class ZygoteHandle:
 
     def kill(self) -> None:
         """Stop the zygote and, with it, every worker it forked."""
-        if self.pid is not None:
+        if self.proc is not None:
+            # The launcher's group: bwrap (whose pid namespace dies with it) or the zygote.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, 9)
+                os.killpg(self.proc.pid, 9)
+        for pid in self._host_pids.values():
+            _kill_group(pid)
+        self._host_pids.clear()
         if self.alive:
             self._closed()
+
+    def _release_uid(self) -> None:
+        if self._uid is not None:
+            sandbox.uids.release(self._uid)
+            self._uid = None
 
     async def wait(self) -> None:
         if self.proc is not None:
             await self.proc.wait()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, 9)

@@ -8,8 +8,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 
@@ -59,6 +60,19 @@ CREATE TABLE IF NOT EXISTS invocations (
     started_at REAL NOT NULL, duration_ms REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS invocations_by_function
     ON invocations (namespace, function, started_at);
+CREATE TABLE IF NOT EXISTS crypto_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS data_keys (
+    namespace TEXT NOT NULL, version INTEGER NOT NULL, master_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (namespace, version));
+CREATE TABLE IF NOT EXISTS audit_log (
+    namespace TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL, source TEXT NOT NULL,
+    details TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (namespace, seq));
+CREATE INDEX IF NOT EXISTS audit_log_by_hash ON audit_log (namespace, hash);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    namespace TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, mac BLOB NOT NULL);
 """
 
 
@@ -70,9 +84,25 @@ def _traffic_from_json(raw: str) -> dict[int, int]:
     return {int(v): int(w) for v, w in orjson.loads(raw).items()}
 
 
+class ValueCipher(Protocol):
+    """Encrypts state values and secrets at rest (security.crypto.Encryptor). `item` names
+    the row (function and key, or secret name) and is bound to the ciphertext."""
+
+    def prepare(self, store: SQLiteStore, namespace: str) -> None: ...
+
+    def encrypt(
+        self, store: SQLiteStore, namespace: str, purpose: str, item: tuple[str, ...], data: bytes
+    ) -> bytes: ...
+
+    def decrypt(
+        self, store: SQLiteStore, namespace: str, purpose: str, item: tuple[str, ...], blob: bytes
+    ) -> bytes: ...
+
+
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, encryptor: ValueCipher | None = None) -> None:
         self.path = path
+        self.encryptor = encryptor
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -299,7 +329,9 @@ class SQLiteStore:
             "SELECT value, version FROM state WHERE namespace = ? AND function = ? AND key = ?",
             (namespace, function, key),
         ).fetchone()
-        return None if row is None else StateRecord(row[0], row[1])
+        if row is None:
+            return None
+        return StateRecord(self._open_value(namespace, "state", (function, key), row[0]), row[1])
 
     def state_put(
         self,
@@ -312,16 +344,22 @@ class SQLiteStore:
     ) -> tuple[bool, int]:
         """(written, version): on a version mismatch nothing is written and the current
         version comes back."""
+        # Encrypted before the transaction: a data key created inside one could roll back.
+        stored = self._seal_value(namespace, "state", (function, key), value)
         with self._tx() as db:
-            current = self.state_get(namespace, function, key)
-            version = current.version if current else 0
+            # The version alone: the old value needs no decrypting to be overwritten.
+            row = db.execute(
+                "SELECT version FROM state WHERE namespace = ? AND function = ? AND key = ?",
+                (namespace, function, key),
+            ).fetchone()
+            version = int(row[0]) if row else 0
             if expected_version is not None and expected_version != version:
                 return False, version
             db.execute(
                 "INSERT INTO state VALUES (?,?,?,?,?,?) ON CONFLICT (namespace, function, key) "
                 "DO UPDATE SET value = excluded.value, version = excluded.version, "
                 "updated_at = excluded.updated_at",
-                (namespace, function, key, value, version + 1, now),
+                (namespace, function, key, stored, version + 1, now),
             )
         return True, version + 1
 
@@ -343,16 +381,20 @@ class SQLiteStore:
         self, namespace: str, function: str, key: str, by: int, now: float
     ) -> tuple[int, int]:
         """Atomically add `by` to an integer value; (new value, new version)."""
+        if self.encryptor is not None:
+            # The data key must exist before the transaction (see state_put).
+            self.encryptor.prepare(self, namespace)
         with self._tx() as db:
             current = self.state_get(namespace, function, key)
             value = int(orjson.loads(current.value)) if current else 0
             value += by
             version = (current.version if current else 0) + 1
+            stored = self._seal_value(namespace, "state", (function, key), orjson.dumps(value))
             db.execute(
                 "INSERT INTO state VALUES (?,?,?,?,?,?) ON CONFLICT (namespace, function, key) "
                 "DO UPDATE SET value = excluded.value, version = excluded.version, "
                 "updated_at = excluded.updated_at",
-                (namespace, function, key, orjson.dumps(value), version, now),
+                (namespace, function, key, stored, version, now),
             )
         return value, version
 
@@ -367,10 +409,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ secrets
     def secret_set(self, namespace: str, name: str, value: bytes, now: float) -> None:
+        stored = self._seal_value(namespace, "secret", (name,), value)
         self.db.execute(
             "INSERT INTO secrets VALUES (?,?,?,?) ON CONFLICT (namespace, name) "
             "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (namespace, name, value, now),
+            (namespace, name, stored, now),
         )
 
     def secret_names(self, namespace: str) -> list[tuple[str, float]]:
@@ -388,7 +431,7 @@ class SQLiteStore:
             f"SELECT name, value FROM secrets WHERE namespace = ? AND name IN ({marks})",  # noqa: S608
             (namespace, *wanted),
         ).fetchall()
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: self._open_value(namespace, "secret", (r[0],), r[1]) for r in rows}
 
     def secret_delete(self, namespace: str, name: str) -> bool:
         cur = self.db.execute(
@@ -474,6 +517,151 @@ class SQLiteStore:
             for r in rows
         ]
 
+    # ------------------------------------------------------------ encryption at rest
+    def _seal_value(
+        self, namespace: str, purpose: str, item: tuple[str, ...], data: bytes
+    ) -> bytes:
+        if self.encryptor is None:
+            return data
+        return self.encryptor.encrypt(self, namespace, purpose, item, data)
+
+    def _open_value(
+        self, namespace: str, purpose: str, item: tuple[str, ...], blob: bytes
+    ) -> bytes:
+        if self.encryptor is None:
+            return blob
+        return self.encryptor.decrypt(self, namespace, purpose, item, blob)
+
+    def transaction(self) -> _Transaction:
+        """BEGIN IMMEDIATE ... COMMIT for the security modules' multi-statement writes."""
+        return self._tx()
+
+    def crypto_meta_get(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM crypto_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def crypto_meta_set(self, name: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO crypto_meta VALUES (?,?) ON CONFLICT (name) DO UPDATE SET value = "
+            "excluded.value",
+            (name, value),
+        )
+
+    def data_key(self, namespace: str, version: int) -> DataKeyRecord | None:
+        row = self.db.execute(
+            "SELECT master_id, wrapped, created_at FROM data_keys "
+            "WHERE namespace = ? AND version = ?",
+            (namespace, version),
+        ).fetchone()
+        return None if row is None else DataKeyRecord(namespace, version, row[0], row[1], row[2])
+
+    def latest_data_key_version(self, namespace: str) -> int | None:
+        row = self.db.execute(
+            "SELECT MAX(version) FROM data_keys WHERE namespace = ?", (namespace,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def insert_data_key(
+        self, namespace: str, version: int, master_id: str, wrapped: bytes, now: float
+    ) -> bool:
+        """False when that version exists already (another writer created it first)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO data_keys VALUES (?,?,?,?,?)",
+            (namespace, version, master_id, wrapped, now),
+        )
+        return cur.rowcount > 0
+
+    def all_data_keys(self) -> list[DataKeyRecord]:
+        rows = self.db.execute(
+            "SELECT namespace, version, master_id, wrapped, created_at FROM data_keys "
+            "ORDER BY namespace, version"
+        ).fetchall()
+        return [DataKeyRecord(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def rewrap_data_key(self, namespace: str, version: int, master_id: str, wrapped: bytes) -> None:
+        self.db.execute(
+            "UPDATE data_keys SET master_id = ?, wrapped = ? WHERE namespace = ? AND version = ?",
+            (master_id, wrapped, namespace, version),
+        )
+
+    def encrypted_rows(self) -> list[EncryptedRow]:
+        """Every stored value that is encrypted at rest, as stored (tests, migration)."""
+        state = self.db.execute("SELECT namespace, function, key, value FROM state").fetchall()
+        secrets = self.db.execute("SELECT namespace, name, value FROM secrets").fetchall()
+        return [EncryptedRow("state", r[0], (r[1], r[2]), r[3]) for r in state] + [
+            EncryptedRow("secrets", r[0], (r[1],), r[2]) for r in secrets
+        ]
+
+    def replace_encrypted_value(
+        self, table: str, namespace: str, item: tuple[str, ...], value: bytes
+    ) -> None:
+        if table == "state":
+            self.db.execute(
+                "UPDATE state SET value = ? WHERE namespace = ? AND function = ? AND key = ?",
+                (value, namespace, *item),
+            )
+        elif table == "secrets":
+            self.db.execute(
+                "UPDATE secrets SET value = ? WHERE namespace = ? AND name = ?",
+                (value, namespace, *item),
+            )
+        else:
+            raise ValueError(f"no encrypted values in table {table!r}")
+
+    # ------------------------------------------------------------ audit log
+    def audit_heads(self) -> dict[str, AuditHeadRecord]:
+        rows = self.db.execute("SELECT namespace, seq, hash, mac FROM audit_heads").fetchall()
+        return {r[0]: AuditHeadRecord(r[0], r[1], r[2], r[3]) for r in rows}
+
+    def audit_write(self, rows: list[AuditRowRecord], heads: list[AuditHeadRecord]) -> None:
+        """Append chained rows and move their heads; the caller holds a transaction."""
+        self.db.executemany(
+            "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.namespace,
+                    r.seq,
+                    r.ts,
+                    r.actor,
+                    r.action,
+                    r.target,
+                    r.result,
+                    r.source,
+                    r.details,
+                    r.prev_hash,
+                    r.hash,
+                )
+                for r in rows
+            ],
+        )
+        self.db.executemany(
+            "INSERT INTO audit_heads VALUES (?,?,?,?) ON CONFLICT (namespace) DO UPDATE SET "
+            "seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+            [(h.namespace, h.seq, h.hash, h.mac) for h in heads],
+        )
+
+    def audit_set_head_mac(self, namespace: str, mac: bytes) -> None:
+        self.db.execute("UPDATE audit_heads SET mac = ? WHERE namespace = ?", (mac, namespace))
+
+    def audit_rows(self, namespace: str, after_seq: int, limit: int) -> list[AuditRowRecord]:
+        rows = self.db.execute(
+            "SELECT seq, ts, actor, action, target, result, source, details, prev_hash, hash "
+            "FROM audit_log WHERE namespace = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (namespace, after_seq, limit),
+        ).fetchall()
+        return [AuditRowRecord(namespace, *r) for r in rows]
+
+    def audit_seq_of_hash(self, namespace: str, row_hash: bytes) -> int | None:
+        row = self.db.execute(
+            "SELECT seq FROM audit_log WHERE namespace = ? AND hash = ? LIMIT 1",
+            (namespace, row_hash),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def audit_namespaces(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT namespace FROM audit_log").fetchall()
+        return sorted(str(r[0]) for r in rows)
+
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (sqlite3 in autocommit mode)."""
@@ -491,3 +679,44 @@ class _Transaction:
 
 def now() -> float:
     return time.time()
+
+
+# Records of the security tables (encryption at rest, audit log).
+@dataclass(frozen=True, slots=True)
+class DataKeyRecord:
+    namespace: str
+    version: int
+    master_id: str
+    wrapped: bytes = field(repr=False)
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedRow:
+    table: str  # "state" or "secrets"
+    namespace: str
+    item: tuple[str, ...]  # (function, key) or (name,)
+    value: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRowRecord:
+    namespace: str
+    seq: int
+    ts: float
+    actor: str
+    action: str
+    target: str
+    result: str
+    source: str
+    details: str  # canonical JSON, already redacted
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHeadRecord:
+    namespace: str
+    seq: int
+    hash: bytes
+    mac: bytes

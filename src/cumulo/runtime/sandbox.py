@@ -1,0 +1,611 @@
+"""The worker sandbox: bubblewrap around each zygote, a seccomp filter, a private uid.
+
+Layers, outermost first (see docs/sandbox.md):
+
+- bubblewrap (when it is installed and works here): new mount, pid, ipc, uts and (unless the
+  function declares ``network=True``) network namespaces; the root file system read-only;
+  a private ``/tmp``; the data dir hidden under an empty tmpfs with only the function's own
+  code dir bound back read-only; unreadable host directories (``/root``…) hidden, with the
+  interpreter and the virtualenv bound back. Only the zygote's start is wrapped: workers are
+  still forks of the zygote, so a cold start stays a fork.
+- a private uid per zygote when the gateway runs as root (the zygote drops to it before it
+  imports user code): ordinary permission checks then deny signals, ptrace, ``/proc/PID/mem``
+  and ``/proc/PID/environ`` across tenants and towards the gateway, and ``RLIMIT_NPROC``
+  counts each tenant's processes apart.
+- ``PR_SET_NO_NEW_PRIVS`` and a seccomp filter (libseccomp through ctypes) that answers
+  EPERM to the system calls a function never needs (ptrace, mount, bpf, kexec, modules,
+  namespaces, keyrings, io_uring…) and, without ``network=True``, to non-Unix sockets.
+- rlimits (limits.py), always.
+
+The gateway calls :func:`check` once at start-up: ``strict`` refuses to start without the
+bubblewrap layer, ``auto`` logs one loud warning and carries on with the inner layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cumulo.errors import ConfigError
+from cumulo.runtime.settings import RuntimeSettings
+
+log = logging.getLogger("cumulo.sandbox")
+
+# Names the bubblewrap binary; empty or a missing path means "not installed" (tests use it).
+BWRAP_ENV = "CUMULO_BWRAP"
+# Zygotes of a root gateway run as UID_BASE + slot (same gid); 65534 when that range is
+# not mapped in this user namespace.
+UID_BASE = 200_000
+UID_SLOTS = 4096
+NOBODY = 65534
+MB = 1024 * 1024
+PROBE_TIMEOUT_S = 20.0
+
+
+class SandboxUnavailable(ConfigError):
+    """`--isolation strict` and the sandbox cannot be built on this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxStatus:
+    """What isolation zygotes get on this machine (probed once per process)."""
+
+    bwrap: str | None  # the working bubblewrap binary; None: process isolation only
+    reason: str  # why bubblewrap is not used ("" when it is)
+    seccomp: bool  # libseccomp is loadable: zygotes install the filter
+    drop_uid: bool  # the gateway is root: each zygote runs under a private uid
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bwrap is not None
+
+    def describe(self) -> str:
+        layers = ["bubblewrap" if self.sandboxed else "process isolation"]
+        layers.append("seccomp" if self.seccomp else "no seccomp")
+        layers.append("private uid" if self.drop_uid else "gateway uid")
+        return ", ".join(layers)
+
+
+_probed: dict[tuple[str | None, str, str], SandboxStatus] = {}
+_warned: set[tuple[str | None, str, str]] = set()
+
+
+def find_bwrap() -> str | None:
+    """The bubblewrap binary: $CUMULO_BWRAP when set (empty: none), else bwrap on PATH."""
+    configured = os.environ.get(BWRAP_ENV)
+    if configured is not None:
+        if configured and os.path.isfile(configured) and os.access(configured, os.X_OK):
+            return configured
+        return None
+    return shutil.which("bwrap")
+
+
+def status(settings: RuntimeSettings) -> SandboxStatus:
+    """The sandbox this process can build, probed on first use and remembered."""
+    bwrap = find_bwrap()
+    key = (bwrap, settings.python, str(settings.data_dir))
+    found = _probed.get(key)
+    if found is None:
+        found = _probe(bwrap, settings)
+        _probed[key] = found
+    return found
+
+
+def check(settings: RuntimeSettings) -> SandboxStatus:
+    """Probe the sandbox at platform start-up.
+
+    strict: raises SandboxUnavailable (one line) when bubblewrap cannot be used.
+    auto: without bubblewrap, logs one loud warning and returns the degraded status."""
+    found = status(settings)
+    if found.sandboxed:
+        log.info("sandbox: %s", found.describe())
+        return found
+    if settings.isolation == "strict":
+        raise SandboxUnavailable(
+            f"--isolation strict: the worker sandbox cannot be built ({found.reason})"
+        )
+    key = (found.bwrap, settings.python, str(settings.data_dir))
+    if key not in _warned:
+        _warned.add(key)
+        message = (
+            f"WARNING: functions run WITHOUT the bubblewrap sandbox ({found.reason}); "
+            f"isolation is {found.describe()} only: no private /tmp, no network or "
+            "file-system isolation. Install bubblewrap (apt-get install -y bubblewrap) or "
+            "start with --isolation strict to refuse this."
+        )
+        log.warning(message)
+        if not log.hasHandlers():
+            print(message, file=sys.stderr, flush=True)
+    return found
+
+
+def _probe(bwrap: str | None, settings: RuntimeSettings) -> SandboxStatus:
+    seccomp = seccomp_available()
+    drop_uid = os.geteuid() == 0
+    if bwrap is None:
+        reason = (
+            f"${BWRAP_ENV} names no executable"
+            if os.environ.get(BWRAP_ENV) is not None
+            else "bubblewrap (bwrap) is not installed"
+        )
+        return SandboxStatus(None, reason, seccomp, drop_uid)
+    # The real thing, minus user code: the interpreter must start inside the sandbox and
+    # import the zygote module under the uid zygotes will run as.
+    code_dir = Path(__file__).resolve().parent
+    uid = probe_uid() if drop_uid else None
+    script = (
+        "import os\n"
+        f"uid = {uid!r}\n"
+        "if uid is not None:\n"
+        "    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)\n"
+        "import cumulo.runtime.zygote\n"
+        "open('/tmp/probe', 'w').close()\n"
+        "print('ok')\n"
+    )
+    argv = bwrap_argv(bwrap, settings, code_dir, network=False, tmp_bytes=MB, drop_uid=drop_uid)
+    try:
+        result = subprocess.run(
+            [*argv, settings.python, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"},
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return SandboxStatus(None, f"{bwrap} could not run: {exc}", seccomp, drop_uid)
+    if result.returncode != 0 or result.stdout.strip() != "ok":
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        return SandboxStatus(
+            None,
+            f"{bwrap} failed (exit {result.returncode}): {lines[-1][:200]}",
+            seccomp,
+            drop_uid,
+        )
+    return SandboxStatus(bwrap, "", seccomp, drop_uid)
+
+
+# ---------------------------------------------------------------- the bubblewrap command
+def _reachable(path: Path) -> bool:
+    """Whether any user may traverse to `path` (every ancestor has o+x)."""
+    for part in (path, *path.parents):
+        try:
+            mode = part.stat().st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _hidden_ancestor(path: Path) -> Path | None:
+    """The topmost ancestor of `path` that other users cannot traverse (e.g. /root)."""
+    for part in reversed((path, *path.parents)):
+        try:
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return part
+        except OSError:
+            return None
+    return None
+
+
+def runtime_paths(settings: RuntimeSettings) -> list[Path]:
+    """Directories the interpreter needs: its prefixes, sys.path, the cumulo package."""
+    candidates = [
+        Path(settings.python).resolve().parent,
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(sys.base_exec_prefix),
+        Path(__file__).resolve().parents[2],
+        *(Path(p) for p in sys.path if p),
+    ]
+    seen: list[Path] = []
+    for path in candidates:
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if resolved.is_dir() and resolved not in seen:
+            seen.append(resolved)
+    return seen
+
+
+def _under(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def bwrap_argv(
+    bwrap: str,
+    settings: RuntimeSettings,
+    code_dir: Path,
+    *,
+    network: bool,
+    tmp_bytes: int,
+    drop_uid: bool,
+) -> list[str]:
+    """The bubblewrap command line (everything before the interpreter) for one zygote."""
+    code_dir = code_dir.resolve()
+    argv = [
+        bwrap,
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "cumulo",
+        "--ro-bind",
+        "/",
+        "/",
+    ]
+    if not network:
+        argv.append("--unshare-net")
+    if not drop_uid:
+        # An unprivileged gateway: bubblewrap needs a user namespace; none may nest inside.
+        argv += ["--unshare-user", "--disable-userns"]
+    else:
+        # A root gateway: bubblewrap keeps only what the zygote needs to drop to its uid.
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    size = str(max(tmp_bytes, 16 * MB))
+    argv += ["--dev", "/dev", "--proc", "/proc"]
+    argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]  # noqa: S108 - inside the sandbox
+    # Empty tmpfs over: /tmp (private, writable), every directory other users cannot
+    # traverse that holds something the interpreter needs (/root/.pyenv…), the data dir.
+    needed = [*runtime_paths(settings), code_dir]
+    tmp = Path("/tmp")  # noqa: S108 - the sandbox's private /tmp
+    tops: list[Path] = [tmp]
+    for path in needed:
+        top = _hidden_ancestor(path)
+        if top is not None:
+            tops.append(top)
+    if settings.data_dir is not None:
+        tops.append(settings.data_dir.resolve())
+    minimal: list[Path] = []
+    for top in sorted(set(tops), key=lambda p: len(p.parts)):
+        if not any(_under(top, other) for other in minimal):
+            minimal.append(top)
+    for top in minimal:
+        if top == tmp:
+            argv += ["--perms", "1777", "--size", size, "--tmpfs", str(top)]
+        else:
+            argv += ["--perms", "0711", "--tmpfs", str(top)]
+    # Then bind back, read-only, what lies under them and is needed.
+    made: set[Path] = set()
+    dirs: set[Path] = set()
+    for path in sorted(set(needed), key=lambda p: len(p.parts)):
+        top = next((t for t in minimal if _under(path, t)), None)
+        if top is None or any(_under(path, m) for m in made):
+            continue
+        for parent in reversed(path.parents):
+            if _under(parent, top) and parent != top and parent not in dirs:
+                # Intermediate directories in the tmpfs: traversable, not listable.
+                argv += ["--perms", "0711", "--dir", str(parent)]
+                dirs.add(parent)
+        argv += ["--ro-bind", str(path), str(path)]
+        made.add(path)
+    argv += ["--chdir", str(code_dir), "--"]
+    return argv
+
+
+# ---------------------------------------------------------------- uids
+def _uid_range_mapped(first: int, count: int) -> bool:
+    try:
+        text = Path("/proc/self/uid_map").read_text()
+        gtext = Path("/proc/self/gid_map").read_text()
+    except OSError:
+        return False
+
+    def covered(table: str) -> bool:
+        for line in table.splitlines():
+            inside, _outside, length = (int(x) for x in line.split())
+            if inside <= first and first + count <= inside + length:
+                return True
+        return False
+
+    return covered(text) and covered(gtext)
+
+
+class UidPool:
+    """Private uids for the zygotes of a root gateway: one per live zygote."""
+
+    def __init__(self, base: int = UID_BASE, slots: int = UID_SLOTS) -> None:
+        self.base = base if _uid_range_mapped(base, slots) else None
+        self.slots = slots
+        self.used: set[int] = set()
+
+    def acquire(self) -> int:
+        if self.base is None:
+            return NOBODY
+        for slot in range(self.slots):
+            uid = self.base + slot
+            if uid not in self.used:
+                self.used.add(uid)
+                return uid
+        return NOBODY  # 4096 live zygotes: they share nobody; the pid namespaces still part them
+
+    def release(self, uid: int) -> None:
+        self.used.discard(uid)
+
+
+uids = UidPool()
+
+
+def probe_uid() -> int:
+    return uids.base + uids.slots - 1 if uids.base is not None else NOBODY
+
+
+# ---------------------------------------------------------------- seccomp (libseccomp)
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_NE = 1
+SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+AF_UNIX = 1
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+
+# Answered with EPERM: a function has no business with any of these.
+DENIED_SYSCALLS = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "bpf",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "perf_event_open",
+    "userfaultfd",
+    "unshare",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "quotactl",
+    "syslog",
+    "vhangup",
+    "iopl",
+    "ioperm",
+    "setsid",
+)
+# clone() flags that would make a new namespace.
+CLONE_NAMESPACE_FLAGS = (
+    0x00000080,  # CLONE_NEWTIME
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = (
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _libseccomp() -> ctypes.CDLL | None:
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = (ctypes.c_uint32,)
+        lib.seccomp_release.argtypes = (ctypes.c_void_p,)
+        lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+        lib.seccomp_rule_add_array.argtypes = (
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp),
+        )
+        lib.seccomp_load.argtypes = (ctypes.c_void_p,)
+        lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
+        _lib = lib
+    return _lib
+
+
+def seccomp_available() -> bool:
+    return _libseccomp() is not None
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+class SeccompError(OSError):
+    pass
+
+
+class _Filter:
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+        if not self.ctx:
+            raise SeccompError("seccomp_init failed")
+
+    def deny(self, name: str, *conditions: tuple[int, int, int, int], code: int = 0) -> None:
+        nr = self.lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            return  # not a system call on this architecture
+        array = (_ArgCmp * max(1, len(conditions)))(*(_ArgCmp(*c) for c in conditions))
+        rc = self.lib.seccomp_rule_add_array(
+            self.ctx, _errno_action(code or errno.EPERM), nr, len(conditions), array
+        )
+        if rc < 0:
+            raise SeccompError(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
+
+    def load(self) -> None:
+        rc = self.lib.seccomp_load(self.ctx)
+        if rc < 0:
+            raise SeccompError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+
+    def export(self) -> bytes:
+        r, w = os.pipe()
+        try:
+            rc = self.lib.seccomp_export_bpf(self.ctx, w)
+            os.close(w)
+            w = -1
+            if rc < 0:
+                raise SeccompError(-rc, f"seccomp_export_bpf: {os.strerror(-rc)}")
+            chunks = []
+            while chunk := os.read(r, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+    def release(self) -> None:
+        if self.ctx:
+            self.lib.seccomp_release(self.ctx)
+            self.ctx = None
+
+
+def no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS: execve never grants privileges again (setuid bits, file caps)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"PR_SET_NO_NEW_PRIVS: {os.strerror(code)}")
+
+
+def install_filter(*, network: bool) -> bytes | None:
+    """Install the zygote's seccomp filter (inherited by every worker) before user code runs.
+
+    Returns the worker's extra filter as BPF bytes (no more process groups: a worker's
+    descendants stay in its group, which is how they are all killed with it) for
+    :func:`load_bpf` after fork; None when libseccomp is missing."""
+    lib = _libseccomp()
+    if lib is None:
+        return None
+    base = _Filter(lib)
+    try:
+        for name in DENIED_SYSCALLS:
+            base.deny(name)
+        for flag in CLONE_NAMESPACE_FLAGS:
+            base.deny("clone", (0, SCMP_CMP_MASKED_EQ, flag, flag))
+        # clone3 passes its flags in memory a filter cannot read: glibc falls back to clone.
+        base.deny("clone3", code=errno.ENOSYS)
+        for request in (TIOCSTI, TIOCLINUX):
+            base.deny("ioctl", (1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, request))
+        if not network:
+            base.deny("socket", (0, SCMP_CMP_NE, AF_UNIX, 0))
+            base.deny("socketpair", (0, SCMP_CMP_NE, AF_UNIX, 0))
+        base.load()
+    finally:
+        base.release()
+    worker = _Filter(lib)
+    try:
+        worker.deny("setpgid")
+        worker.deny("setsid")
+        program = worker.export()
+    finally:
+        worker.release()
+    _prepare(program)
+    return program
+
+
+def _prepare(program: bytes) -> None:
+    global _prepared
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _prepared = (program, buf, prog, ctypes.CDLL(None, use_errno=True))
+
+
+_prepared: tuple[bytes, ctypes.Array[ctypes.c_char], _SockFprog, ctypes.CDLL] | None = None
+
+
+def load_bpf(program: bytes) -> None:
+    """Stack a precompiled filter on this process: one prctl, cheap enough for each fork
+    (the buffers are prepared once, in the zygote, and inherited)."""
+    if _prepared is None or _prepared[0] is not program:
+        _prepare(program)
+    assert _prepared is not None
+    _, _, prog, libc = _prepared
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"PR_SET_SECCOMP: {os.strerror(code)}")
+
+
+# ---------------------------------------------------------------- privilege drop
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become `uid`/`gid` for good (no supplementary groups, no capabilities left)."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError(errno.EPERM, f"could not drop to uid {uid}")
+
+
+def reachable_path(path: str, keep: list[int]) -> str:
+    """`path`, or an equivalent /proc/self/fd path when other users cannot traverse to it.
+
+    Without bubblewrap a dropped uid cannot reach an interpreter under /root or a code dir
+    inside the 0700 data dir; an O_PATH descriptor opened before the drop can (it reaches
+    that one directory, not its hidden parents)."""
+    p = Path(path)
+    if not p.is_absolute() or _reachable(p):
+        return path
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        keep.append(fd)
+        return f"/proc/self/fd/{fd}"
+    return path

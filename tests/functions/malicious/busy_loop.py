@@ -1,0 +1,7 @@
+"""Never return, never sleep."""
+
+
+def handler(event, ctx):
+    n = 0
+    while True:
+        n += 1
