@@ -20,6 +20,8 @@ def needed_scope(method: str, path: str) -> str:
         return "admin"
     if path.startswith("/v1/quantum"):
         return "read" if method == "GET" else "invoke"
+    if path.startswith("/async/") or path.endswith("/replay"):
+        return "invoke"
     if method == "GET":
         return "read"
     return "deploy"

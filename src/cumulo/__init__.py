@@ -17,6 +17,7 @@ from cumulo.errors import (
 from cumulo.sdk.context import Context, StateItem, local_context
 from cumulo.sdk.decorators import function
 from cumulo.sdk.http import Request, Response
+from cumulo.sdk.schedule import schedule
 from cumulo.sdk.spec import FunctionConfig
 
 __version__ = "0.1.0"
@@ -42,4 +43,5 @@ __all__ = [
     "__version__",
     "function",
     "local_context",
+    "schedule",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cumulo.store.base import FunctionRecord, VersionRecord
 from cumulo.store.sqlite import SQLiteStore
 
 VALIDATE_TIMEOUT_S = 60.0
+LiveChange = Callable[[str, str, list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ class ControlPlane:
         self.executor = executor
         self.python = python
         self.routes = RouteCache(self._load_route)
+        # Told the cron schedules of the newest live version whenever `live` moves.
+        self.on_live_change: LiveChange | None = None
 
     # ------------------------------------------------------------ deploy
     async def deploy(self, req: DeployRequest) -> VersionRecord:
@@ -96,7 +100,7 @@ class ControlPlane:
             module=module,
             attr=chosen["attr"],
             kind=chosen["kind"],
-            config=config.to_dict(),
+            config={**config.to_dict(), "schedules": list(chosen.get("schedules", []))},
             promote=req.promote,
             now=time.time(),
         )
@@ -217,11 +221,15 @@ class ControlPlane:
             raise NotFound(f"function {name!r} not found", code="function_not_found")
         self.routes.invalidate(namespace, name)
         await self.executor.retire(namespace, name)
+        if self.on_live_change is not None:
+            await self.on_live_change(namespace, name, [])
 
     async def _after_traffic_change(self, namespace: str, name: str) -> None:
         self.routes.invalidate(namespace, name)
         route = await self.routes.get(namespace, name)
         live = {spec.version for spec in route.specs} if route else set()
+        if self.on_live_change is not None:
+            await self.on_live_change(namespace, name, await self._live_schedules(namespace, name))
         for spec in route.specs if route else ():
             self.executor.prewarm(spec)
         # Versions that lost all traffic keep serving their in-flight calls and idle out.
@@ -252,6 +260,23 @@ class ControlPlane:
             if record is not None:
                 weighted.append((self.spec_for(record), weight))
         return Route.build(weighted) if weighted else None
+
+    async def _live_schedules(self, namespace: str, name: str) -> list[str]:
+        function = await self.store.call(self.store.get_function, namespace, name)
+        if function is None or not function.traffic:
+            return []
+        newest = max(function.traffic)
+        record = await self.store.call(self.store.get_version, namespace, name, newest)
+        return list(record.config.get("schedules", [])) if record else []
+
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        found = []
+        for namespace in await self.store.call(self._namespaces):
+            for function in await self.functions(namespace):
+                crons = await self._live_schedules(namespace, function.name)
+                if crons:
+                    found.append((namespace, function.name, crons))
+        return found
 
     async def warm_all(self) -> None:
         """At start-up: bring live versions with min_instances up."""

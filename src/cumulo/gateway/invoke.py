@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -19,10 +18,10 @@ from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
+from cumulo.runtime.frames import invocation_frame
 from cumulo.runtime.loader import KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
-from cumulo.security.ratelimit import ConcurrencyQuota, RateLimiter
-from cumulo.store.base import InvocationRecord
+from cumulo.security.ratelimit import RateLimiter
 
 PREFIX = "/fn/"
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -33,7 +32,6 @@ HOP_BY_HOP = frozenset(
 OWN_HEADERS = frozenset(k.decode() for k, _ in (*FUNCTION_SECURITY_HEADERS, HSTS))
 # Set by the platform on every function response; a function cannot override them.
 OWN_HEADERS = frozenset(k.decode() for k, _ in (*FUNCTION_SECURITY_HEADERS, HSTS))
-BODYLESS_EVENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 class ClientGone(Exception):
@@ -81,7 +79,6 @@ class InvokeApp:
         self.platform = platform
         self.limit = platform.options.runtime.max_request_bytes
         self.limiter = RateLimiter()
-        self.quota = ConcurrencyQuota(platform.options.namespace_concurrency)
         self.meta_headers = list(FUNCTION_SECURITY_HEADERS)
         if platform.options.tls:
             self.meta_headers.append(HSTS)
@@ -130,16 +127,15 @@ class InvokeApp:
                 )
         body = await read_body(scope, receive, self.limit)
         spec = route.pick()
-        frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
         method = scope["method"]
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        headers: dict[str, str] | None = None
         if spec.kind == KIND_REQUEST:
             headers = {
                 k.decode("latin-1"): v.decode("latin-1")
                 for k, v in scope["headers"]
                 if k != b"authorization"
             }
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-            frame["http"] = [method, subpath, headers, query, body]
         elif body:
             try:
                 orjson.loads(body)
@@ -147,45 +143,21 @@ class InvokeApp:
                 raise BadRequest(
                     f"the request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
-            frame["ev"] = body
-        elif method in BODYLESS_EVENT_METHODS or scope["query_string"]:
-            frame["q"] = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-        if not self.quota.enter(namespace):
-            raise TooManyRequests(
-                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
-                code="namespace_concurrency",
-            )
-        started = time.time()
-        t0 = time.perf_counter()
-        status, code, cold = 500, "internal", False
-        try:
-            result = await self.platform.executor.invoke(spec, frame)
-            cold = result.cold
-            status, code = await self._respond(send, result, spec.version, id_header)
-        except ApiError as exc:
-            status, code = exc.status, exc.code
-            raise
-        finally:
-            self.quota.leave(namespace)
-            elapsed = time.perf_counter() - t0
-            self.platform.metrics.observe(namespace, name, status, elapsed, cold)
-            self.platform.recorder.invocation(
-                InvocationRecord(
-                    id=invocation_id,
-                    namespace=namespace,
-                    function=name,
-                    version=spec.version,
-                    status=status,
-                    code=code,
-                    cold=cold,
-                    started_at=started,
-                    duration_ms=elapsed * 1000,
-                )
-            )
+        frame = invocation_frame(
+            invocation_id,
+            spec.kind,
+            method=method,
+            path=subpath,
+            headers=headers,
+            query=query,
+            body=body,
+        )
+        result = await self.platform.invoke(spec, frame)
+        await self._respond(send, result, spec.version, id_header)
 
     async def _respond(
         self, send: Send, result: InvokeResult, version: int, id_header: tuple[bytes, bytes]
-    ) -> tuple[int, str]:
+    ) -> None:
         meta = [
             *self.meta_headers,
             id_header,
@@ -194,12 +166,6 @@ class InvokeApp:
         ]
         if result.http is not None:
             status, headers, body = result.http
-            if not 100 <= status <= 599:
-                raise ApiError(
-                    f"the function returned an invalid HTTP status {status}",
-                    code="bad_status",
-                    status=502,
-                )
             raw_headers = [
                 (k.encode("latin-1"), v.encode("latin-1"))
                 for k, v in headers.items()
@@ -211,4 +177,3 @@ class InvokeApp:
         raw_headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
-        return status, "ok"

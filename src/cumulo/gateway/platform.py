@@ -19,18 +19,23 @@ import orjson
 from cumulo.config import Credentials, load_credentials, write_credentials
 from cumulo.control.bundle import BundleStore
 from cumulo.control.service import ControlPlane, DeployRequest
-from cumulo.errors import BadRequest, ConfigError
+from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRequests
+from cumulo.events.service import EventsService
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.frames import invocation_frame
+from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
+from cumulo.sdk.spec import FunctionConfig
 from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
-from cumulo.store.base import ApiKeyRecord, LogRecord
+from cumulo.security.ratelimit import ConcurrencyQuota
+from cumulo.store.base import ApiKeyRecord, InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cumulo")
 
 DEFAULT_NAMESPACE = "default"
+EVENTS_DRAIN_S = 5.0  # on shutdown, running async jobs get this long before they are released
 
 
 @dataclass(slots=True)
@@ -72,6 +78,14 @@ class Platform:
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
         self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
         self.metrics = Metrics(lambda: list(self.executor.pools.values()))
+        self.quota = ConcurrencyQuota(options.namespace_concurrency)
+        self.events = EventsService(
+            data_dir / "cumulo.db",
+            self.invoke_for_events,
+            config_of=self.function_config,
+            load_schedules=self.all_schedules,
+        )
+        self.control.on_live_change = self.events.set_schedules
         self.started_at = time.time()
         self.ready = False
         self.new_admin_key: str | None = None
@@ -91,6 +105,7 @@ class Platform:
         await self.audit.start()
         await self.executor.start()
         await self.control.warm_all()
+        await self.events.start()
         if (self.quantum_dir / "quantum.db").exists():
             # Jobs from before a restart resume; a platform that never ran one stays lean.
             self.quantum_service_task()
@@ -102,6 +117,7 @@ class Platform:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.events.stop(drain_s=EVENTS_DRAIN_S)
         if self._quantum is not None:
             with contextlib.suppress(BaseException):
                 await (await self._quantum).stop()
@@ -109,6 +125,74 @@ class Platform:
         await self.recorder.stop()
         await self.audit.stop()
         self.store.close()
+
+    # ------------------------------------------------------------ invocations
+    async def invoke(self, spec: VersionSpec, frame: dict[str, Any]) -> InvokeResult:
+        """Run one invocation (HTTP, async or scheduled): quota, metrics and its record."""
+        namespace, name = spec.namespace, spec.function
+        if not self.quota.enter(namespace):
+            raise TooManyRequests(
+                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
+                code="namespace_concurrency",
+            )
+        started = time.time()
+        t0 = time.perf_counter()
+        status, code, cold = 500, "internal", False
+        try:
+            result = await self.executor.invoke(spec, frame)
+            cold = result.cold
+            returned = result.http[0] if result.http else 200
+            if not 100 <= returned <= 599:
+                raise ApiError(
+                    f"the function returned an invalid HTTP status {returned}",
+                    code="bad_status",
+                    status=502,
+                )
+            status, code = returned, "ok"
+            return result
+        except ApiError as exc:
+            status, code = exc.status, exc.code
+            raise
+        finally:
+            self.quota.leave(namespace)
+            elapsed = time.perf_counter() - t0
+            self.metrics.observe(namespace, name, status, elapsed, cold)
+            self.recorder.invocation(
+                InvocationRecord(
+                    id=frame["id"],
+                    namespace=namespace,
+                    function=name,
+                    version=spec.version,
+                    status=status,
+                    code=code,
+                    cold=cold,
+                    started_at=started,
+                    duration_ms=elapsed * 1000,
+                )
+            )
+
+    async def invoke_for_events(
+        self, namespace: str, name: str, body: bytes, invocation_id: str
+    ) -> tuple[int, bytes]:
+        """The events service's way in: the job id is the invocation id the function sees."""
+        route = await self.control.routes.get(namespace, name)
+        if route is None:
+            raise NotFound(f"function {name!r} not found", code="function_not_found")
+        spec = route.pick()
+        result = await self.invoke(spec, invocation_frame(invocation_id, spec.kind, body=body))
+        if result.http is not None:
+            return result.http[0], result.http[2]
+        return 200, result.body or b""
+
+    async def function_exists(self, namespace: str, name: str) -> bool:
+        return await self.control.routes.get(namespace, name) is not None
+
+    async def function_config(self, namespace: str, name: str) -> FunctionConfig | None:
+        route = await self.control.routes.get(namespace, name)
+        return max(route.specs, key=lambda s: s.version).config if route else None
+
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        return await self.control.all_schedules()
 
     # ------------------------------------------------------------ quantum
     @property

@@ -18,6 +18,7 @@ from typing import Any
 
 from cumulo.sdk.decorators import spec_of
 from cumulo.sdk.http import Request
+from cumulo.sdk.schedule import schedules_of
 from cumulo.sdk.spec import FunctionConfig, default_name
 
 # Frames from these paths are the platform's, not the user's: stdlib, importlib, cumulo.
@@ -40,6 +41,7 @@ class FoundHandler:
     is_async: bool
     config: FunctionConfig | None
     func: Callable[..., Any]
+    schedules: tuple[str, ...] = ()  # @cumulo.schedule cron expressions
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class FoundHandler:
             "kind": self.kind,
             "is_async": self.is_async,
             "config": self.config.to_dict() if self.config else None,
+            "schedules": list(self.schedules),
         }
 
 
@@ -129,6 +132,7 @@ def found(module: Any, attr: str) -> FoundHandler:
         is_async=inspect.iscoroutinefunction(obj),
         config=spec.config if spec else None,
         func=obj,
+        schedules=schedules_of(obj),
     )
 
 

@@ -19,6 +19,7 @@ MAX_MEMORY_MB = 64 * 1024
 MAX_TIMEOUT_S = 15 * 60
 MAX_CONCURRENCY = 1000
 MAX_INSTANCES = 1000
+MAX_ATTEMPTS = 100
 
 
 def validate_name(name: str, what: str = "function name") -> str:
@@ -49,6 +50,7 @@ class FunctionConfig:
     network: bool = False  # outbound network from the sandbox (off by default)
     public: bool = False  # anyone may invoke it without a key
     rate_limit: str = ""  # e.g. "100/s" or "6000/m:200" (burst after the colon)
+    max_attempts: int = 3  # async invocations and schedules: tries before the dead letters
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,6 +79,12 @@ class FunctionConfig:
             problems.append("secrets must be a list of secret names")
         if not isinstance(self.network, bool) or not isinstance(self.public, bool):
             problems.append("network and public must be true or false")
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or not 1 <= self.max_attempts <= MAX_ATTEMPTS
+        ):
+            problems.append(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}")
         if self.rate_limit:
             try:
                 Rate.parse(self.rate_limit)

@@ -1,0 +1,567 @@
+"""The durable job queue: async invocations and schedule firings, in the platform's SQLite file.
+
+Blocking methods on one connection, called from one thread at a time (the events service's
+own database thread, see `DbThread`); every time is passed in, so tests drive it with a fake
+clock and no threads at all.
+
+States::
+
+    queued ──claim──▶ running ──2xx──▶ succeeded
+      ▲                 │ ├──4xx (not 429)──▶ failed      (permanent: retrying cannot help)
+      │                 │ └──429/5xx, attempts left──▶ queued (visible_at = now + backoff)
+      │                 └──429/5xx, no attempts left──▶ dead
+      └──── replay ◀──── failed | dead                   (the dead-letter queue)
+
+One column, `visible_at`, says when a worker may take a row: for a queued row it is the time
+it becomes due (now, or after a retry's backoff); for a running row it is the end of the
+claimer's lease, pushed forward by heartbeats while the attempt runs. A gateway that dies
+(SIGKILL, power loss) stops its heartbeats, the lease runs out, and the next claim picks the
+row up again: delivery is at least once, never lost. Claiming is one `UPDATE … RETURNING`
+over the due rows, so two dispatchers (several gateways on one file) never take the same
+lease; on PostgreSQL the inner SELECT gains `FOR UPDATE SKIP LOCKED` and stays otherwise the
+same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD = "dead"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD)
+DEAD_LETTER_STATUSES = (FAILED, DEAD)
+
+SOURCE_ASYNC = "async"
+SOURCE_SCHEDULE = "schedule"
+
+# A job whose lease ran out this many times (its gateway died while running it each time) is
+# moved to the dead letters: it may be what kills the gateway, and must not do so forever.
+MAX_INTERRUPTIONS = 5
+
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_jobs (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    function TEXT NOT NULL,
+    source TEXT NOT NULL,
+    body BLOB NOT NULL,
+    idempotency_key TEXT,
+    request_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    visible_at REAL NOT NULL,
+    lease_owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    interruptions INTEGER NOT NULL DEFAULT 0,
+    replays INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    result_status INTEGER,
+    result BLOB,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS event_jobs_due ON event_jobs (visible_at)
+    WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS event_jobs_owner ON event_jobs (lease_owner)
+    WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS event_jobs_dead ON event_jobs (namespace, id)
+    WHERE status IN ('failed', 'dead');
+CREATE INDEX IF NOT EXISTS event_jobs_finished ON event_jobs (finished_at)
+    WHERE status IN ('succeeded', 'failed');
+CREATE UNIQUE INDEX IF NOT EXISTS event_jobs_idempotency ON event_jobs (namespace, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS event_schedules (
+    namespace TEXT NOT NULL,
+    function TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (namespace, function, cron)
+);
+CREATE TABLE IF NOT EXISTS event_schedule_fires (
+    namespace TEXT NOT NULL,
+    function TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    slot REAL NOT NULL,
+    job_id TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    PRIMARY KEY (namespace, function, cron, slot)
+);
+"""
+
+_VIEW_COLUMNS = (
+    "id, namespace, function, source, status, attempts, max_attempts, deliveries, replays, "
+    "created_at, updated_at, finished_at, visible_at, result_status, error"
+)
+
+
+def new_job_id(now: float | None = None) -> str:
+    """24 hex digits like the gateway's invocation ids: microseconds since the epoch, then 40
+    random bits. Time-ordered ids append to the end of the primary key index."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:014x}{os.urandom(5).hex()}"
+
+
+def request_hash(function: str, body: bytes) -> str:
+    """What an Idempotency-Key is bound to: the same key must come with the same request."""
+    return hashlib.sha256(function.encode() + b"\0" + body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: str
+    namespace: str
+    function: str
+    body: bytes
+    max_attempts: int
+    idempotency_key: str | None = None
+    source: str = SOURCE_ASYNC
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    id: str
+    created: bool  # False: an earlier job with the same Idempotency-Key and request
+    conflict: bool = False  # the key is taken by a different request; `id` is that job's
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    namespace: str
+    function: str
+    body: bytes
+    attempts: int  # including this one
+    max_attempts: int
+    deliveries: int  # the claim's token: a finish must name it
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to. `status` is the new job status: succeeded, failed, dead, or
+    queued (a retry, due at `retry_at`)."""
+
+    id: str
+    deliveries: int
+    status: str
+    result_status: int | None
+    result: bytes | None
+    error: dict[str, Any] | None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    id: str
+    namespace: str
+    function: str
+    source: str
+    status: str
+    attempts: int
+    max_attempts: int
+    deliveries: int
+    replays: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    next_attempt_at: float | None
+    result_status: int | None
+    result: bytes | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    namespace: str
+    function: str
+    cron: str
+    since: float
+
+
+class NotDeadLetter(Exception):
+    """Replay of a job that is still queued, running, or succeeded."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _view(row: Sequence[Any], result: bytes | None) -> JobView:
+    status = row[4]
+    return JobView(
+        id=row[0],
+        namespace=row[1],
+        function=row[2],
+        source=row[3],
+        status=status,
+        attempts=row[5],
+        max_attempts=row[6],
+        deliveries=row[7],
+        replays=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        finished_at=row[11],
+        next_attempt_at=row[12] if status == QUEUED else None,
+        result_status=row[13],
+        result=result,
+        error=orjson.loads(row[14]) if row[14] is not None else None,
+    )
+
+
+class JobQueue:
+    def __init__(self, path: Path) -> None:
+        # Its own connection to the platform's database file: WAL lets the platform's store
+        # read while we write, and busy_timeout makes either writer wait for the other's
+        # (short) transaction instead of failing with "database is locked".
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._tx():
+            # executescript would COMMIT on its own; run the schema statements one by one so
+            # that two processes creating it at once serialise on the write lock.
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self) -> _Immediate:
+        return _Immediate(self._db)
+
+    # ------------------------------------------------------------ enqueue
+    def enqueue(self, jobs: Iterable[NewJob], now: float) -> list[Enqueued]:
+        """Insert jobs in one transaction (a group commit); an Idempotency-Key already held
+        in the namespace answers with the earlier job instead."""
+        outcomes = []
+        with self._tx():
+            for job in jobs:
+                outcomes.append(self._insert(job, now))
+        return outcomes
+
+    def _insert(self, job: NewJob, now: float) -> Enqueued:
+        digest = request_hash(job.function, job.body)
+        cursor = self._db.execute(
+            "INSERT INTO event_jobs (id, namespace, function, source, body, idempotency_key,"
+            " request_hash, status, visible_at, max_attempts, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+            " ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL"
+            " DO NOTHING",
+            (
+                job.id,
+                job.namespace,
+                job.function,
+                job.source,
+                job.body,
+                job.idempotency_key,
+                digest,
+                now,
+                job.max_attempts,
+                now,
+                now,
+            ),
+        )
+        if cursor.rowcount == 1:
+            return Enqueued(job.id, created=True)
+        row = self._db.execute(
+            "SELECT id, request_hash FROM event_jobs WHERE namespace = ? AND idempotency_key = ?",
+            (job.namespace, job.idempotency_key),
+        ).fetchone()
+        if row is None:  # only an id collision gets here: 40 random bits in the same µs
+            raise sqlite3.IntegrityError(f"job id {job.id} already exists")
+        return Enqueued(row[0], created=False, conflict=row[1] != digest)
+
+    # ------------------------------------------------------------ claim and lease
+    def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Claimed]:
+        """Take up to `limit` due jobs: queued ones whose time has come, and running ones
+        whose lease ran out (their claimer died). A re-delivery after a lost lease does not
+        use up an attempt (the platform failed, not the function) but counts an interruption."""
+        if limit <= 0:
+            return []
+        with self._tx():
+            # A job that took its gateway down again and again: stop feeding it to gateways.
+            # (The lease that just ran out is the interruption not yet counted.)
+            self._db.execute(
+                "UPDATE event_jobs SET status = 'dead', lease_owner = NULL, updated_at = ?1,"
+                " finished_at = ?1, error = ?2"
+                " WHERE status = 'running' AND visible_at <= ?1 AND interruptions + 1 >= ?3",
+                (
+                    now,
+                    orjson.dumps(
+                        {
+                            "code": "interrupted",
+                            "message": f"the platform stopped during {MAX_INTERRUPTIONS} "
+                            "attempts in a row",
+                        }
+                    ).decode(),
+                    MAX_INTERRUPTIONS,
+                ),
+            )
+            # One statement: the subquery picks, the UPDATE takes. On PostgreSQL the subquery
+            # gets FOR UPDATE SKIP LOCKED so concurrent claimers pass over each other's rows.
+            rows = self._db.execute(
+                "UPDATE event_jobs SET"
+                " attempts = attempts + (status = 'queued'),"
+                " interruptions = interruptions + (status = 'running'),"
+                " deliveries = deliveries + 1,"
+                " status = 'running', lease_owner = ?1, visible_at = ?2, updated_at = ?3"
+                " WHERE id IN (SELECT id FROM event_jobs"
+                "   WHERE status IN ('queued', 'running') AND visible_at <= ?3"
+                "   ORDER BY visible_at LIMIT ?4)"
+                " RETURNING id, namespace, function, body, attempts, max_attempts, deliveries",
+                (owner, now + lease_s, now, limit),
+            ).fetchall()
+        return [Claimed(*row) for row in rows]
+
+    def extend(self, owner: str, until: float) -> int:
+        """Heartbeat: push the lease of every job `owner` is running out to `until`."""
+        with self._tx():
+            return self._db.execute(
+                "UPDATE event_jobs SET visible_at = ? WHERE status = 'running' AND lease_owner = ?",
+                (until, owner),
+            ).rowcount
+
+    def release(self, owner: str, ids: Iterable[tuple[str, int]], now: float) -> int:
+        """Give claimed jobs back unfinished (a graceful stop): due now, attempt not counted."""
+        released = 0
+        with self._tx():
+            for job_id, deliveries in ids:
+                released += self._db.execute(
+                    "UPDATE event_jobs SET status = 'queued', attempts = attempts - 1,"
+                    " lease_owner = NULL, visible_at = ?, updated_at = ?"
+                    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND deliveries = ?",
+                    (now, now, job_id, owner, deliveries),
+                ).rowcount
+        return released
+
+    def expire_leases(self, owners: Iterable[str], now: float) -> int:
+        """End the leases of claimers known to be dead (a local process that no longer
+        exists), so their jobs run again now rather than when the lease would run out."""
+        expired = 0
+        with self._tx():
+            for owner in owners:
+                expired += self._db.execute(
+                    "UPDATE event_jobs SET visible_at = ?"
+                    " WHERE status = 'running' AND lease_owner = ? AND visible_at > ?",
+                    (now, owner, now),
+                ).rowcount
+        return expired
+
+    def running_owners(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT DISTINCT lease_owner FROM event_jobs"
+            " WHERE status = 'running' AND lease_owner IS NOT NULL"
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def finish(self, owner: str, outcomes: Iterable[Outcome], now: float) -> list[bool]:
+        """Record attempts' outcomes in one transaction. An outcome counts only if its claim
+        still holds (same owner and delivery): after a lost lease the newer delivery owns the
+        job and this late result is dropped — that delivery records its own."""
+        applied = []
+        with self._tx():
+            for out in outcomes:
+                finished = now if out.status != QUEUED else None
+                visible = out.retry_at if out.retry_at is not None else now
+                error = orjson.dumps(out.error).decode() if out.error is not None else None
+                applied.append(
+                    self._db.execute(
+                        "UPDATE event_jobs SET status = ?, result_status = ?, result = ?,"
+                        " error = ?, visible_at = ?, finished_at = ?, updated_at = ?,"
+                        " lease_owner = NULL"
+                        " WHERE id = ? AND status = 'running' AND lease_owner = ?"
+                        " AND deliveries = ?",
+                        (
+                            out.status,
+                            out.result_status,
+                            out.result,
+                            error,
+                            visible,
+                            finished,
+                            now,
+                            out.id,
+                            owner,
+                            out.deliveries,
+                        ),
+                    ).rowcount
+                    == 1
+                )
+        return applied
+
+    # ------------------------------------------------------------ reading
+    def get(self, job_id: str) -> JobView | None:
+        row = self._db.execute(
+            f"SELECT {_VIEW_COLUMNS}, result FROM event_jobs WHERE id = ?",  # noqa: S608 - constant
+            (job_id,),
+        ).fetchone()
+        return _view(row[:-1], row[-1]) if row is not None else None
+
+    def dead_letters(
+        self, namespace: str, limit: int, after: str | None = None, function: str | None = None
+    ) -> list[JobView]:
+        """Jobs of the namespace that ended without success, oldest first (`after`: the
+        last id of the previous page)."""
+        rows = self._db.execute(
+            f"SELECT {_VIEW_COLUMNS} FROM event_jobs"  # noqa: S608 - constant columns
+            " WHERE namespace = ? AND status IN ('failed', 'dead') AND id > ?"
+            " AND (? IS NULL OR function = ?) ORDER BY id LIMIT ?",
+            (namespace, after or "", function, function, limit),
+        ).fetchall()
+        return [_view(row, None) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, COUNT(*) FROM event_jobs GROUP BY status")
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    # ------------------------------------------------------------ dead letters
+    def replay(self, namespace: str, job_id: str, now: float) -> JobView | None:
+        """Queue a failed or dead job again under its own id, with fresh attempts. None for an
+        unknown id (or another namespace's); NotDeadLetter when it has not ended in failure."""
+        with self._tx():
+            row = self._db.execute(
+                "SELECT status FROM event_jobs WHERE id = ? AND namespace = ?",
+                (job_id, namespace),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] not in DEAD_LETTER_STATUSES:
+                raise NotDeadLetter(row[0])
+            self._db.execute(
+                "UPDATE event_jobs SET status = 'queued', attempts = 0, interruptions = 0,"
+                " replays = replays + 1, visible_at = ?, updated_at = ?, finished_at = NULL,"
+                " result_status = NULL, result = NULL, error = NULL, lease_owner = NULL"
+                " WHERE id = ?",
+                (now, now, job_id),
+            )
+        return self.get(job_id)
+
+    def prune(self, before: float, limit: int = 5000) -> int:
+        """Forget succeeded and failed jobs finished before `before` (their Idempotency-Keys
+        with them). Dead jobs stay until replayed: they wait for an operator."""
+        with self._tx():
+            return self._db.execute(
+                "DELETE FROM event_jobs WHERE id IN (SELECT id FROM event_jobs"
+                " WHERE status IN ('succeeded', 'failed') AND finished_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+
+    # ------------------------------------------------------------ schedules
+    def set_schedules(
+        self, namespace: str, function: str, crons: Sequence[str], now: float
+    ) -> None:
+        """Make `crons` the function's schedules. A cron kept from before keeps its `since`
+        (and so its firing history); a new one starts now; a dropped one is forgotten."""
+        with self._tx():
+            kept = set(crons)
+            for (cron,) in self._db.execute(
+                "SELECT cron FROM event_schedules WHERE namespace = ? AND function = ?",
+                (namespace, function),
+            ).fetchall():
+                if cron not in kept:
+                    self._forget(namespace, function, cron)
+            for cron in kept:
+                self._db.execute(
+                    "INSERT INTO event_schedules (namespace, function, cron, since)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (namespace, function, cron, now),
+                )
+
+    def _forget(self, namespace: str, function: str, cron: str) -> None:
+        for table in ("event_schedules", "event_schedule_fires"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE namespace = ? AND function = ? AND cron = ?",  # noqa: S608
+                (namespace, function, cron),
+            )
+
+    def schedules(self) -> list[Schedule]:
+        rows = self._db.execute(
+            "SELECT namespace, function, cron, since FROM event_schedules"
+            " ORDER BY namespace, function, cron"
+        ).fetchall()
+        return [Schedule(*row) for row in rows]
+
+    def last_fired(self, namespace: str, function: str, cron: str) -> float | None:
+        row = self._db.execute(
+            "SELECT MAX(slot) FROM event_schedule_fires"
+            " WHERE namespace = ? AND function = ? AND cron = ?",
+            (namespace, function, cron),
+        ).fetchone()
+        return float(row[0]) if row[0] is not None else None
+
+    def fire(self, schedule: Schedule, slot: float, job: NewJob, now: float) -> bool:
+        """Claim `slot` of the schedule and enqueue its job, atomically. False when the slot
+        (or a later one) has already fired, from this gateway or another, before a restart or
+        after; or when the slot predates the schedule itself."""
+        with self._tx():
+            row = self._db.execute(
+                "SELECT since FROM event_schedules WHERE namespace = ? AND function = ?"
+                " AND cron = ?",
+                (schedule.namespace, schedule.function, schedule.cron),
+            ).fetchone()
+            if row is None or slot < row[0]:
+                return False
+            newer = self._db.execute(
+                "SELECT 1 FROM event_schedule_fires WHERE namespace = ? AND function = ?"
+                " AND cron = ? AND slot >= ?",
+                (schedule.namespace, schedule.function, schedule.cron, slot),
+            ).fetchone()
+            if newer is not None:
+                return False
+            # The primary key (namespace, function, cron, slot) is the guarantee: a second
+            # insert of the same slot fails here even if the check above were skipped.
+            self._db.execute(
+                "INSERT INTO event_schedule_fires (namespace, function, cron, slot, job_id,"
+                " fired_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (schedule.namespace, schedule.function, schedule.cron, slot, job.id, now),
+            )
+            self._insert(job, now)
+            # Only the newest fire matters for the checks above; keep a short history.
+            self._db.execute(
+                "DELETE FROM event_schedule_fires WHERE namespace = ? AND function = ?"
+                " AND cron = ? AND slot < ? AND slot NOT IN (SELECT slot FROM"
+                " event_schedule_fires WHERE namespace = ? AND function = ? AND cron = ?"
+                " ORDER BY slot DESC LIMIT 100)",
+                (
+                    schedule.namespace,
+                    schedule.function,
+                    schedule.cron,
+                    slot,
+                    schedule.namespace,
+                    schedule.function,
+                    schedule.cron,
+                ),
+            )
+        return True
+
+
+class _Immediate:
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error). IMMEDIATE takes the write lock up front,
+    so a read-then-write transaction never fails half-way on a lock upgrade (SQLITE_BUSY that
+    busy_timeout cannot wait out)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,246 @@
+"""The events service: durable async invocations, retries, dead letters and cron schedules.
+
+The platform builds one, hands it how to invoke a function (`InvokeFn`) and how to read a
+function's config, starts it after the executor and stops it before the executor. Its
+tables live in the platform's SQLite file, reached through its own connection and thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+from cumulo.errors import BadRequest, Conflict, NotFound
+from cumulo.events.db import Batcher, DbThread
+from cumulo.events.dispatcher import Dispatcher, InvokeFn, RetryPolicy, owner_is_dead
+from cumulo.events.queue import (
+    Enqueued,
+    JobQueue,
+    JobView,
+    NewJob,
+    NotDeadLetter,
+    Schedule,
+    new_job_id,
+)
+from cumulo.events.scheduler import Scheduler
+from cumulo.sdk.spec import FunctionConfig
+
+log = logging.getLogger("cumulo.events")
+
+ConfigOf = Callable[[str, str], Awaitable[FunctionConfig | None]]
+ScheduleLoader = Callable[[], Awaitable[Iterable[tuple[str, str, list[str]]]]]
+
+DEFAULT_MAX_ATTEMPTS = FunctionConfig().max_attempts
+RETENTION_S = 7 * 24 * 3600.0
+PRUNE_EVERY_S = 60.0
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def _no_config(namespace: str, name: str) -> FunctionConfig | None:
+    return None
+
+
+class EventsService:
+    def __init__(
+        self,
+        db_path: Path,
+        invoke: InvokeFn,
+        *,
+        config_of: ConfigOf = _no_config,
+        load_schedules: ScheduleLoader | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        concurrency: int = 32,
+        lease_s: float = 15.0,
+        retry_base_s: float = 1.0,
+        retry_cap_s: float = 300.0,
+        poll_interval_s: float = 0.25,
+        retention_s: float = RETENTION_S,
+    ) -> None:
+        self.db_path = db_path
+        self.invoke = invoke
+        self.config_of = config_of
+        self.load_schedules = load_schedules
+        self.clock = clock
+        self.rng = rng
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.policy = RetryPolicy(retry_base_s, retry_cap_s)
+        self.poll_interval_s = poll_interval_s
+        self.retention_s = retention_s
+        self._db: DbThread | None = None
+        self._queue: JobQueue | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._scheduler: Scheduler | None = None
+        self._enqueuer: Batcher[NewJob, Enqueued] | None = None
+        self._next_prune = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, *, run: bool = True) -> None:
+        """Open the queue, end the leases of our own dead predecessors, load schedules, and
+        (with `run`) start dispatching and firing. `run=False` is for tests that drive
+        `dispatcher.run_once()` and `scheduler.tick()` by hand."""
+        db = self._db = DbThread()
+        queue = self._queue = await db.call(JobQueue, self.db_path)
+        self._enqueuer = Batcher(db, self._enqueue_batch)
+        dispatcher = self._dispatcher = Dispatcher(
+            db,
+            queue,
+            self.invoke,
+            clock=self.clock,
+            rng=self.rng,
+            concurrency=self.concurrency,
+            lease_s=self.lease_s,
+            policy=self.policy,
+            poll_interval_s=self.poll_interval_s,
+        )
+        dead = [
+            o for o in await db.call(queue.running_owners) if owner_is_dead(o, dispatcher.owner)
+        ]
+        if dead:
+            n = await db.call(queue.expire_leases, dead, self.clock())
+            log.info("events: %d job(s) of a stopped gateway run again now", n)
+        scheduler = self._scheduler = Scheduler(
+            db, queue, self._max_attempts, clock=self.clock, on_fire=dispatcher.wake
+        )
+        await scheduler.load()
+        if self.load_schedules is not None:
+            await scheduler.replace_all(await self.load_schedules())
+        if run:
+            dispatcher.start()
+            scheduler.start()
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Fire nothing more, let running jobs finish for up to `drain_s`, hand the others
+        back to the queue, and close. (After SIGKILL the leases run out instead.)"""
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        if self._dispatcher is not None:
+            await self._dispatcher.stop(drain_s)
+        if self._enqueuer is not None:
+            await self._enqueuer.drain()
+        if self._db is not None and self._queue is not None:
+            await self._db.call(self._queue.close)
+        if self._db is not None:
+            self._db.close()
+        self._db = self._queue = self._dispatcher = self._scheduler = self._enqueuer = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise RuntimeError("the events service is not started")
+        return self._dispatcher
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise RuntimeError("the events service is not started")
+        return self._scheduler
+
+    def _parts(self) -> tuple[DbThread, JobQueue]:
+        if self._db is None or self._queue is None:
+            raise RuntimeError("the events service is not started")
+        return self._db, self._queue
+
+    # ------------------------------------------------------------ async invocations
+    async def enqueue(
+        self, namespace: str, function: str, body: bytes, idempotency_key: str | None = None
+    ) -> Enqueued:
+        """Store a job durably (the returned id is committed) and wake the dispatcher.
+        Conflict (409) when the Idempotency-Key was used for a different request."""
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        if self._enqueuer is None:
+            raise RuntimeError("the events service is not started")
+        now = self.clock()
+        job = NewJob(
+            id=new_job_id(now),
+            namespace=namespace,
+            function=function,
+            body=body,
+            max_attempts=await self._max_attempts(namespace, function),
+            idempotency_key=idempotency_key,
+        )
+        result = await self._enqueuer.submit(job)
+        if result.conflict:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request",
+                code="idempotency_key_reused",
+            )
+        if result.created:
+            self.dispatcher.wake()
+        await self._maybe_prune()
+        return result
+
+    def _enqueue_batch(self, jobs: list[NewJob]) -> list[Enqueued]:
+        _, queue = self._parts()
+        return queue.enqueue(jobs, self.clock())
+
+    async def _max_attempts(self, namespace: str, function: str) -> int:
+        config = await self.config_of(namespace, function)
+        return config.max_attempts if config is not None else DEFAULT_MAX_ATTEMPTS
+
+    async def get(self, job_id: str) -> JobView | None:
+        db, queue = self._parts()
+        return await db.call(queue.get, job_id)
+
+    async def dead_letters(
+        self,
+        namespace: str,
+        limit: int = 100,
+        after: str | None = None,
+        function: str | None = None,
+    ) -> list[JobView]:
+        db, queue = self._parts()
+        return await db.call(queue.dead_letters, namespace, limit, after, function)
+
+    async def replay(self, namespace: str, job_id: str) -> JobView:
+        """Queue a failed or dead job again (same id, fresh attempts)."""
+        db, queue = self._parts()
+        try:
+            view = await db.call(queue.replay, namespace, job_id, self.clock())
+        except NotDeadLetter as exc:
+            raise Conflict(
+                f"invocation {job_id} is {exc.status}; only failed or dead ones can be replayed",
+                code="not_dead_letter",
+            ) from None
+        if view is None:
+            raise NotFound(f"invocation {job_id!r} not found", code="invocation_not_found")
+        self.dispatcher.wake()
+        return view
+
+    async def counts(self) -> dict[str, int]:
+        db, queue = self._parts()
+        return await db.call(queue.counts)
+
+    async def _maybe_prune(self) -> None:
+        # Piggybacks on enqueues: a platform with no traffic has nothing new to prune.
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        db, queue = self._parts()
+        try:
+            await db.call(queue.prune, self.clock() - self.retention_s)
+        except Exception:
+            log.exception("events: pruning finished jobs failed")
+
+    # ------------------------------------------------------------ schedules
+    async def set_schedules(self, namespace: str, function: str, crons: list[str]) -> None:
+        """Make `crons` the function's schedules (an empty list removes them). Call after
+        every deploy, traffic change, rollback and removal. BadRequest for a bad cron."""
+        await self.scheduler.set(namespace, function, crons)
+
+    async def schedules(self) -> list[Schedule]:
+        return list(self.scheduler.schedules.values())
+
+
+def check_idempotency_key(key: str) -> None:
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            code="invalid_idempotency_key",
+        )

@@ -1,0 +1,29 @@
+"""Invocation frames: one builder for every path that invokes (HTTP, async queue, schedules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cumulo.runtime.loader import KIND_REQUEST
+
+
+def invocation_frame(
+    invocation_id: str,
+    kind: str,
+    *,
+    method: str = "POST",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> dict[str, Any]:
+    """A `request` handler gets the whole HTTP request; an event handler gets the JSON body
+    (already validated by the caller) or, without one, the query as a dict."""
+    frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
+    if kind == KIND_REQUEST:
+        frame["http"] = [method, path, headers or {}, query or {}, body]
+    elif body:
+        frame["ev"] = body
+    else:
+        frame["q"] = query or {}
+    return frame
