@@ -168,6 +168,13 @@ class Client:
     def api_keys(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/v1/keys")["keys"])
 
+    def verify_audit(self, namespace: str | None = None) -> dict[str, Any]:
+        params = {"namespace": namespace} if namespace else {}
+        return dict(self._json("GET", "/v1/audit/verify", params=params))
+
+    def rotate_master_key(self) -> dict[str, Any]:
+        return dict(self._json("POST", "/v1/master-key/rotate"))
+
     def revoke_key(self, key_id: str) -> None:
         self.request("DELETE", f"/v1/keys/{key_id}")
 

@@ -6,12 +6,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 
+from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.platform import Platform, PlatformOptions
+from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
+from cumulo.security.jwt import JwtSettings
 
 
 def serve(
@@ -31,16 +35,22 @@ def serve(
     namespace_concurrency: int = 0,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    jwt: tuple[str | None, str | None, str, str] | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if tls_cert else "http"
+    try:
+        jwt_settings = _jwt_settings(jwt)
+    except CumuloError as exc:
+        _refuse(exc)
     options = PlatformOptions(
         data_dir=data_dir.resolve(),
         url=f"{scheme}://{url_host}:{port}",
         key_rate=key_rate,
         namespace_concurrency=namespace_concurrency,
         tls=tls_cert is not None,
+        jwt=jwt_settings,
         runtime=RuntimeSettings(
             idle_timeout_s=idle_timeout,
             zygote_idle_timeout_s=zygote_idle_timeout,
@@ -53,7 +63,12 @@ def serve(
         ),
         demo_dir=Path("examples").resolve() if demo else None,
     )
-    platform = Platform(options)
+    try:
+        # Configuration problems (sandbox, master key, JWKS file) are one line, not a trace.
+        sandbox.check(options.runtime)
+        platform = Platform(options)
+    except CumuloError as exc:
+        _refuse(exc)
     platform.announce = _announce
     config = uvicorn.Config(
         create_app(platform),
@@ -78,6 +93,20 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _refuse(exc: Exception) -> NoReturn:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _jwt_settings(jwt: tuple[str | None, str | None, str, str] | None) -> JwtSettings | None:
+    if jwt is None:
+        return None
+    issuer, audience, jwks, namespace_claim = jwt
+    return JwtSettings(
+        issuer=issuer or "", audience=audience or "", jwks=jwks, namespace_claim=namespace_claim
+    )
 
 
 def _announce(platform: Platform) -> None:

@@ -14,11 +14,12 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from cumulo.control.service import DeployRequest
-from cumulo.errors import BadRequest, NotFound
+from cumulo.errors import BadRequest, Forbidden, NotFound
 from cumulo.gateway.auth import principal_of
 from cumulo.gateway.platform import Platform
 from cumulo.sdk.spec import SECRET_NAME_RE, validate_name
 from cumulo.security.auth import ALL_NAMESPACES, Principal
+from cumulo.security.crypto import rotate_master
 from cumulo.security.keys import SCOPES, generate_key, key_id
 from cumulo.store.base import ApiKeyRecord
 
@@ -253,7 +254,30 @@ def build_router() -> APIRouter:
         await p.reload_keys()
         return {"revoked": key}
 
+    _audit_routes(router)
     return router
+
+
+def _audit_routes(router: APIRouter) -> None:
+    @router.get("/audit/verify")
+    async def verify_audit(
+        p: P, principal: AdminPrincipal, namespace: str | None = None
+    ) -> dict[str, Any]:
+        """Check the hash chains: any edit, deletion, reorder or truncation is named."""
+        if principal.namespace != ALL_NAMESPACES:
+            namespace = principal.namespace  # a tenant verifies its own chain only
+        elif namespace is not None and namespace != ALL_NAMESPACES:
+            validate_namespace(namespace)
+        report = await p.audit.verify_async(namespace)
+        return report.public()
+
+    @router.post("/master-key/rotate")
+    async def rotate_master_key(p: P, principal: AdminPrincipal) -> dict[str, Any]:
+        """Re-wrap every data key under a new master key (platform admins only)."""
+        if principal.namespace != ALL_NAMESPACES:
+            raise Forbidden("only a platform admin key may rotate the master key")
+        rotation = await p.store.call(rotate_master, p.store, None)
+        return rotation.public()
 
 
 def validate_namespace(namespace: str) -> str:

@@ -17,6 +17,7 @@ import cumulo
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
+from cumulo.gateway.audit import AuditMiddleware
 from cumulo.gateway.auth import AuthMiddleware, principal_of
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
@@ -130,6 +131,7 @@ def create_app(platform: Platform) -> ASGIApp:
     options = platform.options
     key_rate = Rate.parse(options.key_rate) if options.key_rate else None
     app: Any = SecurityHeaders(
-        AuthMiddleware(Gateway(platform), platform.auth, key_rate), tls=options.tls
+        AuditMiddleware(AuthMiddleware(Gateway(platform), platform.auth, key_rate), platform.audit),
+        tls=options.tls,
     )
     return app  # type: ignore[no-any-return]

@@ -33,6 +33,7 @@ from cumulo.sdk.spec import FunctionConfig
 from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
+from cumulo.security.jwt import JwtSettings, JwtVerifier
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, InvocationRecord, LogRecord
@@ -56,6 +57,7 @@ class PlatformOptions:
     key_rate: str = ""  # token bucket per API key, e.g. "1000/s:2000"; empty: unlimited
     namespace_concurrency: int = 0  # in-flight invocations per namespace; 0: unlimited
     tls: bool = False
+    jwt: JwtSettings | None = None  # accept OIDC bearer tokens besides API keys
 
 
 class Platform:
@@ -74,6 +76,9 @@ class Platform:
         self.bundles = BundleStore(data_dir)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
+        self.jwt = JwtVerifier(options.jwt) if options.jwt is not None else None
+        self.auth.jwt = self.jwt
+        self._jwt_refresher: asyncio.Task[None] | None = None
         self.recorder = Recorder(self.store)
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
         self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
@@ -101,6 +106,9 @@ class Platform:
         await self.store.call(self.encryptor.open, self.store)
         await self._ensure_admin_key()
         await self.reload_keys()
+        if self.jwt is not None:
+            await self.jwt.refresh()  # ConfigError when the JWKS cannot be read: no start
+            self._jwt_refresher = asyncio.get_running_loop().create_task(self.jwt.run())
         await self.recorder.start()
         await self.audit.start()
         await self.executor.start()
@@ -117,6 +125,10 @@ class Platform:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._jwt_refresher is not None:
+            self._jwt_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._jwt_refresher
         await self.events.stop(drain_s=EVENTS_DRAIN_S)
         if self._quantum is not None:
             with contextlib.suppress(BaseException):

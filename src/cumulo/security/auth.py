@@ -5,10 +5,14 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cumulo.errors import Forbidden, NotFound, Unauthorized
-from cumulo.security.keys import KeyHasher, well_formed
+from cumulo.security.keys import PREFIX, KeyHasher, well_formed
 from cumulo.store.base import ApiKeyRecord
+
+if TYPE_CHECKING:  # jwt imports Principal from here
+    from cumulo.security.jwt import JwtVerifier
 
 ALL_NAMESPACES = "*"
 MAX_VERIFIED = 10_000
@@ -42,6 +46,8 @@ class Authenticator:
         self._by_hash: dict[bytes, ApiKeyRecord] = {}
         # Keys already verified, so the hot path skips the HMAC; emptied on every key change.
         self._verified: dict[str, tuple[ApiKeyRecord, Principal]] = {}
+        # OIDC bearer tokens: whatever is not a `cmo_` key goes here when configured.
+        self.jwt: JwtVerifier | None = None
 
     def load(self, records: list[ApiKeyRecord]) -> None:
         self._by_hash = {r.key_hash: r for r in records if r.revoked_at is None}
@@ -56,6 +62,8 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("use Authorization: Bearer <key>", code="bad_auth_scheme")
+        if self.jwt is not None and not token.startswith(PREFIX):
+            return self.jwt.verify(token)
         verified = self._verified.get(token)
         if verified is None:
             if not well_formed(token):

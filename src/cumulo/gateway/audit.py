@@ -1,0 +1,73 @@
+"""Audit of what goes through the gateway: every admin action and every auth failure.
+
+An ASGI middleware outside authentication, so it sees the 401s the auth middleware
+answers itself, and reads the principal that middleware left in the scope. It records
+metadata only (who, what path, result, from where), never a body.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cumulo.gateway.auth import PRINCIPAL
+from cumulo.security.audit import AuditLog
+from cumulo.security.auth import ALL_NAMESPACES, Principal
+
+CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# High-volume data-plane calls are invocations, recorded as such, not admin actions.
+NOT_ADMIN_PREFIXES = ("/fn/", "/async/", "/v1/quantum/")
+AUTH_FAILURES = frozenset({401, 403})
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            self._record(scope, status)
+
+    def _record(self, scope: Scope, status: int) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        principal = scope.get(PRINCIPAL)
+        actor = principal.key_id if isinstance(principal, Principal) else None
+        client = scope.get("client")
+        source = client[0] if client else None
+        details = {"method": method, "status": status}
+        if status in AUTH_FAILURES:
+            # Failures go to one chain ("*"): an attacker cannot mint chains by naming paths.
+            self.audit.record(
+                ALL_NAMESPACES, actor, "auth.failure", path, "denied", source, details
+            )
+        elif (
+            method in CHANGING
+            and path.startswith("/v1/")
+            and not path.startswith(NOT_ADMIN_PREFIXES)
+        ):
+            namespace = _namespace_of(path, principal)
+            result = "ok" if status < 400 else "error"
+            self.audit.record(namespace, actor, f"{method} {path}", path, result, source, details)
+
+
+def _namespace_of(path: str, principal: object) -> str:
+    parts = path.split("/")
+    if len(parts) > 3 and parts[2] == "namespaces" and parts[3]:
+        return parts[3]
+    if isinstance(principal, Principal):
+        return principal.namespace
+    return ALL_NAMESPACES
