@@ -154,3 +154,24 @@ def test_strict_isolation_without_bubblewrap_refuses_with_one_line(tmp_path: Pat
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_code_run_at_deploy_time_is_sandboxed_too(
+    platform: RunningPlatform, tmp_path: Path, unique_name: str
+) -> None:
+    """Regression: deploy-time validation imported user code as the gateway's own user."""
+    creds = platform.data_dir / "credentials.json"
+    module = tmp_path / "peek.py"
+    module.write_text(
+        "import os\n"
+        f"print(open({str(creds)!r}).read())\n"
+        "def handler(event, ctx):\n    return {}\n"
+    )
+    from cumulo.errors import BadRequest
+
+    with pytest.raises(BadRequest) as info:
+        platform.client().deploy(module, name=unique_name, handler="peek.handler")
+    assert "cmo_" not in str(info.value.details)
+    assert "cmo_" not in info.value.message
+    assert "Error" in info.value.message
+    assert platform.log().count(platform.api_key) == 1  # only the start-up banner

@@ -68,6 +68,9 @@ class BundleStore:
         self.code = data_dir / "code"
         self.bundles.mkdir(parents=True, exist_ok=True)
         self.code.mkdir(parents=True, exist_ok=True)
+        # Workers may pass through code/ to their own tree but not list the others.
+        self.bundles.chmod(0o700)
+        self.code.chmod(0o711)
 
     def code_dir(self, sha: str) -> Path:
         return self.code / sha

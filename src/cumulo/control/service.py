@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from cumulo.control.bundle import BundleStore
 from cumulo.control.routes import Route, RouteCache
-from cumulo.errors import BadRequest, Conflict, NotFound
+from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound
 from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.loader import KIND_EVENT
 from cumulo.runtime.spec import VersionSpec
+from cumulo.runtime.zygote_handle import ZygoteHandle
 from cumulo.sdk.spec import FunctionConfig, validate_name
 from cumulo.store.base import FunctionRecord, VersionRecord
 from cumulo.store.sqlite import SQLiteStore
 
 VALIDATE_TIMEOUT_S = 60.0
+VALIDATE_MEMORY_MB = 4096
 LiveChange = Callable[[str, str, list[str]], Awaitable[None]]
 
 
@@ -111,41 +111,28 @@ class ControlPlane:
     async def _validate(
         self, code_dir: Path, module: str, attr: str | None
     ) -> list[dict[str, Any]]:
-        spec = orjson.dumps({"code_dir": str(code_dir), "module": module, "attr": attr}).decode()
-        proc = await asyncio.create_subprocess_exec(
-            self.python,
-            "-m",
-            "cumulo.runtime.validate",
-            spec,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(code_dir),
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        """Import the bundle in a throwaway zygote, inside the same sandbox functions get."""
+        spec = VersionSpec(
+            namespace="deploy",
+            function="validate",
+            version=0,
+            code_dir=code_dir,
+            module=module,
+            attr=attr or "",
+            kind=KIND_EVENT,
+            config=FunctionConfig(memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S),
         )
+        settings = replace(self.executor.settings, zygote_start_timeout_s=VALIDATE_TIMEOUT_S)
+        handle = ZygoteHandle(spec, settings, lambda *_: None, lambda _: None)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), VALIDATE_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise BadRequest(
-                f"importing {module} took longer than {VALIDATE_TIMEOUT_S:.0f}s",
-                code="invalid_deploy",
-            ) from None
-        try:
-            result = orjson.loads(out)
-        except orjson.JSONDecodeError:
-            tail = err.decode(errors="replace")[-2000:]
-            raise BadRequest(
-                f"importing {module} crashed the validator (exit {proc.returncode})",
-                code="invalid_deploy",
-                details={"traceback": tail},
-            ) from None
-        if not result["ok"]:
-            raise BadRequest(
-                result["message"], code="invalid_deploy", details={"traceback": result["traceback"]}
-            )
-        return list(result["handlers"])
+            return await handle.validate()
+        except FunctionCrashed as exc:
+            message = exc.message
+            if exc.code == "start_timeout":
+                message = f"importing {module} took longer than {VALIDATE_TIMEOUT_S:.0f}s"
+            elif exc.code == "zygote_died":
+                message = f"importing {module} crashed the interpreter"
+            raise BadRequest(message, code="invalid_deploy", details=exc.details) from None
 
     @staticmethod
     def _choose(

@@ -42,6 +42,7 @@ import orjson
 
 from cumulo.runtime import limits, sandbox
 from cumulo.runtime.loader import FoundHandler, UserCodeError, resolve
+from cumulo.runtime.validate import validate
 from cumulo.runtime.wire import BlockingChannel
 from cumulo.runtime.worker import Worker, WorkerMeta
 from cumulo.sdk.spec import FunctionConfig
@@ -226,6 +227,16 @@ def main() -> None:
     except OSError as exc:
         _send(ctl, {"op": "error", "message": f"the sandbox could not be set up: {exc}"})
         os._exit(1)
+    if spec.get("validate"):
+        # Deploy-time check: import in the same sandbox a zygote gets, report, exit.
+        result = validate(code_dir, spec["module"], spec["attr"] or None)
+        if result["ok"]:
+            _send(ctl, {"op": "validated", "handlers": result["handlers"]})
+        else:
+            _send(
+                ctl, {"op": "error", "message": result["message"], "traceback": result["traceback"]}
+            )
+        os._exit(0)
     meta = WorkerMeta(
         namespace=spec["namespace"],
         function=spec["function"],

@@ -102,6 +102,20 @@ class ZygoteHandle:
         # The zygote's pid namespace → ours, for the workers it forked.
         self._host_pids: dict[int, int] = {}
         self._uid: int | None = None
+        self._validate_only = False
+        self.validated: list[dict[str, Any]] = []
+
+    async def validate(self) -> list[dict[str, Any]]:
+        """Import the bundle in a throwaway zygote (same sandbox, uid and filters as a real
+        one) and list its handlers; the user's import error comes back as FunctionCrashed
+        with the user's traceback in its details."""
+        self._validate_only = True
+        try:
+            await self.start()
+            return self.validated
+        finally:
+            self.kill()
+            await self.wait()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,6 +148,7 @@ class ZygoteHandle:
                 "sandboxed": status.sandboxed,
                 "seccomp": status.seccomp,
                 "fsize_bytes": memory,
+                "validate": self._validate_only,
             }
         )
         argv = [settings.python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
@@ -227,6 +242,10 @@ class ZygoteHandle:
             host = self._host_pids.pop(int(message["pid"]), None)
             if host is not None:
                 self._on_worker_exit(host, ExitInfo(message.get("code"), message.get("signal")))
+        elif op == "validated":
+            self.validated = list(message.get("handlers") or [])
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
         elif op == "ready":
             if sender:
                 self.pid = sender

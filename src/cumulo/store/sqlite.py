@@ -348,11 +348,7 @@ class SQLiteStore:
         stored = self._seal_value(namespace, "state", (function, key), value)
         with self._tx() as db:
             # The version alone: the old value needs no decrypting to be overwritten.
-            row = db.execute(
-                "SELECT version FROM state WHERE namespace = ? AND function = ? AND key = ?",
-                (namespace, function, key),
-            ).fetchone()
-            version = int(row[0]) if row else 0
+            version = self._state_version(namespace, function, key) or 0
             if expected_version is not None and expected_version != version:
                 return False, version
             db.execute(
@@ -367,15 +363,23 @@ class SQLiteStore:
         self, namespace: str, function: str, key: str, expected_version: int | None
     ) -> tuple[bool, int]:
         with self._tx() as db:
-            current = self.state_get(namespace, function, key)
-            version = current.version if current else 0
+            # The version alone: a value that no longer decrypts can still be deleted.
+            found = self._state_version(namespace, function, key)
+            version = found or 0
             if expected_version is not None and expected_version != version:
                 return False, version
             db.execute(
                 "DELETE FROM state WHERE namespace = ? AND function = ? AND key = ?",
                 (namespace, function, key),
             )
-        return current is not None, version
+        return found is not None, version
+
+    def _state_version(self, namespace: str, function: str, key: str) -> int | None:
+        row = self.db.execute(
+            "SELECT version FROM state WHERE namespace = ? AND function = ? AND key = ?",
+            (namespace, function, key),
+        ).fetchone()
+        return int(row[0]) if row else None
 
     def state_incr(
         self, namespace: str, function: str, key: str, by: int, now: float
