@@ -138,3 +138,7 @@ def test_bad_limits_are_400(client: Client, unique_name: str) -> None:
         client.deploy(KIT, name=unique_name, handler="kit.echo", memory_mb=1)
     with pytest.raises(BadRequest, match="min_instances must not exceed max_instances"):
         client.deploy(KIT, name=unique_name, handler="kit.echo", min_instances=5, max_instances=2)
+    with pytest.raises(BadRequest, match="max_attempts must be an integer from 1 to 100"):
+        client.deploy(KIT, name=unique_name, handler="kit.echo", max_attempts=0)
+    with pytest.raises(BadRequest, match="invalid rate"):
+        client.deploy(KIT, name=unique_name, handler="kit.echo", rate_limit="lots")

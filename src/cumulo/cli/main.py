@@ -176,6 +176,9 @@ def deploy(
         bool | None, typer.Option("--network/--no-network", help="Outbound network access.")
     ] = None,
     rate_limit: Annotated[str | None, typer.Option(help="e.g. 100/s or 6000/m:200.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Tries for async calls before the dead letters.")
+    ] = None,
     namespace: Namespace = "default",
 ) -> None:
     """Deploy a function: a new immutable version, live unless --no-promote."""
@@ -197,6 +200,7 @@ def deploy(
                 public=public,
                 network=network,
                 rate_limit=rate_limit,
+                max_attempts=max_attempts,
             )
         )
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())

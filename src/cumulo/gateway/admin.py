@@ -35,6 +35,7 @@ class ConfigOverrides(BaseModel):
     network: bool | None = None
     public: bool | None = None
     rate_limit: str | None = None
+    max_attempts: int | None = None
 
 
 class DeployBody(BaseModel):

@@ -30,6 +30,7 @@ def function(
     network: bool = False,
     public: bool = False,
     rate_limit: str = "",
+    max_attempts: int = 3,
 ) -> Callable[[F], F]: ...
 
 
@@ -48,6 +49,7 @@ def function(
     network: bool = False,
     public: bool = False,
     rate_limit: str = "",
+    max_attempts: int = 3,
 ) -> F | Callable[[F], F]:
     """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
     cumulo function. The callable stays a plain function: call it directly in unit tests."""
@@ -66,6 +68,7 @@ def function(
             network=network,
             public=public,
             rate_limit=rate_limit,
+            max_attempts=max_attempts,
         ),
     )
 
