@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import platform as _platform
+import resource
 import shutil
 import signal
 import socket
@@ -120,6 +121,28 @@ def descendants(pid: int) -> list[int]:
         child = stack.pop()
         out.append(child)
         stack.extend(tree.get(child, []))
+    return out
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and each of its descendants, by pid."""
+    out: dict[int, float] = {}
+    for p in [pid, *descendants(pid)]:
+        value = cpu_seconds(p)
+        if value is not None:
+            out[p] = value
     return out
 
 
@@ -403,6 +426,8 @@ class WrkResult:
     p90_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    wrk_cpu_s: float = 0.0  # CPU wrk itself used (is the load generator the bottleneck?)
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)  # server side
 
     @property
     def error_count(self) -> int:
@@ -449,6 +474,7 @@ def run_wrk(
             script_path,
             url,
         ]
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             proc = subprocess.run(
                 argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
@@ -457,6 +483,8 @@ def run_wrk(
             raise BenchError(f"wrk did not finish within {duration_s + 60:.0f}s") from exc
     finally:
         os.unlink(script_path)
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHWRK ")), None)
     if proc.returncode != 0 or line is None:
         raise BenchError(f"wrk failed (rc {proc.returncode}): {proc.stdout}{proc.stderr}".strip())
@@ -471,6 +499,7 @@ def run_wrk(
         p90_ms=data["p90_us"] / 1000.0,
         p99_ms=data["p99_us"] / 1000.0,
         errors={k: v for k, v in errors.items() if v},
+        wrk_cpu_s=wrk_cpu,
     )
 
 
@@ -488,7 +517,9 @@ class Platform:
         zygote_idle_timeout: float | None = None,
         start_timeout: float = 60.0,
         label: str = "cumulo",
+        demo: bool = False,
     ) -> None:
+        self.demo = demo  # `--demo`: deploys ./examples, so it runs from the repository root
         self.idle_timeout = idle_timeout
         self.zygote_idle_timeout = zygote_idle_timeout
         self.start_timeout = start_timeout
@@ -509,13 +540,15 @@ class Platform:
             argv += ["--idle-timeout", _num(self.idle_timeout)]
         if self.zygote_idle_timeout is not None:
             argv += ["--zygote-idle-timeout", _num(self.zygote_idle_timeout)]
+        if self.demo:
+            argv.append("--demo")
         log(f"starting {' '.join(argv[1:])}")
         t0 = time.perf_counter()
         self.proc = Proc(
             argv,
             name=self.label,
             log_path=Path(tempfile.mkstemp(prefix="cumulo-bench-up-", suffix=".log")[1]),
-            cwd=self.data_dir,
+            cwd=ROOT if self.demo else self.data_dir,
         )
         creds_path = self.data_dir / "credentials.json"
         deadline = time.monotonic() + self.start_timeout
@@ -634,6 +667,14 @@ class Platform:
             raise BenchError(f"unexpected workers answer for {name}: {resp.body[:300]!r}")
         return data
 
+    def functions(self) -> list[str]:
+        resp = http_request(
+            "GET", f"{self.url}/v1/namespaces/default/functions", headers=self.auth, timeout=10.0
+        )
+        if resp.status != 200:
+            raise BenchError(f"GET /v1/namespaces/default/functions -> HTTP {resp.status}")
+        return [str(f["name"]) for f in resp.json().get("functions", [])]
+
     def worker_list(self, name: str) -> list[dict[str, Any]]:
         return [w for z in self.workers(name)["zygotes"] for w in z.get("workers", [])]
 
@@ -728,12 +769,12 @@ def section(name: str, results: dict[str, Any]) -> Iterator[dict[str, Any]]:
 class Options:
     duration_s: float = 10.0  # one measured wrk run
     warmup_s: float = 3.0  # one wrk warm-up run per target
-    rounds: int = 3  # measured runs per target, interleaved between targets
+    rounds: int = 4  # measured runs per target, interleaved between targets
     connections: int = 32
     wrk_threads: int = 1
     warm_calls: int = 200  # sequential warm calls for the warm-latency baseline
     cold_samples: int = 20  # cold calls with the zygote warm
-    full_cold_samples: int = 10  # cold calls without a zygote
+    full_cold_samples: int = 15  # cold calls without a zygote
     ray: bool = True  # include the Ray Serve peer
 
     @classmethod

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -103,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]),
         "options": vars(opts).copy(),
     }
+    results["load"] = {"start": os.getloadavg()[0]}
     try:
         for name in selected:
             log(f"=== {name}")
+            results.setdefault("load", {})[name] = os.getloadavg()[0]
             if name == "quantum":
                 results["quantum"] = run_quantum()
                 continue
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
     results["elapsed_s"] = time.monotonic() - t0
+    results.setdefault("load", {})["end"] = os.getloadavg()[0]
 
     raw = BENCH_DIR / "results" / "latest.raw"
     with contextlib.suppress(OSError):

@@ -37,6 +37,7 @@ from bench.common import (
     python_exe,
     run_wrk,
     starlette_server,
+    tree_cpu,
     wrk_available,
 )
 
@@ -59,6 +60,7 @@ class Target:
     name: str
     url: str
     headers: dict[str, str]
+    pid: int | None = None  # server process: its CPU (and its children's) is accounted
 
 
 def _verify_echo(target: Target) -> dict[str, str]:
@@ -81,8 +83,9 @@ def _measure(
     live = list(targets)
 
     def one(t: Target, duration: float) -> WrkResult | None:
+        before = tree_cpu(t.pid) if t.pid else {}
         try:
-            return run_wrk(
+            res = run_wrk(
                 t.url,
                 body=BODY,
                 headers=t.headers,
@@ -95,6 +98,16 @@ def _measure(
             errors[t.name] = str(exc)
             live.remove(t)
             return None
+        if t.pid and res.requests:
+            after = tree_cpu(t.pid)
+            main = after.get(t.pid, 0.0) - before.get(t.pid, 0.0)
+            rest = sum(v - before.get(p, 0.0) for p, v in after.items() if p != t.pid)
+            res.cpu_us_per_request = {
+                "server_process": main / res.requests * 1e6,
+                "its_children": rest / res.requests * 1e6,
+                "wrk": res.wrk_cpu_s / res.requests * 1e6,
+            }
+        return res
 
     for t in list(live):
         log(f"throughput: warm-up {t.name} ({opts.warmup_s:.0f}s)")
@@ -119,14 +132,19 @@ def _summary(runs: list[WrkResult]) -> dict[str, Any]:
         "p99_ms": median([r.p99_ms for r in runs]),
         "errors": sum(r.error_count for r in runs),
         "requests": sum(r.requests for r in runs),
+        "cpu_us_per_request": {
+            k: median([r.cpu_us_per_request[k] for r in runs if k in r.cpu_us_per_request])
+            for k in ("server_process", "its_children", "wrk")
+            if any(k in r.cpu_us_per_request for r in runs)
+        },
         "runs": [r.to_dict() for r in runs],
     }
 
 
 @contextlib.contextmanager
 def _starlette() -> Iterator[Target]:
-    with starlette_server() as (url, _):
-        target = Target("starlette", url, {})
+    with starlette_server() as (url, proc):
+        target = Target("starlette", url, {}, proc.pid)
         _verify_echo(target)
         yield target
 
@@ -155,7 +173,7 @@ def _ray_serve(out: dict[str, Any]) -> Iterator[Target]:
                 raise BenchError("Ray Serve did not start within 180s:\n" + proc.log_tail())
             time.sleep(0.2)
         url = f"http://{HOST}:{port}/echo"
-        target = Target("ray_serve", url, {})
+        target = Target("ray_serve", url, {}, proc.pid)
         while True:
             try:
                 _verify_echo(target)
@@ -201,7 +219,7 @@ def main(opts: Options) -> dict[str, Any]:
                 plat = stack.enter_context(Platform(idle_timeout=600))
                 out["cumulo_startup_s"] = plat.startup_s
                 out["cumulo_deploy_s"] = plat.deploy(FUNCTIONS_DIR / "echo.py", "echo")
-                cumulo = Target("cumulo", plat.url + plat.invoke_path("echo"), plat.auth)
+                cumulo = Target("cumulo", plat.url + plat.invoke_path("echo"), plat.auth, plat.pid)
                 headers = _verify_echo(cumulo)
                 out["cumulo_first_call_start"] = headers.get("x-cumulo-start", "(missing)")
                 headers = _verify_echo(cumulo)
@@ -234,20 +252,27 @@ def main(opts: Options) -> dict[str, Any]:
     return out
 
 
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Median over rounds of a's req/s divided by b's in the same round (adjacent runs), which
+    cancels most of the drift of a shared machine; run i of each list is round i."""
+    return median([x["rps"] / y["rps"] for x, y in zip(a["runs"], b["runs"], strict=False)])
+
+
 def _ratios(out: dict[str, Any]) -> None:
     p1, p2 = out["phase1"], out["phase2"]
     ratios: dict[str, float] = {}
     if "cumulo" in p1 and "starlette" in p1:
-        ratios["cumulo_vs_starlette"] = p1["cumulo"]["rps"] / p1["starlette"]["rps"]
+        ratios["cumulo_vs_starlette"] = _paired(p1["cumulo"], p1["starlette"])
+        ratios["cumulo_vs_starlette_of_medians"] = p1["cumulo"]["rps"] / p1["starlette"]["rps"]
+    if "ray_serve" in p2 and "starlette" in p2:
+        ratios["ray_serve_vs_starlette"] = _paired(p2["ray_serve"], p2["starlette"])
     if "cumulo" in p1 and "ray_serve" in p2:
         ratios["cumulo_vs_ray_serve"] = p1["cumulo"]["rps"] / p2["ray_serve"]["rps"]
-        if "starlette" in p2 and "starlette" in p1:
-            # both normalised by the Starlette run of their own phase (removes drift)
+        if "cumulo_vs_starlette" in ratios and "ray_serve_vs_starlette" in ratios:
+            # each normalised by the Starlette runs of its own phase (removes drift)
             ratios["cumulo_vs_ray_serve_normalised"] = (
-                p1["cumulo"]["rps"] / p1["starlette"]["rps"]
-            ) / (p2["ray_serve"]["rps"] / p2["starlette"]["rps"])
-    if "ray_serve" in p2 and "starlette" in p2:
-        ratios["ray_serve_vs_starlette"] = p2["ray_serve"]["rps"] / p2["starlette"]["rps"]
+                ratios["cumulo_vs_starlette"] / ratios["ray_serve_vs_starlette"]
+            )
     out["ratios"] = ratios
     if "cumulo_vs_starlette" in ratios:
         out["pass"] = ratios["cumulo_vs_starlette"] >= TARGET_RATIO
