@@ -14,6 +14,7 @@ from cumulo.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from cumulo.sdk.app import app
 from cumulo.sdk.context import Context, StateItem, local_context
 from cumulo.sdk.decorators import function
 from cumulo.sdk.http import Request, Response
@@ -41,6 +42,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "__version__",
+    "app",
     "function",
     "local_context",
     "schedule",

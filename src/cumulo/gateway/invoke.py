@@ -19,7 +19,7 @@ from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
 from cumulo.runtime.frames import invocation_frame
-from cumulo.runtime.loader import KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
 from cumulo.security.ratelimit import RateLimiter
 
@@ -130,12 +130,15 @@ class InvokeApp:
         method = scope["method"]
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         headers: dict[str, str] | None = None
-        if spec.kind == KIND_REQUEST:
-            headers = {
-                k.decode("latin-1"): v.decode("latin-1")
+        pairs: list[tuple[str, str]] | None = None
+        if spec.kind in (KIND_REQUEST, KIND_ASGI):
+            # The platform key is ours: it never reaches user code.
+            pairs = [
+                (k.decode("latin-1"), v.decode("latin-1"))
                 for k, v in scope["headers"]
                 if k != b"authorization"
-            }
+            ]
+            headers = dict(pairs)
         elif body:
             try:
                 orjson.loads(body)
@@ -151,6 +154,8 @@ class InvokeApp:
             headers=headers,
             query=query,
             body=body,
+            raw_headers=pairs,
+            query_string=scope["query_string"].decode("latin-1"),
         )
         result = await self.platform.invoke(spec, frame)
         await self._respond(send, result, spec.version, id_header)
@@ -166,14 +171,24 @@ class InvokeApp:
         ]
         if result.http is not None:
             status, headers, body = result.http
+            items = headers.items() if isinstance(headers, dict) else headers
             raw_headers = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in headers.items()
-                if k not in HOP_BY_HOP and k not in OWN_HEADERS and not k.startswith("x-cumulo-")
+                (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
+                for k, v in items
+                if k.lower() not in HOP_BY_HOP
+                and k.lower() not in OWN_HEADERS
+                and not k.lower().startswith("x-cumulo-")
             ]
         else:
             status, raw_headers, body = 200, list(JSON_HEADERS), result.body or b""
         raw_headers += meta
+        if result.stream is not None:
+            # Streamed (SSE): no length; each chunk goes out as the function produces it.
+            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+            async for chunk in result.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
         raw_headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})

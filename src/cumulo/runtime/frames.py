@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cumulo.runtime.loader import KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_REQUEST
 
 
 def invocation_frame(
@@ -16,12 +16,17 @@ def invocation_frame(
     headers: dict[str, str] | None = None,
     query: dict[str, str] | None = None,
     body: bytes = b"",
+    raw_headers: list[tuple[str, str]] | None = None,
+    query_string: str = "",
 ) -> dict[str, Any]:
     """A `request` handler gets the whole HTTP request; an event handler gets the JSON body
     (already validated by the caller) or, without one, the query as a dict."""
     frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
     if kind == KIND_REQUEST:
         frame["http"] = [method, path, headers or {}, query or {}, body]
+    elif kind == KIND_ASGI:
+        # An app gets header pairs (repeats kept) and the raw query string.
+        frame["http"] = [method, path, raw_headers or [], query_string, body]
     elif body:
         frame["ev"] = body
     else:

@@ -18,6 +18,7 @@ from typing import Any
 
 from cumulo.sdk.decorators import spec_of
 from cumulo.sdk.http import Request
+from cumulo.sdk.on import topics_of
 from cumulo.sdk.schedule import schedules_of
 from cumulo.sdk.spec import FunctionConfig, default_name
 
@@ -31,6 +32,7 @@ _PLATFORM_PATHS = (
 KIND_EVENT = "event"  # f(event: dict, ctx)
 KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
 KIND_LAMBDA = "lambda"  # undecorated AWS-style handler(event, context)
+KIND_ASGI = "asgi"  # a whole ASGI application (cumulo.app)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class FoundHandler:
     config: FunctionConfig | None
     func: Callable[..., Any]
     schedules: tuple[str, ...] = ()  # @cumulo.schedule cron expressions
+    topics: tuple[str, ...] = ()  # @cumulo.on topic names
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class FoundHandler:
             "is_async": self.is_async,
             "config": self.config.to_dict() if self.config else None,
             "schedules": list(self.schedules),
+            "topics": list(self.topics),
         }
 
 
@@ -122,17 +126,19 @@ def found(module: Any, attr: str) -> FoundHandler:
         raise UserCodeError(f"module {module.__name__} has no attribute {attr!r}", "")
     if not callable(obj):
         raise UserCodeError(f"{module.__name__}.{attr} is not callable", "")
-    _check_arity(obj, attr)
     spec = spec_of(obj)
+    if spec is None or not spec.asgi:
+        _check_arity(obj, attr)
     name = (spec.name if spec else None) or default_name(attr)
     return FoundHandler(
         attr=attr,
         name=name,
-        kind=classify(obj, spec is not None),
+        kind=KIND_ASGI if spec is not None and spec.asgi else classify(obj, spec is not None),
         is_async=inspect.iscoroutinefunction(obj),
         config=spec.config if spec else None,
         func=obj,
         schedules=schedules_of(obj),
+        topics=topics_of(obj),
     )
 
 
@@ -140,7 +146,9 @@ def discover(module: Any) -> list[FoundHandler]:
     """Every `@cumulo.function` defined in the module itself (not ones it imported)."""
     handlers = []
     for attr, obj in vars(module).items():
-        if spec_of(obj) is not None and getattr(obj, "__module__", None) == module.__name__:
+        spec = spec_of(obj)
+        # An app object's __module__ is its framework's; it counts where it was marked.
+        if spec is not None and (spec.asgi or getattr(obj, "__module__", None) == module.__name__):
             handlers.append(found(module, attr))
     return handlers
 

@@ -37,9 +37,53 @@ EXIT_REPORT_WAIT_S = 0.5
 @dataclass(slots=True)
 class InvokeResult:
     body: bytes | None
-    http: tuple[int, dict[str, str], bytes] | None
+    # (status, headers as a dict or as [name, value] pairs, body)
+    http: tuple[int, Any, bytes] | None
     cold: bool
     worker_pid: int
+    stream: ResponseStream | None = None  # a streamed body (SSE): chunks as they come
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    error: str | None = None
+
+
+# A streamed response's chunks wait here for the client; past HIGH the worker's socket is
+# paused (back-pressure instead of buffering without bound), below LOW it resumes.
+STREAM_HIGH = 64
+STREAM_LOW = 8
+
+
+class ResponseStream:
+    """The body of a streamed response, read until `end` or the function's deadline."""
+
+    def __init__(self, worker: WorkerHandle, iid: str, deadline: float) -> None:
+        self.worker = worker
+        self.iid = iid
+        self.deadline = deadline
+        self.queue: asyncio.Queue[bytes | StreamEnd] = asyncio.Queue()
+
+    def put(self, item: bytes | StreamEnd) -> None:
+        self.queue.put_nowait(item)
+        if self.queue.qsize() > STREAM_HIGH:
+            self.worker.pause()
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        try:
+            item = await asyncio.wait_for(self.queue.get(), max(0.0, remaining))
+        except TimeoutError:
+            self.worker.pool.stream_timed_out(self.worker, self.iid)
+            raise StopAsyncIteration from None
+        if self.queue.qsize() < STREAM_LOW:
+            self.worker.resume()
+        if isinstance(item, StreamEnd):
+            raise StopAsyncIteration
+        return item
 
 
 def scale_up_count(
@@ -77,6 +121,8 @@ class WorkerHandle:
         self.pending_start: dict[str, asyncio.Future[None]] = {}
         # No frame will start on this worker any more (it timed out or announced its exit).
         self.exiting = False
+        self.streams: dict[str, ResponseStream] = {}
+        self._paused = False
         self.served = 0
         # Slots promised to waiters that have not sent their frame yet.
         self.reserved = 0
@@ -132,6 +178,28 @@ class WorkerHandle:
             elif fut is not None and self.alive:
                 # Its caller went away; the slot is free again for whoever waits.
                 self.pool.release(self)
+        elif kind == "hdr":
+            iid = message.get("id", "")
+            fut = self.inflight.get(iid)
+            if fut is not None and not fut.done():
+                # Now, not when the caller wakes: chunks may follow in this same read.
+                deadline = time.monotonic() + self.pool.config.timeout_s
+                message["stream"] = self.streams[iid] = ResponseStream(self, iid, deadline)
+                fut.set_result(message)
+        elif kind == "chunk":
+            stream = self.streams.get(message.get("id", ""))
+            if stream is not None:
+                stream.put(bytes(message.get("data", b"")))
+        elif kind == "end":
+            iid = message.get("id", "")
+            stream = self.streams.pop(iid, None)
+            self.inflight.pop(iid, None)
+            if stream is not None:
+                stream.put(StreamEnd(message.get("error")))
+            if self.sequential and not self.exiting:
+                self._advance()
+            if self.alive:
+                self.pool.release(self)
         elif kind == "rpc":
             asyncio.get_running_loop().create_task(self.pool.handle_rpc(self, message))
         elif kind == "log":
@@ -161,6 +229,9 @@ class WorkerHandle:
                 f"the worker running {self.pool.spec.function} crashed: {detail}",
                 code="function_crashed",
             )
+        for stream in self.streams.values():
+            stream.put(StreamEnd(error.message))
+        self.streams.clear()
         for index, (iid, fut) in enumerate(self.inflight.items()):
             started = self.pending_start.pop(iid, None)
             never_ran = self.sequential and (index > 0 or self.exiting)
@@ -170,6 +241,16 @@ class WorkerHandle:
             elif not fut.done():
                 fut.set_exception(Redispatch() if never_ran else error)
         self.inflight.clear()
+
+    def pause(self) -> None:
+        if not self._paused and self.protocol.transport is not None:
+            self._paused = True
+            self.protocol.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.protocol.transport is not None:
+            self._paused = False
+            self.protocol.transport.resume_reading()
 
     def close(self) -> None:
         """Let the worker go: it exits when its socket closes."""
@@ -224,15 +305,24 @@ class VersionPool:
                 reply = await self._run_on(worker, frame)
             except Redispatch:
                 continue
-            if reply["t"] == "res":
+            if reply["t"] in ("res", "hdr"):
                 http = reply.get("http")
+                stream = reply.get("stream")
                 return InvokeResult(
                     body=reply.get("body"),
                     http=(http[0], http[1], http[2]) if http else None,
                     cold=cold,
                     worker_pid=worker.pid,
+                    stream=stream,
                 )
             raise _error_from(reply)
+
+    def stream_timed_out(self, worker: WorkerHandle, iid: str) -> None:
+        """A streamed response ran past the function's timeout: the worker goes."""
+        worker.streams.pop(iid, None)
+        worker.inflight.pop(iid, None)
+        worker.exiting = True
+        self._kill(worker)
 
     async def _acquire(self) -> tuple[WorkerHandle, bool]:
         while True:

@@ -20,7 +20,14 @@ from typing import Any
 
 import orjson
 
-from cumulo.runtime.loader import KIND_LAMBDA, KIND_REQUEST, FoundHandler, user_traceback
+from cumulo.runtime.asgi import AsgiRunner
+from cumulo.runtime.loader import (
+    KIND_ASGI,
+    KIND_LAMBDA,
+    KIND_REQUEST,
+    FoundHandler,
+    user_traceback,
+)
 from cumulo.runtime.wire import BlockingChannel
 from cumulo.sdk.context import Context
 from cumulo.sdk.http import Request, Response
@@ -145,7 +152,8 @@ class Worker:
         self.channel = channel
         self.handler = handler
         self.meta = meta
-        self.threaded = meta.config.concurrency > 1
+        self.asgi = handler.kind == KIND_ASGI
+        self.threaded = meta.config.concurrency > 1 or self.asgi
         self.transport = WorkerTransport(channel, self.threaded)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
@@ -153,9 +161,20 @@ class Worker:
     def serve(self) -> None:
         sys.stdout = CapturedStream(self.transport, "stdout")
         sys.stderr = CapturedStream(self.transport, "stderr")
+        runner: AsgiRunner | None = None
+        if self.asgi:
+            meta = self.meta
+            runner = AsgiRunner(
+                self.handler.func,
+                self.transport.send,
+                f"/fn/{meta.namespace}/{meta.function}",
+                meta.code_dir,
+                meta.max_response,
+            )
+            runner.start()
         pool = (
             ThreadPoolExecutor(self.meta.config.concurrency, thread_name_prefix="invoke")
-            if self.threaded
+            if self.threaded and runner is None
             else None
         )
         while True:
@@ -165,7 +184,9 @@ class Worker:
                 return
             kind = message.get("t")
             if kind == "inv":
-                if pool is None:
+                if runner is not None:
+                    runner.submit(message)
+                elif pool is None:
                     self.invoke(message)
                 else:
                     pool.submit(self.invoke, message)

@@ -125,7 +125,8 @@ class FunctionConfig:
 
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
-    """What `@cumulo.function` records on the callable."""
+    """What `@cumulo.function` (or `cumulo.app`) records on the callable."""
 
     name: str | None
     config: FunctionConfig
+    asgi: bool = False  # an ASGI application served whole: every sub-path reaches it

@@ -1,0 +1,163 @@
+"""Running a whole ASGI application inside a worker.
+
+The app lives on one event loop in its own thread (started once per worker, with the
+app's lifespan startup); the worker's reader thread hands each invocation frame over.
+A response whose body arrives in one piece goes back as one `res` frame; a streamed one
+(SSE, StreamingResponse) as `hdr`, then `chunk` frames as the app produces them, then `end`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cumulo.runtime.loader import user_traceback
+
+Send = Callable[[dict[str, Any]], None]
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+log = logging.getLogger("cumulo.asgi")
+
+
+class AsgiRunner:
+    def __init__(
+        self, app: ASGIApp, send_frame: Send, root_path: str, code_dir: Any, max_body: int
+    ) -> None:
+        self.app = app
+        self.send_frame = send_frame
+        self.root_path = root_path
+        self.code_dir = code_dir
+        self.max_body = max_body
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="asgi", daemon=True)
+        self._lifespan_done: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._lifespan_startup(), self.loop).result()
+
+    def submit(self, message: dict[str, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(self.handle(message), self.loop)
+
+    async def _lifespan_startup(self) -> None:
+        """Run the app's startup once per worker; apps without lifespan support are fine."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        started: asyncio.Future[None] = self.loop.create_future()
+        await queue.put({"type": "lifespan.startup"})
+
+        async def receive() -> dict[str, Any]:
+            return await queue.get()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                if not started.done():
+                    started.set_result(None)
+                if message["type"] == "lifespan.startup.failed":
+                    log.warning("the app's startup failed: %s", message.get("message", ""))
+
+        async def run() -> None:
+            try:
+                await self.app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+            except Exception as exc:
+                # An app without lifespan support raises here; it serves requests all the same.
+                log.debug("no lifespan: %s", exc)
+            finally:
+                if not started.done():
+                    started.set_result(None)
+
+        self._lifespan_task = self.loop.create_task(run())
+        await started
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        iid = message["id"]
+        method, path, headers, query_string, body = message["http"]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": self.root_path,
+            "query_string": query_string.encode() if isinstance(query_string, str) else b"",
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            "client": None,
+            "server": None,
+            "state": {},
+        }
+        done = asyncio.Event()
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        start: dict[str, Any] | None = None
+        streaming = False
+        size = 0
+
+        async def send(event: dict[str, Any]) -> None:
+            nonlocal start, streaming, size
+            kind = event["type"]
+            if kind == "http.response.start":
+                start = event
+                return
+            if kind != "http.response.body" or start is None:
+                return
+            chunk = bytes(event.get("body", b""))
+            more = bool(event.get("more_body", False))
+            size += len(chunk)
+            status = int(start["status"])
+            raw = start.get("headers", [])
+            pairs = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw]
+            if not streaming and not more:
+                if size > self.max_body:
+                    raise ResponseTooLarge(size, self.max_body)
+                self.send_frame({"t": "res", "id": iid, "http": [status, pairs, chunk]})
+                done.set()
+                return
+            if not streaming:
+                streaming = True
+                self.send_frame({"t": "hdr", "id": iid, "http": [status, pairs, b""]})
+            if chunk:
+                self.send_frame({"t": "chunk", "id": iid, "data": chunk})
+            if not more:
+                self.send_frame({"t": "end", "id": iid})
+                done.set()
+
+        try:
+            await self.app(scope, receive, send)
+        except ResponseTooLarge as exc:
+            self._fail(iid, "payload_too_large", "ResponseTooLarge", str(exc), "")
+        except Exception as exc:
+            if streaming:
+                self.send_frame({"t": "end", "id": iid, "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                tb = user_traceback(exc, self.code_dir)
+                self._fail(iid, "function_error", type(exc).__name__, str(exc), tb)
+        else:
+            if start is None:
+                self._fail(iid, "function_error", "RuntimeError", "the app sent no response", "")
+            elif streaming and not done.is_set():
+                self.send_frame({"t": "end", "id": iid})
+        finally:
+            done.set()
+
+    def _fail(self, iid: str, code: str, type_name: str, message: str, tb: str) -> None:
+        with contextlib.suppress(OSError):
+            frame = {"t": "err", "id": iid, "code": code, "type": type_name, "message": message}
+            self.send_frame({**frame, "tb": tb})
+
+
+class ResponseTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the response is over {size} bytes; the limit is {limit} bytes")
