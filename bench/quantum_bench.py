@@ -77,7 +77,10 @@ class Server:
         async def api_error(_: Request, exc: ApiError) -> JSONResponse:
             return JSONResponse(exc.to_dict(), status_code=exc.status)
 
-        app.include_router(build_router(lambda: self.service, lambda _: "bench"))
+        async def service() -> QuantumService:
+            return self.service
+
+        app.include_router(build_router(service, lambda _: "bench"))
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])

@@ -155,6 +155,18 @@ def _summary_rows(r: dict[str, Any]) -> list[list[str]]:
                 _verdict(value * 1e6 / 1024 <= target_kib if _ok(value) else None),
             ]
         )
+    quantum_rss = mp.get("gateway_after_quantum_rss_mb")
+    if _ok(quantum_rss):
+        rows.append(
+            [
+                "3b''. Same, after one quantum job (the Qiskit job service stays loaded)",
+                _f(quantum_rss, ".1f", " MB"),
+                starlette_rss,
+                "—",
+                "no target (not idle)",
+                "—",
+            ]
+        )
     wmax = mp.get("worker_uss_max_mb")
     rows.append(
         [
@@ -674,14 +686,19 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
     obs = observations(r)
     if obs:
         lines += ["## Observations about the platform", "", *[f"- {o}" for o in obs], ""]
-    q = r.get("quantum")
-    lines += ["## Quantum", ""]
-    if q is None:
-        lines += ["Not run in this invocation (`--only`).", ""]
-    elif isinstance(q, dict) and q.get("skipped"):
-        lines += [f"Skipped: {q['skipped']}", ""]
-    else:
-        lines += [*_generic(q), ""]
+    for key, title in (
+        ("auth", "Key authentication overhead (issue 3: with a key ≥ 0.95× without)"),
+        ("async", "Async invocations (issue 4: ≥ 1,000 jobs/s end to end on SQLite)"),
+        ("quantum", "Quantum"),
+    ):
+        extra = r.get(key)
+        lines += [f"## {title}", ""]
+        if extra is None:
+            lines += ["Not run in this invocation (`--only`).", ""]
+        elif isinstance(extra, dict) and extra.get("skipped"):
+            lines += [f"Skipped: {extra['skipped']}", ""]
+        else:
+            lines += [*_generic(extra), ""]
     lines += [
         "## How to run",
         "",

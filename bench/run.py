@@ -2,7 +2,7 @@
 
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
-                                          #   memory, quantum (comma-separated)
+                                          #   memory, auth, async, quantum (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
 
@@ -30,35 +30,34 @@ BENCHMARKS: dict[str, Callable[[Options], dict[str, Any]]] = {
     "coldstart": coldstart.main,
     "memory": memory.main,
 }
-ALL = [*BENCHMARKS, "quantum"]
+# Benchmarks of later issues, each a module with main() -> dict, run after the core ones.
+EXTRAS = {"auth": "bench.auth", "async": "bench.async_bench", "quantum": "bench.quantum_bench"}
+ALL = [*BENCHMARKS, *EXTRAS]
 
 
-def run_quantum() -> Any:
-    """bench/quantum_bench.py is written by someone else: call its main() if it is there."""
+def run_extra(name: str) -> Any:
+    """Call an extra benchmark module's main(); a failure is reported, not fatal."""
+    module_name = EXTRAS[name]
     try:
-        module = importlib.import_module("bench.quantum_bench")
-    except ModuleNotFoundError as exc:
-        if exc.name == "bench.quantum_bench":
-            return {"skipped": "bench/quantum_bench.py does not exist"}
-        return {"skipped": f"bench.quantum_bench does not import: {exc}"}
+        module = importlib.import_module(module_name)
     except Exception as exc:
-        return {"skipped": f"bench.quantum_bench does not import: {type(exc).__name__}: {exc}"}
+        return {"skipped": f"{module_name} does not import: {type(exc).__name__}: {exc}"}
     entry = getattr(module, "main", None)
     if not callable(entry):
-        return {"skipped": "bench.quantum_bench has no main()"}
+        return {"skipped": f"{module_name} has no main()"}
     saved_argv = sys.argv
-    sys.argv = ["bench.quantum_bench"]  # our flags are not its flags
+    sys.argv = [module_name]  # our flags are not its flags
     try:
         result = entry()
     except SystemExit as exc:
         if exc.code not in (0, None):
-            return {"skipped": f"bench.quantum_bench.main() exited with {exc.code}"}
+            return {"skipped": f"{module_name}.main() exited with {exc.code}"}
         result = None
     except Exception as exc:
-        return {"skipped": f"bench.quantum_bench.main() failed: {type(exc).__name__}: {exc}"}
+        return {"skipped": f"{module_name}.main() failed: {type(exc).__name__}: {exc}"}
     finally:
         sys.argv = saved_argv
-    return result if result is not None else "Ran; `bench.quantum_bench.main()` returned nothing."
+    return result if result is not None else f"Ran; `{module_name}.main()` returned nothing."
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -109,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in selected:
             log(f"=== {name}")
             results.setdefault("load", {})[name] = os.getloadavg()[0]
-            if name == "quantum":
-                results["quantum"] = run_quantum()
+            if name in EXTRAS:
+                results[name] = run_extra(name)
                 continue
             try:
                 results[name] = BENCHMARKS[name](opts)
