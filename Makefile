@@ -51,7 +51,11 @@ typecheck: $(DEVSTAMP)
 pytest: $(DEVSTAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: $(BENCHSTAMP)
+bench: $(BENCHSTAMP) sandbox
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; }; } || \
+	  echo "note: wrk is not installed; the throughput benchmarks will be skipped"; }
 	$(PY) -m bench.run
 
 clean:
