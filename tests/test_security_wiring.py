@@ -62,6 +62,10 @@ def test_admin_actions_and_auth_failures_land_in_a_verifiable_audit_log(
     httpx.get(
         f"{running.url}/v1/keys", headers={"authorization": "Bearer cmo_forged"}
     )  # 401: bad key
+    httpx.post(f"{running.url}/fn/default/audited", json={})  # 401: private, no key
+    httpx.post(
+        f"{running.url}/fn/default/audited", json={}, headers={"authorization": "Bearer cmo_x"}
+    )  # 401: bad key, answered by the auth middleware
     report = client.verify_audit()
     assert report["ok"] is True
     rows = sum(c["rows"] for c in report["chains"])
@@ -74,7 +78,11 @@ def test_admin_actions_and_auth_failures_land_in_a_verifiable_audit_log(
     actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY seq")]
     assert any(a.startswith("POST /v1/namespaces/default/deploy") for a in actions)
     assert any(a.startswith("PUT /v1/namespaces/default/secrets/") for a in actions)
-    assert actions.count("auth.failure") >= 2
+    assert actions.count("auth.failure") >= 4
+    targets = [
+        r[0] for r in db.execute("SELECT target FROM audit_log WHERE action = 'auth.failure'")
+    ]
+    assert targets.count("/fn/default/audited") == 2
     raw = b"".join(p.read_bytes() for p in running.data_dir.glob("cumulo.db*"))
     assert b"audit-canary-value-123" not in raw
     db.close()

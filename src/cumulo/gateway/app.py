@@ -17,7 +17,7 @@ import cumulo
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
-from cumulo.gateway.audit import AuditMiddleware
+from cumulo.gateway.audit import AuditMiddleware, record_denial
 from cumulo.gateway.auth import AuthMiddleware, principal_of
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
@@ -130,8 +130,11 @@ class Gateway:
 def create_app(platform: Platform) -> ASGIApp:
     options = platform.options
     key_rate = Rate.parse(options.key_rate) if options.key_rate else None
-    app: Any = SecurityHeaders(
-        AuditMiddleware(AuthMiddleware(Gateway(platform), platform.auth, key_rate), platform.audit),
-        tls=options.tls,
+    authenticated = AuthMiddleware(
+        Gateway(platform),
+        platform.auth,
+        key_rate,
+        on_denied=lambda scope, status: record_denial(platform.audit, scope, status),
     )
+    app: Any = SecurityHeaders(AuditMiddleware(authenticated, platform.audit), tls=options.tls)
     return app  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cumulo.gateway.auth import PRINCIPAL
+from cumulo.gateway.auth import INVOKE_PREFIX, PRINCIPAL
 from cumulo.security.audit import AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Principal
 
@@ -25,7 +25,9 @@ class AuditMiddleware:
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(INVOKE_PREFIX):
+            # The invoke path reports its own denials (record_denial): no wrapper on the
+            # hot path.
             await self.app(scope, receive, send)
             return
         status = 500
@@ -42,26 +44,35 @@ class AuditMiddleware:
             self._record(scope, status)
 
     def _record(self, scope: Scope, status: int) -> None:
+        if status in AUTH_FAILURES:
+            record_denial(self.audit, scope, status)
+            return
         path: str = scope["path"]
         method: str = scope["method"]
-        principal = scope.get(PRINCIPAL)
-        actor = principal.key_id if isinstance(principal, Principal) else None
-        client = scope.get("client")
-        source = client[0] if client else None
-        details = {"method": method, "status": status}
-        if status in AUTH_FAILURES:
-            # Failures go to one chain ("*"): an attacker cannot mint chains by naming paths.
-            self.audit.record(
-                ALL_NAMESPACES, actor, "auth.failure", path, "denied", source, details
-            )
-        elif (
+        if (
             method in CHANGING
             and path.startswith("/v1/")
             and not path.startswith(NOT_ADMIN_PREFIXES)
         ):
+            principal = scope.get(PRINCIPAL)
+            actor = principal.key_id if isinstance(principal, Principal) else None
+            client = scope.get("client")
+            source = client[0] if client else None
+            details = {"method": method, "status": status}
             namespace = _namespace_of(path, principal)
             result = "ok" if status < 400 else "error"
             self.audit.record(namespace, actor, f"{method} {path}", path, result, source, details)
+
+
+def record_denial(audit: AuditLog, scope: Scope, status: int) -> None:
+    """An auth failure (401/403), on the one chain "*": an attacker cannot mint chains by
+    naming paths."""
+    principal = scope.get(PRINCIPAL)
+    actor = principal.key_id if isinstance(principal, Principal) else None
+    client = scope.get("client")
+    details = {"method": scope["method"], "status": status}
+    source = client[0] if client else None
+    audit.record(ALL_NAMESPACES, actor, "auth.failure", scope["path"], "denied", source, details)
 
 
 def _namespace_of(path: str, principal: object) -> str:

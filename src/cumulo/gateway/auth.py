@@ -8,6 +8,8 @@ for functions deployed `public`. Routes then check scope and namespace with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cumulo.errors import ApiError, TooManyRequests, Unauthorized
@@ -27,8 +29,11 @@ class AuthMiddleware:
         authenticator: Authenticator,
         key_rate: Rate | None = None,
         limiter: RateLimiter | None = None,
+        on_denied: Callable[[Scope, int], None] | None = None,
     ) -> None:
         self.app = app
+        # Told of the 401s answered here on invoke paths (the audit middleware skips those).
+        self.on_denied = on_denied
         self.authenticator = authenticator
         self.key_rate = key_rate if key_rate is not None and not key_rate.unlimited else None
         self.limiter = limiter or RateLimiter()
@@ -57,6 +62,8 @@ class AuthMiddleware:
                         retry_after=wait,
                     )
         except ApiError as exc:
+            if self.on_denied is not None and scope["path"].startswith(INVOKE_PREFIX):
+                self.on_denied(scope, exc.status)
             await send_error(send, exc)
             return
         scope[PRINCIPAL] = principal

@@ -14,6 +14,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, TooManyRequests
+from cumulo.gateway.audit import record_denial
 from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
@@ -89,6 +90,8 @@ class InvokeApp:
         try:
             await self._invoke(scope, receive, send, invocation_id, id_header)
         except ApiError as exc:
+            if exc.status in (401, 403):
+                record_denial(self.platform.audit, scope, exc.status)
             await send_error(send, exc, [*self.meta_headers, id_header])
         except ClientGone:
             return
@@ -128,7 +131,8 @@ class InvokeApp:
         body = await read_body(scope, receive, self.limit)
         spec = route.pick()
         method = scope["method"]
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        raw_query = scope["query_string"]
+        query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         headers: dict[str, str] | None = None
         pairs: list[tuple[str, str]] | None = None
         if spec.kind in (KIND_REQUEST, KIND_ASGI):
