@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from cumulo.sdk.spec import SPEC_ATTR, FunctionConfig, FunctionSpec, validate_name
+from cumulo.sdk.decorators import make_spec
+from cumulo.sdk.spec import SPEC_ATTR
 
 A = TypeVar("A")
 
@@ -32,25 +33,21 @@ def app(
 
     The whole app scales from zero as one function; `/fn/{namespace}/{name}/anything`
     reaches its route `/anything`, with `root_path` set to the function's URL."""
-    if name is not None:
-        validate_name(name)
     if not callable(application):
         raise TypeError("cumulo.app() takes an ASGI application (a callable)")
-    spec = FunctionSpec(
-        name=name,
-        config=FunctionConfig(
-            memory_mb=memory_mb,
-            timeout_s=timeout_s,
-            min_instances=min_instances,
-            max_instances=max_instances,
-            concurrency=concurrency,
-            env=dict(env or {}),
-            secrets=tuple(secrets),
-            network=network,
-            public=public,
-            rate_limit=rate_limit,
-        ),
+    spec = make_spec(
+        name,
         asgi=True,
+        memory_mb=memory_mb,
+        timeout_s=timeout_s,
+        min_instances=min_instances,
+        max_instances=max_instances,
+        concurrency=concurrency,
+        env=dict(env or {}),
+        secrets=tuple(secrets),
+        network=network,
+        public=public,
+        rate_limit=rate_limit,
     )
     target: Any = application
     setattr(target, SPEC_ATTR, spec)

@@ -53,23 +53,19 @@ def function(
 ) -> F | Callable[[F], F]:
     """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
     cumulo function. The callable stays a plain function: call it directly in unit tests."""
-    if name is not None:
-        validate_name(name)
-    spec = FunctionSpec(
-        name=name,
-        config=FunctionConfig(
-            memory_mb=memory_mb,
-            timeout_s=timeout_s,
-            min_instances=min_instances,
-            max_instances=max_instances,
-            concurrency=concurrency,
-            env=dict(env or {}),
-            secrets=tuple(secrets),
-            network=network,
-            public=public,
-            rate_limit=rate_limit,
-            max_attempts=max_attempts,
-        ),
+    spec = make_spec(
+        name,
+        memory_mb=memory_mb,
+        timeout_s=timeout_s,
+        min_instances=min_instances,
+        max_instances=max_instances,
+        concurrency=concurrency,
+        env=dict(env or {}),
+        secrets=tuple(secrets),
+        network=network,
+        public=public,
+        rate_limit=rate_limit,
+        max_attempts=max_attempts,
     )
 
     def mark(target: F) -> F:
@@ -79,6 +75,13 @@ def function(
     if fn is not None:
         return mark(fn)
     return mark
+
+
+def make_spec(name: str | None, *, asgi: bool = False, **config: Any) -> FunctionSpec:
+    """Validate at decoration time: a bad name or limit fails the import, not the deploy."""
+    if name is not None:
+        validate_name(name)
+    return FunctionSpec(name=name, config=FunctionConfig(**config), asgi=asgi)
 
 
 def spec_of(obj: object) -> FunctionSpec | None:
