@@ -22,7 +22,7 @@ def needed_scope(method: str, path: str) -> str:
         return "admin"
     if path.startswith("/v1/quantum"):
         return "read" if method == "GET" else "invoke"
-    if path.startswith("/async/") or path.endswith("/replay"):
+    if path.startswith(("/async/", "/events/")) or path.endswith("/replay"):
         return "invoke"
     if method == "GET":
         return "read"

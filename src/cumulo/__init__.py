@@ -3,6 +3,7 @@
 from cumulo.errors import (
     ApiError,
     BadRequest,
+    CircuitOpen,
     ConfigError,
     CumuloError,
     FunctionCrashed,
@@ -13,11 +14,13 @@ from cumulo.errors import (
     StateConflict,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
 )
 from cumulo.sdk.app import app
 from cumulo.sdk.context import Context, StateItem, local_context
 from cumulo.sdk.decorators import function
 from cumulo.sdk.http import Request, Response
+from cumulo.sdk.on import on
 from cumulo.sdk.schedule import schedule
 from cumulo.sdk.spec import FunctionConfig
 
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiError",
     "BadRequest",
+    "CircuitOpen",
     "ConfigError",
     "Context",
     "CumuloError",
@@ -41,9 +45,11 @@ __all__ = [
     "StateItem",
     "TooManyRequests",
     "Unauthorized",
+    "Unavailable",
     "__version__",
     "app",
     "function",
     "local_context",
+    "on",
     "schedule",
 ]

@@ -16,6 +16,7 @@ The hierarchy::
     │   ├── FunctionError        500  the user's handler raised
     │   ├── FunctionCrashed      502  the worker died (crash, memory limit)
     │   ├── Unavailable          503
+    │   │   └── CircuitOpen      503  a service call's target is failing: not invoked
     │   └── FunctionTimeout      504
     ├── TransportError               the platform could not be reached
     └── StateConflict                optimistic concurrency check failed (inside a function)
@@ -138,6 +139,17 @@ class Unavailable(ApiError):
     default_code = "unavailable"
 
 
+class CircuitOpen(Unavailable):
+    """`ctx.call` refused without invoking: the target failed repeatedly and its circuit
+    breaker is open (or a probe is already testing it). `retry_after` is when it may pass."""
+
+    default_code = "circuit_open"
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.details.get("retry_after", 0.0))
+
+
 class FunctionTimeout(ApiError):
     status = 504
     default_code = "function_timeout"
@@ -162,11 +174,15 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+# Subclasses that share a status with a more general class are told apart by their code.
+_BY_CODE: dict[str, type[ApiError]] = {"circuit_open": CircuitOpen}
+
+
 def api_error_for(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> ApiError:
-    """The ApiError subclass for an HTTP status (client side)."""
-    cls = _BY_STATUS.get(status, ApiError)
+    """The ApiError subclass for an HTTP status and code (client side, and `ctx.call`)."""
+    cls = _BY_CODE.get(code) or _BY_STATUS.get(status, ApiError)
     if cls is TooManyRequests:
         return TooManyRequests(message, code=code)
     return cls(message, code=code, status=status, details=details)

@@ -75,8 +75,10 @@ class ControlPlane:
         self.executor = executor
         self.python = python
         self.routes = RouteCache(self._load_route)
-        # Told the cron schedules of the newest live version whenever `live` moves.
+        # Told the cron schedules / the topics of the newest live version whenever `live`
+        # moves (deploy, traffic, rollback; [] on removal), so both follow the same version.
         self.on_live_change: LiveChange | None = None
+        self.on_live_topics: LiveChange | None = None
 
     # ------------------------------------------------------------ deploy
     async def deploy(self, req: DeployRequest) -> VersionRecord:
@@ -100,7 +102,11 @@ class ControlPlane:
             module=module,
             attr=chosen["attr"],
             kind=chosen["kind"],
-            config={**config.to_dict(), "schedules": list(chosen.get("schedules", []))},
+            config={
+                **config.to_dict(),
+                "schedules": list(chosen.get("schedules", [])),
+                "topics": list(chosen.get("topics", [])),
+            },
             promote=req.promote,
             now=time.time(),
         )
@@ -210,6 +216,8 @@ class ControlPlane:
         await self.executor.retire(namespace, name)
         if self.on_live_change is not None:
             await self.on_live_change(namespace, name, [])
+        if self.on_live_topics is not None:
+            await self.on_live_topics(namespace, name, [])
 
     async def _after_traffic_change(self, namespace: str, name: str) -> None:
         self.routes.invalidate(namespace, name)
@@ -217,6 +225,8 @@ class ControlPlane:
         live = {spec.version for spec in route.specs} if route else set()
         if self.on_live_change is not None:
             await self.on_live_change(namespace, name, await self._live_schedules(namespace, name))
+        if self.on_live_topics is not None:
+            await self.on_live_topics(namespace, name, await self._live_topics(namespace, name))
         for spec in route.specs if route else ():
             self.executor.prewarm(spec)
         # Versions that lost all traffic keep serving their in-flight calls and idle out.
@@ -248,22 +258,36 @@ class ControlPlane:
                 weighted.append((self.spec_for(record), weight))
         return Route.build(weighted) if weighted else None
 
-    async def _live_schedules(self, namespace: str, name: str) -> list[str]:
+    async def _live_list(self, namespace: str, name: str, key: str) -> list[str]:
+        """`config[key]` of the newest version that has traffic ([] when none has)."""
         function = await self.store.call(self.store.get_function, namespace, name)
         if function is None or not function.traffic:
             return []
         newest = max(function.traffic)
         record = await self.store.call(self.store.get_version, namespace, name, newest)
-        return list(record.config.get("schedules", [])) if record else []
+        return list(record.config.get(key, [])) if record else []
 
-    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+    async def _live_schedules(self, namespace: str, name: str) -> list[str]:
+        return await self._live_list(namespace, name, "schedules")
+
+    async def _live_topics(self, namespace: str, name: str) -> list[str]:
+        return await self._live_list(namespace, name, "topics")
+
+    async def _all_live(self, key: str) -> list[tuple[str, str, list[str]]]:
         found = []
         for namespace in await self.store.call(self._namespaces):
             for function in await self.functions(namespace):
-                crons = await self._live_schedules(namespace, function.name)
-                if crons:
-                    found.append((namespace, function.name, crons))
+                values = await self._live_list(namespace, function.name, key)
+                if values:
+                    found.append((namespace, function.name, values))
         return found
+
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        return await self._all_live("schedules")
+
+    async def all_topics(self) -> list[tuple[str, str, list[str]]]:
+        """(namespace, function, topics) of every function whose live version subscribes."""
+        return await self._all_live("topics")
 
     async def warm_all(self) -> None:
         """At start-up: bring live versions with min_instances up."""

@@ -45,6 +45,7 @@ DEAD_LETTER_STATUSES = (FAILED, DEAD)
 
 SOURCE_ASYNC = "async"
 SOURCE_SCHEDULE = "schedule"
+SOURCE_TOPIC = "topic"
 
 # A job whose lease ran out this many times (its gateway died while running it each time) is
 # moved to the dead letters: it may be what kills the gateway, and must not do so forever.
@@ -244,6 +245,19 @@ class JobQueue:
 
     def _tx(self) -> _Immediate:
         return _Immediate(self._db)
+
+    # For tables that live beside the queue (topics): their writes and job inserts share one
+    # transaction on this connection, so a crash never commits one without the other.
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._db
+
+    def transaction(self) -> _Immediate:
+        return self._tx()
+
+    def insert(self, job: NewJob, now: float) -> Enqueued:
+        """Insert one job inside the caller's `transaction()`."""
+        return self._insert(job, now)
 
     # ------------------------------------------------------------ enqueue
     def enqueue(self, jobs: Iterable[NewJob], now: float) -> list[Enqueued]:

@@ -1,4 +1,5 @@
-"""The events service: durable async invocations, retries, dead letters and cron schedules.
+"""The events service: durable async invocations, retries, dead letters, cron schedules and
+topics.
 
 The platform builds one, hands it how to invoke a function (`InvokeFn`) and how to read a
 function's config, starts it after the executor and stops it before the executor. Its
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cumulo.errors import BadRequest, Conflict, NotFound
 from cumulo.events.db import Batcher, DbThread
@@ -26,12 +28,14 @@ from cumulo.events.queue import (
     new_job_id,
 )
 from cumulo.events.scheduler import Scheduler
+from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics, TopicStore
 from cumulo.sdk.spec import FunctionConfig
 
 log = logging.getLogger("cumulo.events")
 
 ConfigOf = Callable[[str, str], Awaitable[FunctionConfig | None]]
 ScheduleLoader = Callable[[], Awaitable[Iterable[tuple[str, str, list[str]]]]]
+TopicLoader = ScheduleLoader  # () -> [(ns, name, [topic, ...]), ...]
 
 DEFAULT_MAX_ATTEMPTS = FunctionConfig().max_attempts
 RETENTION_S = 7 * 24 * 3600.0
@@ -51,6 +55,8 @@ class EventsService:
         *,
         config_of: ConfigOf = _no_config,
         load_schedules: ScheduleLoader | None = None,
+        load_topics: TopicLoader | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         concurrency: int = 32,
@@ -64,6 +70,8 @@ class EventsService:
         self.invoke = invoke
         self.config_of = config_of
         self.load_schedules = load_schedules
+        self.load_topics = load_topics
+        self.max_event_bytes = max_event_bytes
         self.clock = clock
         self.rng = rng
         self.concurrency = concurrency
@@ -75,6 +83,7 @@ class EventsService:
         self._queue: JobQueue | None = None
         self._dispatcher: Dispatcher | None = None
         self._scheduler: Scheduler | None = None
+        self._topics: Topics | None = None
         self._enqueuer: Batcher[NewJob, Enqueued] | None = None
         self._next_prune = 0.0
 
@@ -109,6 +118,17 @@ class EventsService:
         await scheduler.load()
         if self.load_schedules is not None:
             await scheduler.replace_all(await self.load_schedules())
+        self._topics = Topics(
+            db,
+            await db.call(TopicStore, queue),
+            self._max_attempts,
+            clock=self.clock,
+            on_enqueue=dispatcher.wake,
+            max_event_bytes=self.max_event_bytes,
+        )
+        if self.load_topics is not None:
+            for warning in await self._topics.replace_all(await self.load_topics()):
+                log.warning("events: %s", warning)
         if run:
             dispatcher.start()
             scheduler.start()
@@ -127,6 +147,7 @@ class EventsService:
         if self._db is not None:
             self._db.close()
         self._db = self._queue = self._dispatcher = self._scheduler = self._enqueuer = None
+        self._topics = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -139,6 +160,12 @@ class EventsService:
         if self._scheduler is None:
             raise RuntimeError("the events service is not started")
         return self._scheduler
+
+    @property
+    def topics(self) -> Topics:
+        if self._topics is None:
+            raise RuntimeError("the events service is not started")
+        return self._topics
 
     def _parts(self) -> tuple[DbThread, JobQueue]:
         if self._db is None or self._queue is None:
@@ -225,6 +252,7 @@ class EventsService:
         db, queue = self._parts()
         try:
             await db.call(queue.prune, self.clock() - self.retention_s)
+            await db.call(self.topics.store.prune, self.clock() - self.retention_s)
         except Exception:
             log.exception("events: pruning finished jobs failed")
 
@@ -236,6 +264,28 @@ class EventsService:
 
     async def schedules(self) -> list[Schedule]:
         return list(self.scheduler.schedules.values())
+
+    # ------------------------------------------------------------ topics
+    async def set_topics(self, namespace: str, function: str, topics: list[str]) -> None:
+        """Make `topics` the function's subscriptions (an empty list removes them). Call
+        after every deploy, traffic change, rollback and removal. BadRequest for a bad name."""
+        await self.topics.set(namespace, function, topics)
+
+    async def publish(
+        self, namespace: str, topic: str, events: Sequence[dict[str, Any]]
+    ) -> list[Published]:
+        """Fan validated CloudEvents out to the topic's subscribers in `namespace`."""
+        published = await self.topics.publish(namespace, topic, events)
+        await self._maybe_prune()
+        return published
+
+    async def publish_from_function(
+        self, namespace: str, function: str, args: Mapping[str, Any]
+    ) -> str:
+        """The rpc `events.publish` (`ctx.publish`) of a worker of `namespace`/`function`."""
+        event_id = await self.topics.publish_from_function(namespace, function, args)
+        await self._maybe_prune()
+        return event_id
 
 
 def check_idempotency_key(key: str) -> None:

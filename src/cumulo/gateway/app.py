@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import cumulo
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
+from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.audit import AuditMiddleware, record_denial
 from cumulo.gateway.auth import AuthMiddleware, principal_of
@@ -102,6 +103,11 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.state.platform = platform
     app.include_router(build_router())
     app.include_router(build_quantum_router(platform.quantum_service, quantum_namespace))
+    app.include_router(
+        build_topics_router(
+            platform.events, max_body_bytes=platform.options.runtime.max_request_bytes
+        )
+    )
     app.include_router(
         build_events_router(
             platform.events,

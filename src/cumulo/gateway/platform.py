@@ -21,6 +21,7 @@ from cumulo.control.bundle import BundleStore
 from cumulo.control.service import ControlPlane, DeployRequest
 from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRequests
 from cumulo.events.service import EventsService
+from cumulo.gateway.calls import ServiceCaller
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.runtime import sandbox
@@ -89,8 +90,17 @@ class Platform:
             self.invoke_for_events,
             config_of=self.function_config,
             load_schedules=self.all_schedules,
+            load_topics=self.control.all_topics,
+            max_event_bytes=options.runtime.max_request_bytes,
         )
         self.control.on_live_change = self.events.set_schedules
+        self.control.on_live_topics = self.events.set_topics
+        # ctx.call: same-namespace calls through self.invoke, with a breaker per target.
+        self.calls = ServiceCaller(
+            lambda ns, name: self.control.routes.get(ns, name),
+            self.invoke,
+            max_body=options.runtime.max_request_bytes,
+        )
         self.started_at = time.time()
         self.ready = False
         self.new_admin_key: str | None = None
@@ -332,6 +342,10 @@ class Platform:
             from cumulo.quantum.sdk import handle_sdk_call
 
             return await handle_sdk_call(await self.quantum_service(), ns, op, args)
+        if op == "call":
+            return await self.calls.handle(spec, invocation_id, args)
+        if op == "events.publish":
+            return await self.events.publish_from_function(ns, fn, args)
         if op == "secrets.get":
             names = [n for n in args.get("names", []) if n in spec.config.secrets]
             values = await store.call(store.secret_values, ns, names)

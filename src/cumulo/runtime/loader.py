@@ -6,6 +6,7 @@ agree on what a handler is, so the rules live here only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
@@ -66,16 +67,42 @@ class UserCodeError(Exception):
         self.user_traceback = user_traceback
 
 
+def _code_roots(code_dir: Path) -> tuple[str, ...]:
+    """Prefixes of the user's own files: the code dir as given (/proc/self/fd/N in an
+    adopted spare) and as resolved (a server path)."""
+    roots = [str(code_dir)]
+    with contextlib.suppress(OSError, RuntimeError):
+        roots.append(str(code_dir.resolve()))
+    return tuple(dict.fromkeys(root.rstrip("/") + "/" for root in roots))
+
+
+def _relative(filename: str, roots: tuple[str, ...]) -> str | None:
+    for root in roots:
+        if filename.startswith(root):
+            return filename[len(root) :]
+    return None
+
+
 def user_traceback(exc: BaseException, code_dir: Path) -> str:
-    """The traceback with platform and importlib frames removed: only the user's lines."""
-    root = str(code_dir.resolve())
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if f.filename.startswith(root) or not f.filename.startswith(_PLATFORM_PATHS)
-    ]
+    """The traceback with platform and importlib frames removed: only the user's lines, their
+    files named relative to the code dir (`boom.py`), never by a server path."""
+    roots = _code_roots(code_dir)
+    frames: list[traceback.FrameSummary] = []
+    for frame in traceback.extract_tb(exc.__traceback__):
+        relative = _relative(frame.filename, roots)
+        if relative is not None:
+            # Load the source line through the real path before the file is renamed.
+            _ = frame.line
+            frame.filename = relative
+        elif frame.filename.startswith(_PLATFORM_PATHS):
+            continue
+        frames.append(frame)
     lines = ["Traceback (most recent call last):\n"] if frames else []
     lines += traceback.format_list(frames)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        relative = _relative(exc.filename, roots)
+        if relative is not None:
+            exc.filename = relative
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)
 

@@ -597,6 +597,8 @@ class VersionPool:
         return {
             "version": self.spec.version,
             "pid": self.zygote.pid if self.zygote else None,
+            # Wall-clock start of the spare this zygote adopted (spares.py); None: new.
+            "prestarted_at": self.zygote.prestarted_at if self.zygote else None,
             "starting": self.starting,
             "queued": len(self.waiters),
             "workers": [w.describe() for w in self.workers if w.alive],

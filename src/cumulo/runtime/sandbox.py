@@ -229,14 +229,18 @@ def _under(path: Path, parent: Path) -> bool:
 def bwrap_argv(
     bwrap: str,
     settings: RuntimeSettings,
-    code_dir: Path,
+    code_dir: Path | None,
     *,
     network: bool,
     tmp_bytes: int,
     drop_uid: bool,
+    extra_caps: tuple[str, ...] = (),
 ) -> list[str]:
-    """The bubblewrap command line (everything before the interpreter) for one zygote."""
-    code_dir = code_dir.resolve()
+    """The bubblewrap command line (everything before the interpreter) for one zygote.
+
+    `code_dir` None: a spare's (spares.py), which binds no code and starts in `/`; the code
+    is mounted later from a detached mount the gateway sends (see `detached_tree`)."""
+    code_dir = code_dir.resolve() if code_dir is not None else None
     argv = [
         bwrap,
         "--die-with-parent",
@@ -258,12 +262,14 @@ def bwrap_argv(
     else:
         # A root gateway: bubblewrap keeps only what the zygote needs to drop to its uid.
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        for cap in extra_caps:
+            argv += ["--cap-add", cap]
     size = str(max(tmp_bytes, 16 * MB))
     argv += ["--dev", "/dev", "--proc", "/proc"]
     argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]  # noqa: S108 - inside the sandbox
     # Empty tmpfs over: /tmp (private, writable), every directory other users cannot
     # traverse that holds something the interpreter needs (/root/.pyenv…), the data dir.
-    needed = [*runtime_paths(settings), code_dir]
+    needed = [*runtime_paths(settings), *([code_dir] if code_dir is not None else [])]
     tmp = Path("/tmp")  # noqa: S108 - the sandbox's private /tmp
     tops: list[Path] = [tmp]
     for path in needed:
@@ -295,7 +301,7 @@ def bwrap_argv(
                 dirs.add(parent)
         argv += ["--ro-bind", str(path), str(path)]
         made.add(path)
-    argv += ["--chdir", str(code_dir), "--"]
+    argv += ["--chdir", str(code_dir or "/"), "--"]
     return argv
 
 
@@ -609,3 +615,82 @@ def reachable_path(path: str, keep: list[int]) -> str:
         keep.append(fd)
         return f"/proc/self/fd/{fd}"
     return path
+
+
+# ---------------------------------------------------------------- mounts for spare zygotes
+# The new mount API; these numbers are the same on every architecture (>= 424 are unified).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+def _syscall(number: int, *args: object) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = int(libc.syscall(number, *args))
+    if rc < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return rc
+
+
+def detached_tree(path: Path) -> int:
+    """A read-only, nosuid, nodev copy of the mount at `path` (a directory), attached
+    nowhere: an fd another mount namespace can attach with `attach_tree` (the code dir of an
+    adopted spare, which reaches nothing above it, exactly like bubblewrap's --ro-bind)."""
+    fd = _syscall(
+        _SYS_OPEN_TREE,
+        _AT_FDCWD,
+        os.fsencode(path),
+        _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE,
+    )
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0, 0, 0)
+        _syscall(
+            _SYS_MOUNT_SETATTR,
+            fd,
+            b"",
+            _AT_EMPTY_PATH | _AT_RECURSIVE,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach_tree(fd: int, target: Path) -> None:
+    """Mount a tree from `detached_tree` at `target`, creating the missing directories
+    (traversable, not listable, like bubblewrap's --dir). Needs CAP_SYS_ADMIN."""
+    for part in [*reversed(target.parents), target]:
+        if not part.exists():
+            os.mkdir(part)
+            # Not through mkdir's mode: the umask would change it.
+            os.chmod(part, 0o711)  # noqa: S103 - traversable only, as bubblewrap's --dir
+    _syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def capabilities_left() -> int:
+    """This process's effective capabilities (CapEff), 0 when none."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0

@@ -26,3 +26,8 @@ class RuntimeSettings:
     isolation: str = "auto"
     # Hidden from every worker (the sandbox mounts an empty tmpfs over it).
     data_dir: Path | None = None
+    # Sandboxed interpreters kept started (cumulo imported, no function yet) for full cold
+    # starts to adopt (spares.py); 0: every zygote is a new interpreter.
+    spare_zygotes: int = 1
+    # The function memory (= /tmp size) spares are started for; others take the old path.
+    spare_memory_mb: int = 256

@@ -8,6 +8,7 @@ Control messages are msgpack maps, one per packet:
 
 gateway → zygote   {op: fork, wid}   {op: kill, pid}   {op: stop}
 zygote → gateway   {op: ready, pid}  {op: error, message, traceback}
+spare → gateway    {op: spare}; then the spec comes with the code dir as a mount fd (spares.py)
 worker → gateway   {op: forked, wid, pid} + the worker's socket as SCM_RIGHTS
 zygote → gateway   {op: exit, pid, code, signal}
 
@@ -215,15 +216,54 @@ def confine(spec: dict[str, Any], code_dir: Path) -> tuple[Path, bytes | None]:
     return code_dir, worker_filter
 
 
+def wait_for_adoption(ctl: socket.socket) -> dict[str, Any]:
+    """A spare (spares.py): announce readiness, block until a gateway hands over a version.
+
+    The spec comes with the function's code dir as a detached read-only mount (this sandbox
+    was built before the function was known); it is attached at the code dir's own path, so
+    paths, the working directory and tracebacks are those of any zygote. The spare still
+    has CAP_SYS_ADMIN for this one mount; the uid drop in `confine` takes every capability."""
+    # `python -m` put the start directory (/) first on sys.path; user code must come from
+    # its own directory only.
+    if sys.path and sys.path[0] in ("", "/"):
+        del sys.path[0]
+    limits.die_with_parent(os.getppid())
+    _send(ctl, {"op": "spare"})
+    data, fds, _flags, _addr = socket.recv_fds(ctl, SPEC_MAX, 1)
+    if not data or not fds:
+        os._exit(0)
+    try:
+        spec: dict[str, Any] = orjson.loads(data)
+        if spec.get("uid") is None:
+            raise OSError(errno.EPERM, "a spare needs a uid to drop to")
+        sandbox.attach_tree(fds[0], Path(spec["code_dir"]))
+    except OSError as exc:
+        _send(ctl, {"op": "error", "message": f"the sandbox could not be set up: {exc}"})
+        os._exit(1)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    return spec
+
+
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]))
-    spec = orjson.loads(ctl.recv(SPEC_MAX))
-    parent = int(spec.get("parent") or 0)
-    limits.die_with_parent(parent if parent > 0 else os.getppid())
+    spare = "--spare" in sys.argv[2:]
+    if spare:
+        spec = wait_for_adoption(ctl)
+    else:
+        spec = orjson.loads(ctl.recv(SPEC_MAX))
+        parent = int(spec.get("parent") or 0)
+        limits.die_with_parent(parent if parent > 0 else os.getppid())
     code_dir = Path(spec["code_dir"])
     os.chdir(code_dir)
     try:
         code_dir, worker_filter = confine(spec, code_dir)
+        if spare and sandbox.capabilities_left():
+            # The mount needed CAP_SYS_ADMIN; user code must never run with it.
+            raise OSError(errno.EPERM, "capabilities left after the uid drop")
     except OSError as exc:
         _send(ctl, {"op": "error", "message": f"the sandbox could not be set up: {exc}"})
         os._exit(1)

@@ -22,12 +22,12 @@ import msgpack
 import orjson
 
 from cumulo.errors import FunctionCrashed
-from cumulo.runtime import sandbox
+from cumulo.runtime import sandbox, spares
 from cumulo.runtime.settings import RuntimeSettings
+from cumulo.runtime.spares import ENV_ALLOWLIST, base_env
 from cumulo.runtime.spec import VersionSpec
 
-# Variables a zygote inherits from the gateway; everything else (keys, tokens) stays behind.
-ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+__all__ = ["ENV_ALLOWLIST", "ExitInfo", "ZygoteHandle", "recv_packet", "zygote_env"]
 
 
 @dataclass(slots=True)
@@ -43,17 +43,7 @@ class ExitInfo:
 
 
 def zygote_env(spec: VersionSpec) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWLIST}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(
-        {
-            "HOME": str(spec.code_dir),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            # glibc reserves 64 MB of address space per thread arena; the memory limit counts it.
-            "MALLOC_ARENA_MAX": "2",
-        }
-    )
+    env = base_env(str(spec.code_dir))
     env.update(spec.config.env)
     return env
 
@@ -104,6 +94,8 @@ class ZygoteHandle:
         self._uid: int | None = None
         self._validate_only = False
         self.validated: list[dict[str, Any]] = []
+        # When the adopted spare was started (time.time()); None: started for this version.
+        self.prestarted_at: float | None = None
 
     async def validate(self) -> list[dict[str, Any]]:
         """Import the bundle in a throwaway zygote (same sandbox, uid and filters as a real
@@ -126,64 +118,87 @@ class ZygoteHandle:
                 f"the sandbox is unavailable ({status.reason}) and isolation is strict",
                 code="sandbox_unavailable",
             )
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # Every packet then carries its sender's pid, translated into our pid namespace.
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         spec = self.spec
         memory = max(spec.config.memory_mb, 16) * MB
         if status.drop_uid:
             self._uid = sandbox.uids.acquire()
-        payload = orjson.dumps(
-            {
-                "parent": 0 if status.sandboxed else os.getpid(),
-                "namespace": spec.namespace,
-                "function": spec.function,
-                "version": spec.version,
-                "code_dir": str(spec.code_dir),
-                "module": spec.module,
-                "attr": spec.attr,
-                "config": spec.config.to_dict(),
-                "max_response": settings.max_response_bytes,
-                "uid": self._uid,
-                "sandboxed": status.sandboxed,
-                "seccomp": status.seccomp,
-                "fsize_bytes": memory,
-                "validate": self._validate_only,
-            }
-        )
-        argv = [settings.python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
-        if status.bwrap is not None:
-            argv = [
-                *sandbox.bwrap_argv(
-                    status.bwrap,
-                    settings,
-                    spec.code_dir,
-                    network=spec.config.network,
-                    tmp_bytes=memory,
-                    drop_uid=status.drop_uid,
-                ),
-                *argv,
-            ]
+        spare_pool = spares.current
+        spare = None
+        tree = -1
+        if (
+            spare_pool is not None
+            and status.sandboxed
+            and status.drop_uid
+            and not spec.config.network
+            and spare_pool.matches(settings, memory, spec.config.env)
+        ):
+            tree = spare_pool.code_tree(spec.code_dir)
+            spare = spare_pool.take() if tree >= 0 else None
+            if spare is None and tree >= 0:
+                os.close(tree)
+        spec_message: dict[str, Any] = {
+            "parent": 0 if status.sandboxed else os.getpid(),
+            "namespace": spec.namespace,
+            "function": spec.function,
+            "version": spec.version,
+            "code_dir": str(spec.code_dir),
+            "module": spec.module,
+            "attr": spec.attr,
+            "config": spec.config.to_dict(),
+            "max_response": settings.max_response_bytes,
+            "uid": self._uid,
+            "sandboxed": status.sandboxed,
+            "seccomp": status.seccomp,
+            "fsize_bytes": memory,
+            "validate": self._validate_only,
+        }
         self._ready = loop.create_future()
-        try:
-            ours.send(payload)
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                pass_fds=[theirs.fileno()],
-                env=zygote_env(spec),
-                cwd=str(spec.code_dir),
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except BaseException:
-            ours.close()
-            self._release_uid()
-            raise
-        finally:
-            theirs.close()
+        if spare is not None:
+            try:
+                self._adopt(spare, spec_message, tree)
+            except BaseException:
+                self._release_uid()
+                raise
+            finally:
+                os.close(tree)
+            ours = spare.ctl
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # Every packet then carries its sender's pid, translated into our pid namespace.
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            argv = [settings.python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
+            if status.bwrap is not None:
+                argv = [
+                    *sandbox.bwrap_argv(
+                        status.bwrap,
+                        settings,
+                        spec.code_dir,
+                        network=spec.config.network,
+                        tmp_bytes=memory,
+                        drop_uid=status.drop_uid,
+                    ),
+                    *argv,
+                ]
+            try:
+                ours.send(orjson.dumps(spec_message))
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    pass_fds=[theirs.fileno()],
+                    env=zygote_env(spec),
+                    cwd=str(spec.code_dir),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except BaseException:
+                ours.close()
+                self._release_uid()
+                raise
+            finally:
+                theirs.close()
+            ours.setblocking(False)
         # Until `ready` names the zygote itself: the launcher (bwrap), our process group.
+        assert self.proc is not None
         self.pid = self.proc.pid
-        ours.setblocking(False)
         self._ctl = ours
         self.alive = True
         loop.add_reader(ours.fileno(), self._on_readable)
@@ -195,6 +210,20 @@ class ZygoteHandle:
                 f"function {spec.function} did not start within "
                 f"{settings.zygote_start_timeout_s:.0f}s",
                 code="start_timeout",
+            ) from None
+
+    def _adopt(self, spare: spares.Spare, spec_message: dict[str, Any], tree: int) -> None:
+        """Hand a spare this version: the spec, its environment and the code dir as a
+        detached read-only mount (the spare's sandbox was built without it)."""
+        self.proc = spare.proc
+        self.prestarted_at = spare.started_at
+        message = {**spec_message, "env": zygote_env(self.spec)}
+        try:
+            socket.send_fds(spare.ctl, [orjson.dumps(message)], [tree])
+        except OSError:
+            spares.kill(spare)
+            raise FunctionCrashed(
+                "a spare zygote could not be adopted", code="zygote_died"
             ) from None
 
     def _on_readable(self) -> None:

@@ -11,7 +11,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cumulo.errors import StateConflict
+import orjson
+
+from cumulo.errors import StateConflict, api_error_for
 
 if TYPE_CHECKING:
     from cumulo.quantum.sdk import QuantumClient
@@ -183,6 +185,56 @@ class Context:
 
             self._quantum = QuantumClient(self._transport.call)
         return self._quantum
+
+    def call(
+        self, name: str, event: Any = None, *, timeout: float | None = None, retries: int = 0
+    ) -> Any:
+        """Invoke another function of this namespace and return its decoded JSON result.
+
+        It runs through the gateway (no HTTP hop) within this invocation's deadline, which
+        the callee sees as its own `ctx.deadline` (or sooner, with `timeout` seconds per
+        try). `retries` more tries follow a transient failure (429, 502, 503, 504) after a
+        jittered exponential backoff. Failures raise the matching `cumulo.ApiError`:
+        `FunctionError` (the callee raised; its type is in `.details["type"]`),
+        `FunctionTimeout`, `FunctionCrashed`, `NotFound`, `TooManyRequests`, and
+        `CircuitOpen` when the target kept failing and is not being called for a while.
+        """
+        try:
+            body = b"" if event is None else orjson.dumps(event)
+        except TypeError as exc:
+            raise TypeError(f"the call's event is not JSON-serializable: {exc}") from None
+        reply = self._transport.call(
+            "call",
+            {
+                "name": name,
+                "event": body,
+                "timeout": timeout,
+                "retries": retries,
+                "deadline": self.deadline,
+            },
+        )
+        error = reply.get("error")
+        if error is not None:
+            raise api_error_for(
+                int(error["status"]), str(error["code"]), str(error["message"]), error["details"]
+            )
+        return orjson.loads(reply["result"])
+
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str | None = None,
+        subject: str | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Publish a CloudEvent to `topic` in this function's namespace; every function there
+        with `@cumulo.on(topic)` gets it once (through the durable queue). Returns the event
+        id. `type` defaults to the topic; JSON `data` (or bytes, sent as data_base64). Give
+        `id` (e.g. derived from `ctx.invocation_id`) to make a retried publish a no-op."""
+        args = {"topic": topic, "data": data, "type": type, "subject": subject, "id": id}
+        return str(self._transport.call("events.publish", args))
 
     @property
     def aws_request_id(self) -> str:

@@ -1,0 +1,538 @@
+"""Topics: CloudEvents 1.0 published to a topic, fanned out to every subscriber of the topic
+in the same namespace through the durable queue.
+
+- A subscription is (namespace, topic, function), taken from the `@cumulo.on` topics of the
+  function's newest live version (the control plane reports them after every deploy, traffic
+  change, rollback and removal, exactly like cron schedules).
+- Publishing one event inserts a dedupe row keyed (namespace, source, id) and one queue job
+  per subscriber in ONE transaction: a crash either delivers to every subscriber or to none,
+  and the same event published again (a client retry) enqueues nothing new.
+- Each job's body is the event in structured JSON form, so a subscriber's handler gets the
+  CloudEvent as its `event`; the job runs, retries and dead-letters like an async invocation.
+
+Events arrive over HTTP (structured, binary or batch mode, see `parse_http`) or from a
+function's `ctx.publish` (see `function_event`); either way `validate_event` checks them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from cumulo.errors import ApiError, BadRequest, PayloadTooLarge
+from cumulo.events.db import DbThread
+from cumulo.events.queue import SOURCE_TOPIC, JobQueue, NewJob, new_job_id
+from cumulo.sdk.on import validate_topic
+from cumulo.sdk.spec import FunctionConfig
+
+SPECVERSION = "1.0"
+REQUIRED = ("specversion", "id", "source", "type")
+OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")
+DATA = ("data", "data_base64")
+TOPIC_EXTENSION = "topic"
+MAX_ATTRIBUTE_LENGTH = 4096
+MAX_TOPICS_PER_FUNCTION = 32
+MAX_BATCH_EVENTS = 1000
+DEFAULT_MAX_EVENT_BYTES = 6 * 1024 * 1024
+
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+_MEDIA_PART = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_MEDIA_PART}/{_MEDIA_PART}\s*(;.*)?", re.DOTALL)
+_INT32 = (-(2**31), 2**31 - 1)
+
+SUBSCRIPTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_subscriptions (
+    namespace TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    function TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (namespace, topic, function)
+);
+CREATE INDEX IF NOT EXISTS event_subscriptions_function
+    ON event_subscriptions (namespace, function);
+CREATE TABLE IF NOT EXISTS event_published (
+    namespace TEXT NOT NULL,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    published_at REAL NOT NULL,
+    PRIMARY KEY (namespace, source, event_id)
+);
+CREATE INDEX IF NOT EXISTS event_published_at ON event_published (published_at);
+"""
+
+
+# ---------------------------------------------------------------- CloudEvents 1.0
+def invalid(message: str, attribute: str | None = None) -> BadRequest:
+    details = {"attribute": attribute} if attribute is not None else None
+    return BadRequest(f"invalid CloudEvent: {message}", code="invalid_event", details=details)
+
+
+def _string(event: Mapping[str, Any], name: str) -> str:
+    value = event[name]
+    if not isinstance(value, str):
+        raise invalid(f"attribute {name!r} must be a string", name)
+    if not value:
+        raise invalid(f"attribute {name!r} must not be empty", name)
+    if len(value) > MAX_ATTRIBUTE_LENGTH:
+        raise invalid(f"attribute {name!r} is longer than {MAX_ATTRIBUTE_LENGTH} characters", name)
+    if not value.isprintable():
+        raise invalid(f"attribute {name!r} holds control characters", name)
+    return value
+
+
+def _uri(event: Mapping[str, Any], name: str) -> str:
+    value = _string(event, name)
+    if any(c.isspace() for c in value):
+        raise invalid(f"attribute {name!r} must be a URI-reference (no spaces)", name)
+    return value
+
+
+def check_time(value: str) -> None:
+    """RFC 3339 (`2026-03-01T10:05:00Z`, `…00.5+01:00`); ValueError otherwise."""
+    if _RFC3339.fullmatch(value) is None:
+        raise ValueError(value)
+    datetime.fromisoformat(value.upper())  # the calendar: month 13 or 25:00 fail here
+
+
+def validate_event(raw: object) -> dict[str, Any]:
+    """A CloudEvents 1.0 event in JSON form, checked; returned with optional attributes that
+    are null dropped (the JSON format treats null as absent). BadRequest naming the first
+    offending attribute otherwise."""
+    if not isinstance(raw, dict):
+        raise invalid("an event must be a JSON object")
+    event: dict[str, Any] = {k: v for k, v in raw.items() if v is not None or k in REQUIRED}
+    for name in REQUIRED:
+        if name not in event:
+            raise invalid(f"attribute {name!r} is required", name)
+    specversion = event["specversion"]
+    if specversion != SPECVERSION:
+        raise invalid(
+            f"specversion must be {SPECVERSION!r}, not {str(specversion)[:40]!r}", "specversion"
+        )
+    _string(event, "id")
+    _uri(event, "source")
+    _string(event, "type")
+    if "subject" in event:
+        _string(event, "subject")
+    if "dataschema" in event:
+        _uri(event, "dataschema")
+    if "datacontenttype" in event:
+        media = _string(event, "datacontenttype")
+        if _MEDIA_TYPE.fullmatch(media) is None:
+            raise invalid(
+                f"datacontenttype {media[:80]!r} is not a media type (type/subtype)",
+                "datacontenttype",
+            )
+    if "time" in event:
+        value = _string(event, "time")
+        try:
+            check_time(value)
+        except ValueError:
+            raise invalid(
+                f"time {value[:80]!r} is not an RFC 3339 timestamp (e.g. 2026-03-01T10:05:00Z)",
+                "time",
+            ) from None
+    if "data" in event and "data_base64" in event:
+        raise invalid("give either data or data_base64, not both", "data_base64")
+    if "data_base64" in event:
+        encoded = event["data_base64"]
+        try:
+            if not isinstance(encoded, str):
+                raise TypeError
+            base64.b64decode(encoded, validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            raise invalid("data_base64 must be a base64 string", "data_base64") from None
+    for name, value in event.items():
+        if name in REQUIRED or name in OPTIONAL or name in DATA:
+            continue
+        if _EXTENSION_NAME.fullmatch(name) is None:
+            raise invalid(
+                f"attribute name {name[:40]!r} is invalid: use 1 to 20 of a-z and 0-9",
+                name[:40],
+            )
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not _INT32[0] <= value <= _INT32[1]:
+                raise invalid(f"extension {name!r} is outside the 32-bit integer range", name)
+            continue
+        if not isinstance(value, str):
+            raise invalid(f"extension {name!r} must be a string, integer or boolean", name)
+        if len(value) > MAX_ATTRIBUTE_LENGTH:
+            raise invalid(f"extension {name!r} is longer than {MAX_ATTRIBUTE_LENGTH}", name)
+    return event
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_media(content_type: str | None) -> bool:
+    media = media_type(content_type)
+    return media == "application/json" or media.endswith("+json")
+
+
+def _load_json(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def parse_structured(body: bytes) -> dict[str, Any]:
+    """Structured mode: the whole body is the event."""
+    return validate_event(_load_json(body, "the event"))
+
+
+def parse_batch(body: bytes) -> list[dict[str, Any]]:
+    """Batch mode: a JSON array of structured events."""
+    events = _load_json(body, "the batch")
+    if not isinstance(events, list):
+        raise BadRequest("a CloudEvents batch must be a JSON array", code="invalid_event")
+    if len(events) > MAX_BATCH_EVENTS:
+        raise BadRequest(
+            f"a batch holds at most {MAX_BATCH_EVENTS} events, not {len(events)}",
+            code="invalid_event",
+        )
+    checked = []
+    for i, raw in enumerate(events):
+        try:
+            checked.append(validate_event(raw))
+        except ApiError as exc:
+            raise BadRequest(
+                f"event {i}: {exc.message}", code=exc.code, details=exc.details
+            ) from None
+    return checked
+
+
+def parse_binary(
+    headers: Iterable[tuple[str, str]], content_type: str | None, body: bytes
+) -> dict[str, Any]:
+    """Binary mode: attributes in `ce-*` headers (percent-encoded), the body is the data and
+    Content-Type its datacontenttype. A JSON body becomes `data`, any other `data_base64`."""
+    event: dict[str, Any] = {}
+    for name, value in headers:
+        lowered = name.lower()
+        if not lowered.startswith("ce-"):
+            continue
+        attribute = lowered[3:]
+        if attribute in DATA:
+            raise invalid(f"header {lowered} is not allowed: the body is the data", attribute)
+        if attribute in event:
+            raise invalid(f"header {lowered} is given twice", attribute)
+        try:
+            event[attribute] = unquote(value, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise invalid(f"header {lowered} is not percent-encoded UTF-8", attribute) from None
+    if content_type:
+        event["datacontenttype"] = content_type
+    if body:
+        if is_json_media(event.get("datacontenttype")):
+            event["data"] = _load_json(body, "the body (datacontenttype JSON)")
+        else:
+            event["data_base64"] = base64.b64encode(body).decode()
+    return validate_event(event)
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+def parse_http(
+    content_type: str | None, headers: Sequence[tuple[str, str]], body: bytes
+) -> tuple[list[dict[str, Any]], bool]:
+    """The events of an HTTP request and whether it was a batch; the mode follows the
+    CloudEvents HTTP binding: the cloudevents media types are structured (or batch) mode,
+    anything with `ce-` headers is binary mode."""
+    media = media_type(content_type)
+    if media == STRUCTURED:
+        return [parse_structured(body)], False
+    if media == BATCH:
+        return parse_batch(body), True
+    if media.startswith("application/cloudevents"):
+        raise UnsupportedMediaType(
+            f"unsupported event format {media!r}: use {STRUCTURED} or {BATCH}"
+        )
+    if not any(name.lower().startswith("ce-") for name, _ in headers):
+        raise UnsupportedMediaType(
+            f"send a CloudEvent: Content-Type {STRUCTURED} (structured mode) or ce-specversion, "
+            "ce-id, ce-source and ce-type headers (binary mode)"
+        )
+    return [parse_binary(headers, content_type, body)], False
+
+
+def with_topic(event: dict[str, Any], topic: str) -> dict[str, Any]:
+    """The event with its `topic` extension set to where it was published."""
+    given = event.get(TOPIC_EXTENSION)
+    if given is None:
+        return {**event, TOPIC_EXTENSION: topic}
+    if given != topic:
+        raise invalid(
+            f"extension 'topic' is {str(given)[:80]!r} but the event is published to {topic!r}",
+            TOPIC_EXTENSION,
+        )
+    return event
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def function_event(
+    namespace: str, function: str, args: Mapping[str, Any], now: float
+) -> dict[str, Any]:
+    """The event `ctx.publish(topic, data, type=, subject=, id=)` sends: its source is the
+    publishing function, which the gateway knows (never an argument)."""
+    for name in ("type", "subject", "id"):
+        value = args.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"publish: {name} must be a string", code="invalid_event")
+    topic = validate_topic(args.get("topic"))
+    event: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": args.get("id") or str(uuid.uuid4()),
+        "source": f"/cumulo/{namespace}/{function}",
+        "type": args.get("type") or topic,
+        "time": rfc3339(now),
+        TOPIC_EXTENSION: topic,
+    }
+    if args.get("subject") is not None:
+        event["subject"] = args["subject"]
+    data = args.get("data")
+    if isinstance(data, bytes | bytearray):
+        event["datacontenttype"] = "application/octet-stream"
+        event["data_base64"] = base64.b64encode(data).decode()
+    elif data is not None:
+        event["datacontenttype"] = "application/json"
+        event["data"] = data
+    return validate_event(event)
+
+
+# ---------------------------------------------------------------- storage
+@dataclass(frozen=True, slots=True)
+class Published:
+    id: str
+    deliveries: int  # jobs enqueued for this publish: one per subscriber, 0 for a duplicate
+    duplicate: bool = False  # (source, id) was published before in the namespace
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    namespace: str
+    topic: str
+    function: str
+
+
+class TopicStore:
+    """Blocking, on the queue's connection and thread (see `JobQueue.transaction`)."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        self._db = queue.connection
+        with queue.transaction():
+            for statement in SUBSCRIPTIONS_SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def set_subscriptions(
+        self, namespace: str, function: str, topics: Iterable[str], now: float
+    ) -> None:
+        """Make `topics` the function's subscriptions ([] removes them all)."""
+        wanted = set(topics)
+        with self.queue.transaction():
+            for (topic,) in self._db.execute(
+                "SELECT topic FROM event_subscriptions WHERE namespace = ? AND function = ?",
+                (namespace, function),
+            ).fetchall():
+                if topic not in wanted:
+                    self._db.execute(
+                        "DELETE FROM event_subscriptions WHERE namespace = ? AND topic = ?"
+                        " AND function = ?",
+                        (namespace, topic, function),
+                    )
+            for topic in wanted:
+                self._db.execute(
+                    "INSERT INTO event_subscriptions (namespace, topic, function, since)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (namespace, topic, function, now),
+                )
+
+    def subscriptions(self, namespace: str | None = None) -> list[Subscription]:
+        rows = self._db.execute(
+            "SELECT namespace, topic, function FROM event_subscriptions"
+            " WHERE ? IS NULL OR namespace = ? ORDER BY namespace, topic, function",
+            (namespace, namespace),
+        ).fetchall()
+        return [Subscription(*row) for row in rows]
+
+    def subscribers(self, namespace: str, topic: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT function FROM event_subscriptions WHERE namespace = ? AND topic = ?"
+            " ORDER BY function",
+            (namespace, topic),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def publish(
+        self,
+        namespace: str,
+        topic: str,
+        events: Sequence[dict[str, Any]],
+        max_attempts: Mapping[str, int],
+        now: float,
+    ) -> list[Published]:
+        """Record each event and enqueue one job per subscriber, all in one transaction.
+        The subscribers are read inside it: a subscription changing meanwhile is either
+        wholly before or wholly after this publish."""
+        default_attempts = FunctionConfig().max_attempts
+        results = []
+        with self.queue.transaction():
+            subscribers = self.subscribers(namespace, topic)
+            for event in events:
+                # The primary key (namespace, source, event_id) is the dedupe: a republished
+                # event (a client retrying after a lost answer) inserts nothing here.
+                inserted = self._db.execute(
+                    "INSERT INTO event_published (namespace, source, event_id, topic,"
+                    " deliveries, published_at) VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (namespace, event["source"], event["id"], topic, len(subscribers), now),
+                ).rowcount
+                if inserted != 1:
+                    results.append(Published(event["id"], 0, duplicate=True))
+                    continue
+                body = orjson.dumps(event)
+                for function in subscribers:
+                    self.queue.insert(
+                        NewJob(
+                            id=new_job_id(now),
+                            namespace=namespace,
+                            function=function,
+                            body=body,
+                            max_attempts=max_attempts.get(function, default_attempts),
+                            source=SOURCE_TOPIC,
+                        ),
+                        now,
+                    )
+                results.append(Published(event["id"], len(subscribers)))
+        return results
+
+    def prune(self, before: float, limit: int = 5000) -> int:
+        """Forget the ids of events published before `before`: past the retention window a
+        republish counts as new (as a job's Idempotency-Key does)."""
+        with self.queue.transaction():
+            return self._db.execute(
+                "DELETE FROM event_published WHERE rowid IN (SELECT rowid FROM event_published"
+                " WHERE published_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+
+
+# ---------------------------------------------------------------- the async side
+MaxAttempts = Callable[[str, str], Awaitable[int]]
+
+
+class Topics:
+    """Subscriptions and publishing on the events service's database thread."""
+
+    def __init__(
+        self,
+        db: DbThread,
+        store: TopicStore,
+        max_attempts: MaxAttempts,
+        *,
+        clock: Callable[[], float],
+        on_enqueue: Callable[[], None] = lambda: None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self.on_enqueue = on_enqueue
+        self.max_event_bytes = max_event_bytes
+
+    async def set(self, namespace: str, function: str, topics: Iterable[str]) -> None:
+        """BadRequest for an invalid topic name or too many topics."""
+        checked = sorted({validate_topic(t) for t in topics})
+        if len(checked) > MAX_TOPICS_PER_FUNCTION:
+            raise BadRequest(
+                f"a function subscribes to at most {MAX_TOPICS_PER_FUNCTION} topics",
+                code="invalid_topic",
+            )
+        await self.db.call(self.store.set_subscriptions, namespace, function, checked, self.clock())
+
+    async def replace_all(self, entries: Iterable[tuple[str, str, list[str]]]) -> list[str]:
+        """Make the stored subscriptions exactly `entries` (start-up: the control plane's view
+        wins). Returns one warning line per function whose topics were refused."""
+        wanted = {(ns, fn): topics for ns, fn, topics in entries}
+        stored = {(s.namespace, s.function) for s in await self.db.call(self.store.subscriptions)}
+        for ns, fn in stored - wanted.keys():
+            await self.db.call(self.store.set_subscriptions, ns, fn, [], self.clock())
+        warnings = []
+        for (ns, fn), topics in wanted.items():
+            try:
+                await self.set(ns, fn, topics)
+            except BadRequest as exc:
+                warnings.append(f"topics of {ns}/{fn} ignored: {exc.message}")
+        return warnings
+
+    async def subscriptions(self, namespace: str) -> dict[str, list[str]]:
+        """topic → its subscribing functions, for one namespace."""
+        found: dict[str, list[str]] = {}
+        for sub in await self.db.call(self.store.subscriptions, namespace):
+            found.setdefault(sub.topic, []).append(sub.function)
+        return found
+
+    async def publish(
+        self, namespace: str, topic: str, events: Sequence[dict[str, Any]]
+    ) -> list[Published]:
+        """Fan validated events out to the topic's subscribers in `namespace`; committed when
+        this returns."""
+        validate_topic(topic)
+        events = [with_topic(event, topic) for event in events]
+        for event in events:
+            try:
+                size = len(orjson.dumps(event))
+            except orjson.JSONEncodeError as exc:  # ctx.publish data, e.g. a map with int keys
+                raise BadRequest(f"the event's data is not JSON-serializable: {exc}") from None
+            if size > self.max_event_bytes:
+                raise PayloadTooLarge(
+                    f"the event is {size} bytes; the limit is {self.max_event_bytes} bytes"
+                )
+        # max_attempts is each subscriber's own setting (read outside the transaction: it
+        # awaits the control plane); the transaction re-reads who subscribes.
+        subscribers = await self.db.call(self.store.subscribers, namespace, topic)
+        attempts = {fn: await self.max_attempts(namespace, fn) for fn in subscribers}
+        results = await self.db.call(
+            self.store.publish, namespace, topic, events, attempts, self.clock()
+        )
+        if any(r.deliveries for r in results):
+            self.on_enqueue()
+        return results
+
+    async def publish_from_function(
+        self, namespace: str, function: str, args: Mapping[str, Any]
+    ) -> str:
+        """`ctx.publish` (rpc `events.publish`): the event id. The namespace and source are
+        the calling worker's, known to the gateway."""
+        event = function_event(namespace, function, args, self.clock())
+        published = await self.publish(namespace, event[TOPIC_EXTENSION], [event])
+        return published[0].id
