@@ -688,6 +688,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
         lines += ["## Observations about the platform", "", *[f"- {o}" for o in obs], ""]
     for key, title in (
         ("auth", "Key authentication overhead (issue 3: with a key ≥ 0.95× without)"),
+        ("app", "A FastAPI app through cumulo vs bare uvicorn (issue 4: ≥ 0.5×)"),
         ("async", "Async invocations (issue 4: ≥ 1,000 jobs/s end to end on SQLite)"),
         ("quantum", "Quantum"),
     ):

@@ -2,7 +2,7 @@
 
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
-                                          #   memory, auth, async, quantum (comma-separated)
+                                          #   memory, auth, app, async, quantum (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
 
@@ -31,7 +31,12 @@ BENCHMARKS: dict[str, Callable[[Options], dict[str, Any]]] = {
     "memory": memory.main,
 }
 # Benchmarks of later issues, each a module with main() -> dict, run after the core ones.
-EXTRAS = {"auth": "bench.auth", "async": "bench.async_bench", "quantum": "bench.quantum_bench"}
+EXTRAS = {
+    "auth": "bench.auth",
+    "app": "bench.app_bench",
+    "async": "bench.async_bench",
+    "quantum": "bench.quantum_bench",
+}
 ALL = [*BENCHMARKS, *EXTRAS]
 
 
