@@ -6,7 +6,7 @@ and metrics are buffered.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from urllib.parse import parse_qsl
 
@@ -19,8 +19,9 @@ from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
+from cumulo.observability.tracing import CURRENT_INVOCATION
 from cumulo.runtime.frames import invocation_frame
-from cumulo.runtime.loader import KIND_ASGI, KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_PROCESS, KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
 from cumulo.security.ratelimit import RateLimiter
 
@@ -72,7 +73,9 @@ def new_invocation_id() -> str:
 
     Time-ordered ids append to the end of the invocations index instead of landing at
     random pages, which keeps recording cheap as the table grows."""
-    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+    # Unguessable ids are not needed (every lookup is scoped to its namespace); a syscall
+    # per request for os.urandom would be.
+    return f"{time.time_ns() // 1000:014x}{random.getrandbits(40):010x}"
 
 
 class InvokeApp:
@@ -80,12 +83,30 @@ class InvokeApp:
         self.platform = platform
         self.limit = platform.options.runtime.max_request_bytes
         self.limiter = RateLimiter()
+        self.tracing = platform.tracing
         self.meta_headers = list(FUNCTION_SECURITY_HEADERS)
         if platform.options.tls:
             self.meta_headers.append(HSTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         invocation_id = new_invocation_id()
+        if self.tracing.enabled:
+            await self._traced(scope, receive, send, invocation_id)
+            return
+        await self._serve(scope, receive, send, invocation_id)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, invocation_id: str) -> None:
+        """`_serve` inside the invocation's `gateway` span (its parent: the request's
+        traceparent); Platform.invoke finds the span through CURRENT_INVOCATION."""
+        span = self.tracing.start_gateway(scope, invocation_id)
+        token = CURRENT_INVOCATION.set(span)
+        try:
+            await self._serve(scope, receive, self.tracing.gateway_send(send, span), invocation_id)
+        finally:
+            CURRENT_INVOCATION.reset(token)
+            span.end()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, invocation_id: str) -> None:
         id_header = (b"x-cumulo-invocation-id", invocation_id.encode())
         try:
             await self._invoke(scope, receive, send, invocation_id, id_header)
@@ -135,13 +156,15 @@ class InvokeApp:
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         headers: dict[str, str] | None = None
         pairs: list[tuple[str, str]] | None = None
-        if spec.kind in (KIND_REQUEST, KIND_ASGI):
+        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS):
             # The platform key is ours: it never reaches user code.
             pairs = [
                 (k.decode("latin-1"), v.decode("latin-1"))
                 for k, v in scope["headers"]
                 if k != b"authorization"
             ]
+            if self.tracing.enabled:
+                pairs = self.tracing.user_headers(pairs)
             headers = dict(pairs)
         elif body:
             try:

@@ -3,11 +3,16 @@ when /metrics is scraped, so keeping them costs the hot path nothing."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from cumulo.runtime.pool import VersionPool
@@ -51,48 +56,71 @@ class PoolCollector(Collector):
         return [workers, zygotes, queue]
 
 
-class Metrics:
-    def __init__(self, pools: Callable[[], Iterable[VersionPool]]) -> None:
-        self.registry = CollectorRegistry()
-        self.invocations = Counter(
-            "cumulo_invocations",
-            "Invocations by function and HTTP status",
-            ["namespace", "function", "status"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "cumulo_invocation_duration_seconds",
-            "Invocation latency seen by the gateway",
-            ["namespace", "function"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.cold_starts = Counter(
-            "cumulo_cold_starts",
-            "Invocations that waited for a new worker",
-            ["namespace", "function"],
-            registry=self.registry,
-        )
-        self.registry.register(PoolCollector(pools))
-        # labels() costs a lock and a dict lookup per call; the hot path reuses children.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+class InvocationStats(Collector):
+    """Invocation counters and the latency histogram, kept as plain numbers.
+
+    Only the gateway's event loop thread writes them, so the hot path needs no locks (the
+    prometheus_client metric classes take one per update); they become metric families
+    when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.cold: dict[tuple[str, str], int] = {}
+        # per function: [bucket counts..., +Inf count], sum of seconds
+        self.buckets: dict[tuple[str, str], list[int]] = {}
+        self.sums: dict[tuple[str, str], float] = {}
 
     def observe(
         self, namespace: str, function: str, status: int, seconds: float, cold: bool
     ) -> None:
         key = (namespace, function, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.invocations.labels(namespace, function, str(status)),
-                self.duration.labels(namespace, function),
-                self.cold_starts.labels(namespace, function),
-            )
-        invocations, duration, cold_starts = children
-        invocations.inc()
-        duration.observe(seconds)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        fn = (namespace, function)
+        counts = self.buckets.get(fn)
+        if counts is None:
+            counts = self.buckets[fn] = [0] * (len(BUCKETS) + 1)
+            self.sums[fn] = 0.0
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sums[fn] += seconds
         if cold:
-            cold_starts.inc()
+            self.cold[fn] = self.cold.get(fn, 0) + 1
+
+    def collect(self) -> Iterable[Metric]:
+        invocations = CounterMetricFamily(
+            "cumulo_invocations",
+            "Invocations by function and HTTP status",
+            labels=["namespace", "function", "status"],
+        )
+        for (ns, fn, status), count in sorted(self.counts.items()):
+            invocations.add_metric([ns, fn, str(status)], count)
+        cold = CounterMetricFamily(
+            "cumulo_cold_starts",
+            "Invocations that waited for a new worker",
+            labels=["namespace", "function"],
+        )
+        for (ns, fn), count in sorted(self.cold.items()):
+            cold.add_metric([ns, fn], count)
+        duration = HistogramMetricFamily(
+            "cumulo_invocation_duration_seconds",
+            "Invocation latency seen by the gateway",
+            labels=["namespace", "function"],
+        )
+        for (ns, fn), counts in sorted(self.buckets.items()):
+            cumulative, running = [], 0
+            for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            duration.add_metric([ns, fn], cumulative, self.sums[(ns, fn)])
+        return [invocations, cold, duration]
+
+
+class Metrics:
+    def __init__(self, pools: Callable[[], Iterable[VersionPool]]) -> None:
+        self.registry = CollectorRegistry()
+        self.stats = InvocationStats()
+        self.registry.register(self.stats)
+        self.registry.register(PoolCollector(pools))
+        self.observe = self.stats.observe
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -479,23 +479,31 @@ class SQLiteStore:
         ]
 
     def append_invocations(self, records: list[InvocationRecord]) -> None:
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO invocations VALUES (?,?,?,?,?,?,?,?,?)",
+        # One JSON parameter that SQLite unpacks itself: binding thousands of rows from
+        # Python holds the GIL row by row and stalls the gateway's event loop; json_each
+        # runs in C with the GIL released.
+        rows = orjson.dumps(
+            [
                 [
-                    (
-                        r.id,
-                        r.namespace,
-                        r.function,
-                        r.version,
-                        r.status,
-                        r.code,
-                        int(r.cold),
-                        r.started_at,
-                        r.duration_ms,
-                    )
-                    for r in records
-                ],
+                    r.id,
+                    r.namespace,
+                    r.function,
+                    r.version,
+                    r.status,
+                    r.code,
+                    int(r.cold),
+                    r.started_at,
+                    r.duration_ms,
+                ]
+                for r in records
+            ]
+        )
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO invocations "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
+                "value ->> 5, value ->> 6, value ->> 7, value ->> 8 FROM json_each(?)",
+                (rows,),
             )
 
     def get_invocation(self, namespace: str, invocation_id: str) -> InvocationRecord | None:
