@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,13 +19,14 @@ from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.audit import AuditMiddleware, record_denial
 from cumulo.gateway.auth import AuthMiddleware, principal_of
+from cumulo.gateway.debug import build_debug_router
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
 from cumulo.gateway.invoke import PREFIX, InvokeApp
 from cumulo.gateway.platform import Platform
 from cumulo.quantum.api import build_router as build_quantum_router
 from cumulo.security.auth import ALL_NAMESPACES
-from cumulo.security.ratelimit import Rate
+from cumulo.security.ratelimit import Rate, RateLimiter
 
 
 def quantum_namespace(request: Request) -> str:
@@ -115,16 +115,34 @@ def build_admin_app(platform: Platform) -> FastAPI:
             max_body_bytes=platform.options.runtime.max_request_bytes,
         )
     )
+    if platform.tracing.memory is not None:
+        app.include_router(build_debug_router(platform.tracing))
     return app
 
 
 class Gateway:
-    """Routes /fn/ straight to the invoke app; everything else to FastAPI."""
+    """The whole gateway: /fn/ goes straight to authentication and the invoke app (the hot
+    path, no other layer); everything else through security headers, the audit trail and
+    authentication to FastAPI. Both share the one AuthMiddleware configuration."""
 
     def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.admin = build_admin_app(platform)
-        self.invoke = InvokeApp(platform)
+        options = platform.options
+        key_rate = Rate.parse(options.key_rate) if options.key_rate else None
+        limiter = RateLimiter()  # one bucket per key, whichever path the key uses
+
+        def auth(app: ASGIApp) -> AuthMiddleware:
+            return AuthMiddleware(
+                app,
+                platform.auth,
+                key_rate,
+                limiter,
+                on_denied=lambda scope, status: record_denial(platform.audit, scope, status),
+            )
+
+        self.invoke = auth(InvokeApp(platform))
+        self.admin = SecurityHeaders(
+            AuditMiddleware(auth(build_admin_app(platform)), platform.audit), tls=options.tls
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
@@ -134,13 +152,4 @@ class Gateway:
 
 
 def create_app(platform: Platform) -> ASGIApp:
-    options = platform.options
-    key_rate = Rate.parse(options.key_rate) if options.key_rate else None
-    authenticated = AuthMiddleware(
-        Gateway(platform),
-        platform.auth,
-        key_rate,
-        on_denied=lambda scope, status: record_denial(platform.audit, scope, status),
-    )
-    app: Any = SecurityHeaders(AuditMiddleware(authenticated, platform.audit), tls=options.tls)
-    return app  # type: ignore[no-any-return]
+    return Gateway(platform)
