@@ -22,7 +22,12 @@ from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from cumulo.observability.tracing import CURRENT_INVOCATION, Tracing, TracingSettings
+from cumulo.observability.tracing import (
+    CURRENT_INVOCATION,
+    Tracing,
+    TracingSettings,
+    make_tracing,
+)
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
 from cumulo.sdk.spec import FunctionConfig
@@ -96,7 +101,7 @@ def main(n: int = 200_000) -> dict[str, Any]:
     off = Tracing()
     off_ns = max(0.0, min(off_path(off, n) for _ in range(3)) - baseline(n))
     # Batched like the otlp exporter, into one that drops: the SDK's cost, not a collector's.
-    on = Tracing(TracingSettings(exporter="console"), exporter=DropExporter())
+    on = make_tracing(TracingSettings(exporter="console"), exporter=DropExporter())
     on_n = max(1000, n // 20)
     on_path(on, on_n // 10)  # warm-up
     on_us = min(on_path(on, on_n) for _ in range(3))

@@ -49,6 +49,10 @@ def run(action: Callable[[], T]) -> T:
     try:
         return action()
     except CumuloError as exc:
+        log = getattr(exc, "details", {}).get("log")
+        if isinstance(log, str) and log:
+            # A failed dependency build: pip's own words say which requirement and why.
+            err.print(log.rstrip(), highlight=False, markup=False, soft_wrap=True)
         fail(str(exc))
         raise AssertionError("unreachable") from exc
 
@@ -108,6 +112,12 @@ def up(
     jwt_namespace_claim: Annotated[
         str, typer.Option(help="Claim naming the token's namespace.")
     ] = "cumulo_namespace",
+    trace_exporter: Annotated[
+        str | None, typer.Option(help="OpenTelemetry spans: none, console, otlp or memory.")
+    ] = None,
+    trace_endpoint: Annotated[
+        str | None, typer.Option(help="OTLP/HTTP traces endpoint (with --trace-exporter otlp).")
+    ] = None,
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
@@ -153,6 +163,8 @@ def up(
         tls_cert=tls_cert,
         tls_key=tls_key,
         jwt=(jwt_issuer, jwt_audience, jwks, jwt_namespace_claim) if jwks else None,
+        trace_exporter=trace_exporter,
+        trace_endpoint=trace_endpoint,
     )
 
 

@@ -6,16 +6,19 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
 from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.platform import Platform, PlatformOptions
+from cumulo.observability.tracing import TracingSettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
-from cumulo.security.jwt import JwtSettings
+
+if TYPE_CHECKING:
+    from cumulo.security.jwt import JwtSettings
 
 
 def serve(
@@ -36,12 +39,17 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     jwt: tuple[str | None, str | None, str, str] | None = None,
+    trace_exporter: str | None = None,
+    trace_endpoint: str | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if tls_cert else "http"
     try:
         jwt_settings = _jwt_settings(jwt)
+        tracing = None  # None: CUMULO_TRACE_EXPORTER / CUMULO_TRACE_ENDPOINT decide
+        if trace_exporter or trace_endpoint:
+            tracing = TracingSettings(exporter=trace_exporter or "otlp", endpoint=trace_endpoint)
     except CumuloError as exc:
         _refuse(exc)
     options = PlatformOptions(
@@ -51,6 +59,7 @@ def serve(
         namespace_concurrency=namespace_concurrency,
         tls=tls_cert is not None,
         jwt=jwt_settings,
+        tracing=tracing,
         runtime=RuntimeSettings(
             idle_timeout_s=idle_timeout,
             zygote_idle_timeout_s=zygote_idle_timeout,
@@ -103,6 +112,8 @@ def _refuse(exc: Exception) -> NoReturn:
 def _jwt_settings(jwt: tuple[str | None, str | None, str, str] | None) -> JwtSettings | None:
     if jwt is None:
         return None
+    from cumulo.security.jwt import JwtSettings
+
     issuer, audience, jwks, namespace_claim = jwt
     return JwtSettings(
         issuer=issuer or "", audience=audience or "", jwks=jwks, namespace_claim=namespace_claim

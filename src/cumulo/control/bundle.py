@@ -26,8 +26,12 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 
 def _files(root: Path) -> list[Path]:
     out = []
+    skip = SKIP_DIRS
+    if (root / "cumulo.toml").is_file():
+        # A process function (any language): its installed packages are part of the code.
+        skip = SKIP_DIRS - {"node_modules"}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith("."))
         for name in sorted(filenames):
             if not name.endswith(SKIP_SUFFIXES):
                 out.append(Path(dirpath) / name)

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cumulo.control.bundle import BundleStore
+from cumulo.control.deps import DependencyBuilder, has_requirements
+from cumulo.control.process import read_manifest
 from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound
+from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
-from cumulo.runtime.loader import KIND_EVENT
+from cumulo.runtime.loader import KIND_EVENT, KIND_PROCESS
+from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.zygote_handle import ZygoteHandle
 from cumulo.sdk.spec import FunctionConfig, validate_name
@@ -52,6 +56,19 @@ def entry_module(code_dir: Path) -> str:
     )
 
 
+def _require_reachable_code(settings: RuntimeSettings) -> None:
+    """Process functions and requirements.txt envs run from the data dir under a private
+    uid: without bubblewrap's bind mounts a root gateway's 0700 data dir is out of its
+    reach (the O_PATH trick of plain zygotes covers neither a command nor a virtualenv)."""
+    status = sandbox.status(settings)
+    if status.drop_uid and not status.sandboxed:
+        raise BadRequest(
+            "process functions and requirements.txt need the bubblewrap sandbox on this "
+            f"platform ({status.reason})",
+            code="sandbox_unavailable",
+        )
+
+
 def split_handler(handler: str) -> tuple[str, str]:
     module, _, attr = handler.rpartition(".")
     if not module or not all(part.isidentifier() for part in [*module.split("."), attr]):
@@ -75,6 +92,8 @@ class ControlPlane:
         self.executor = executor
         self.python = python
         self.routes = RouteCache(self._load_route)
+        # requirements.txt → <data-dir>/envs/<hash>/ (deps.py)
+        self.deps = DependencyBuilder(executor.settings, bundles.code.parent / "envs")
         # Told the cron schedules / the topics of the newest live version whenever `live`
         # moves (deploy, traffic, rollback; [] on removal), so both follow the same version.
         self.on_live_change: LiveChange | None = None
@@ -85,12 +104,34 @@ class ControlPlane:
         if req.name is not None:
             validate_name(req.name)
         sha, code_dir = self.bundles.add(req.bundle)
-        if req.handler:
-            module, attr = split_handler(req.handler)
+        manifest = read_manifest(code_dir)
+        if manifest is not None or has_requirements(code_dir):
+            _require_reachable_code(self.executor.settings)
+        env_hash: str | None = None
+        command: list[str] = []
+        if manifest is not None:
+            # Any-language: nothing to import; the command is checked by read_manifest.
+            if req.name is None and manifest.name is None:
+                raise BadRequest(
+                    "a process function needs a name: add name = ... to cumulo.toml or pass --name",
+                    code="invalid_deploy",
+                )
+            module, command = "", list(manifest.command)
+            chosen: dict[str, Any] = {
+                "name": manifest.name or "",
+                "attr": "",
+                "kind": KIND_PROCESS,
+                "config": manifest.config,
+            }
         else:
-            module, attr = entry_module(code_dir), None
-        handlers = await self._validate(code_dir, module, attr)
-        chosen = self._choose(handlers, req.name, module, attr)
+            if req.handler:
+                module, attr = split_handler(req.handler)
+            else:
+                module, attr = entry_module(code_dir), None
+            env_hash = await self.deps.ensure(code_dir)
+            env_dir = self.deps.env_dir(env_hash) if env_hash else None
+            handlers = await self._validate(code_dir, module, attr, env_dir)
+            chosen = self._choose(handlers, req.name, module, attr)
         name = validate_name(req.name or chosen["name"])
         base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
         config = base.merged({**(req.overrides or {}), "env": req.env or {}})
@@ -106,6 +147,8 @@ class ControlPlane:
                 **config.to_dict(),
                 "schedules": list(chosen.get("schedules", [])),
                 "topics": list(chosen.get("topics", [])),
+                "requirements": env_hash or "",
+                "command": command,
             },
             promote=req.promote,
             now=time.time(),
@@ -115,9 +158,10 @@ class ControlPlane:
         return record
 
     async def _validate(
-        self, code_dir: Path, module: str, attr: str | None
+        self, code_dir: Path, module: str, attr: str | None, env_dir: Path | None = None
     ) -> list[dict[str, Any]]:
-        """Import the bundle in a throwaway zygote, inside the same sandbox functions get."""
+        """Import the bundle in a throwaway zygote, inside the same sandbox functions get
+        (with the version's own virtualenv when it has requirements)."""
         spec = VersionSpec(
             namespace="deploy",
             function="validate",
@@ -127,6 +171,7 @@ class ControlPlane:
             attr=attr or "",
             kind=KIND_EVENT,
             config=FunctionConfig(memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S),
+            env_dir=env_dir,
         )
         settings = replace(self.executor.settings, zygote_start_timeout_s=VALIDATE_TIMEOUT_S)
         handle = ZygoteHandle(spec, settings, lambda *_: None, lambda _: None)
@@ -236,6 +281,7 @@ class ControlPlane:
 
     # ------------------------------------------------------------ routing
     def spec_for(self, record: VersionRecord) -> VersionSpec:
+        env_hash = record.config.get("requirements") or None
         return VersionSpec(
             namespace=record.namespace,
             function=record.function,
@@ -245,6 +291,8 @@ class ControlPlane:
             attr=record.attr,
             kind=record.kind,
             config=FunctionConfig.from_dict(record.config),
+            env_dir=self.deps.env_dir(env_hash) if env_hash else None,
+            command=tuple(record.config.get("command") or ()),
         )
 
     async def _load_route(self, namespace: str, name: str) -> Route | None:
@@ -255,7 +303,12 @@ class ControlPlane:
         for version, weight in sorted(function.traffic.items()):
             record = await self.store.call(self.store.get_version, namespace, name, version)
             if record is not None:
-                weighted.append((self.spec_for(record), weight))
+                spec = self.spec_for(record)
+                if spec.env_dir is not None and not spec.env_dir.is_dir():
+                    # An env deleted since (a wiped envs dir, another interpreter): rebuilt.
+                    env_hash = await self.deps.ensure(spec.code_dir)
+                    spec = replace(spec, env_dir=self.deps.env_dir(env_hash) if env_hash else None)
+                weighted.append((spec, weight))
         return Route.build(weighted) if weighted else None
 
     async def _live_list(self, namespace: str, name: str, key: str) -> list[str]:

@@ -110,7 +110,14 @@ def build_router(
                     f"the request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
         key = request.headers.get("idempotency-key")
-        result = await service.enqueue(namespace, name, body, key)
+        result = await service.enqueue(
+            namespace,
+            name,
+            body,
+            key,
+            traceparent=request.headers.get("traceparent"),
+            tracestate=request.headers.get("tracestate"),
+        )
         headers = {"location": f"/v1/invocations/{result.id}"}
         if not result.created:
             headers["idempotent-replayed"] = "true"

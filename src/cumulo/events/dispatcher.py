@@ -19,6 +19,8 @@ import orjson
 from cumulo.errors import ApiError
 from cumulo.events.db import Batcher, DbThread
 from cumulo.events.queue import DEAD, FAILED, QUEUED, SUCCEEDED, Claimed, JobQueue, Outcome
+from cumulo.events.traces import JobTraces
+from cumulo.observability.tracing import CURRENT_INVOCATION, NO_TRACING, Tracing
 
 log = logging.getLogger("cumulo.events")
 
@@ -115,6 +117,8 @@ class Dispatcher:
         poll_interval_s: float = 0.25,
         job_timeout_s: float = MAX_JOB_S,
         owner: str | None = None,
+        tracing: Tracing | None = None,
+        traces: JobTraces | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -129,6 +133,8 @@ class Dispatcher:
         self.poll_interval_s = poll_interval_s
         self.job_timeout_s = job_timeout_s
         self.owner = owner or new_owner()
+        self.tracing = tracing if tracing is not None else NO_TRACING
+        self.traces = traces
         self.inflight: dict[str, tuple[Claimed, asyncio.Task[None]]] = {}
         self._finisher: Batcher[Outcome, bool] = Batcher(db, self._finish)
         self._wake = asyncio.Event()
@@ -211,7 +217,10 @@ class Dispatcher:
     # ------------------------------------------------------------ one job
     async def _run(self, job: Claimed) -> None:
         try:
-            status, body = await self._attempt(job)
+            if self.tracing.enabled:
+                status, body = await self._attempt_traced(job)
+            else:
+                status, body = await self._attempt(job)
             outcome = outcome_of(job, status, body, self.clock(), self.policy, self.rng)
             if outcome.status == DEAD:
                 log.warning(
@@ -230,6 +239,25 @@ class Dispatcher:
         finally:
             self.inflight.pop(job.id, None)
             self._wake.set()
+
+    async def _attempt_traced(self, job: Claimed) -> tuple[int, bytes]:
+        """`_attempt` inside the job's `async job` span, which continues the trace of the
+        request that enqueued it; Platform.invoke finds the span through CURRENT_INVOCATION."""
+        stored = None
+        if self.traces is not None:
+            try:
+                stored = await self.db.call(self.traces.get, job.id)
+            except Exception:
+                log.exception("events: could not read the trace context of job %s", job.id)
+        span = self.tracing.start_job(job.id, job.attempts, stored, time.time_ns())
+        token = CURRENT_INVOCATION.set(span)
+        status = 500
+        try:
+            status, body = await self._attempt(job)
+            return status, body
+        finally:
+            CURRENT_INVOCATION.reset(token)
+            self.tracing.end_job(span, status)
 
     async def _attempt(self, job: Claimed) -> tuple[int, bytes]:
         try:

@@ -29,6 +29,8 @@ from cumulo.events.queue import (
 )
 from cumulo.events.scheduler import Scheduler
 from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics, TopicStore
+from cumulo.events.traces import JobTraces
+from cumulo.observability.tracing import NO_TRACING, Tracing, traceparent_of
 from cumulo.sdk.spec import FunctionConfig
 
 log = logging.getLogger("cumulo.events")
@@ -65,8 +67,10 @@ class EventsService:
         retry_cap_s: float = 300.0,
         poll_interval_s: float = 0.25,
         retention_s: float = RETENTION_S,
+        tracing: Tracing | None = None,
     ) -> None:
         self.db_path = db_path
+        self.tracing = tracing if tracing is not None else NO_TRACING
         self.invoke = invoke
         self.config_of = config_of
         self.load_schedules = load_schedules
@@ -85,6 +89,7 @@ class EventsService:
         self._scheduler: Scheduler | None = None
         self._topics: Topics | None = None
         self._enqueuer: Batcher[NewJob, Enqueued] | None = None
+        self._traces: JobTraces | None = None
         self._next_prune = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -95,6 +100,8 @@ class EventsService:
         db = self._db = DbThread()
         queue = self._queue = await db.call(JobQueue, self.db_path)
         self._enqueuer = Batcher(db, self._enqueue_batch)
+        if self.tracing.enabled:
+            self._traces = await db.call(JobTraces, queue.connection)
         dispatcher = self._dispatcher = Dispatcher(
             db,
             queue,
@@ -105,6 +112,8 @@ class EventsService:
             lease_s=self.lease_s,
             policy=self.policy,
             poll_interval_s=self.poll_interval_s,
+            tracing=self.tracing,
+            traces=self._traces,
         )
         dead = [
             o for o in await db.call(queue.running_owners) if owner_is_dead(o, dispatcher.owner)
@@ -147,7 +156,7 @@ class EventsService:
         if self._db is not None:
             self._db.close()
         self._db = self._queue = self._dispatcher = self._scheduler = self._enqueuer = None
-        self._topics = None
+        self._topics = self._traces = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -174,10 +183,19 @@ class EventsService:
 
     # ------------------------------------------------------------ async invocations
     async def enqueue(
-        self, namespace: str, function: str, body: bytes, idempotency_key: str | None = None
+        self,
+        namespace: str,
+        function: str,
+        body: bytes,
+        idempotency_key: str | None = None,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Enqueued:
         """Store a job durably (the returned id is committed) and wake the dispatcher.
-        Conflict (409) when the Idempotency-Key was used for a different request."""
+        Conflict (409) when the Idempotency-Key was used for a different request. With
+        tracing on, an `enqueue` span (under the request's `traceparent`) is stored with the
+        job: its attempts continue that trace."""
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         if self._enqueuer is None:
@@ -191,7 +209,12 @@ class EventsService:
             max_attempts=await self._max_attempts(namespace, function),
             idempotency_key=idempotency_key,
         )
-        result = await self._enqueuer.submit(job)
+        if self._traces is None:
+            result = await self._enqueuer.submit(job)
+        else:
+            result = await self._enqueue_traced(
+                job, self._enqueuer, self._traces, traceparent, tracestate
+            )
         if result.conflict:
             raise Conflict(
                 "this Idempotency-Key was already used with a different request",
@@ -201,6 +224,27 @@ class EventsService:
             self.dispatcher.wake()
         await self._maybe_prune()
         return result
+
+    async def _enqueue_traced(
+        self,
+        job: NewJob,
+        enqueuer: Batcher[NewJob, Enqueued],
+        traces: JobTraces,
+        traceparent: str | None,
+        tracestate: str | None,
+    ) -> Enqueued:
+        db, _ = self._parts()
+        span = self.tracing.start_enqueue(
+            job.namespace, job.function, job.id, traceparent, tracestate
+        )
+        try:
+            # Before the job itself: the dispatcher may claim it the moment it is committed.
+            await db.call(traces.put, job.id, traceparent_of(span), tracestate)
+            result = await enqueuer.submit(job)
+            span.set_attribute("cumulo.created", result.created)
+            return result
+        finally:
+            span.end()
 
     def _enqueue_batch(self, jobs: list[NewJob]) -> list[Enqueued]:
         _, queue = self._parts()
@@ -253,6 +297,8 @@ class EventsService:
         try:
             await db.call(queue.prune, self.clock() - self.retention_s)
             await db.call(self.topics.store.prune, self.clock() - self.retention_s)
+            if self._traces is not None:
+                await db.call(self._traces.prune)
         except Exception:
             log.exception("events: pruning finished jobs failed")
 

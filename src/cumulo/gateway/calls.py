@@ -37,6 +37,7 @@ from cumulo.errors import (
     api_error_for,
 )
 from cumulo.gateway.breaker import BreakerConfig, Breakers, BreakerState
+from cumulo.observability.tracing import NO_TRACING, Tracing
 from cumulo.runtime.frames import invocation_frame
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
@@ -107,8 +108,10 @@ class ServiceCaller:
         monotonic: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        tracing: Tracing | None = None,
     ) -> None:
         self._routes = routes
+        self.tracing = tracing if tracing is not None else NO_TRACING
         self._invoke = invoke
         self.breakers = Breakers(breaker or BreakerConfig.from_env(), monotonic)
         self.retry = retry or RetryPolicy()
@@ -139,7 +142,10 @@ class ServiceCaller:
             limit = parent.deadline if parent else self._clock() + caller.config.timeout_s
             deadline = min(claimed, limit) if claimed is not None else limit
             depth = (parent.depth if parent else 0) + 1
-            return {"result": await self.call(ns, deadline, name, body, timeout, retries, depth)}
+            result = await self.call(
+                ns, deadline, name, body, timeout, retries, depth, caller=invocation_id
+            )
+            return {"result": result}
         except ApiError as exc:
             error = {"status": exc.status, "code": exc.code, "message": exc.message}
             return {"error": {**error, "details": exc.details}}
@@ -154,8 +160,11 @@ class ServiceCaller:
         per_try_s: float | None = None,
         retries: int = 0,
         depth: int = 1,
+        *,
+        caller: str = "",
     ) -> bytes:
-        """Invoke `name` in `namespace`; its JSON result, or the ApiError of the last try."""
+        """Invoke `name` in `namespace`; its JSON result, or the ApiError of the last try.
+        `caller` (the calling invocation's id) parents each attempt's `ctx.call` span."""
         if depth > MAX_CALL_DEPTH:
             raise BadRequest(
                 f"call depth {depth} exceeds the limit of {MAX_CALL_DEPTH} nested calls",
@@ -177,7 +186,9 @@ class ServiceCaller:
                     details={"retry_after": round(wait, 3)},
                 )
             try:
-                result = await self._attempt(route.pick(), caller_deadline, per_try_s, body, depth)
+                result = await self._attempt(
+                    route.pick(), caller_deadline, per_try_s, body, depth, caller
+                )
             except ApiError as exc:
                 if exc.code in NOT_THE_TARGETS_FAULT:
                     breaker.abandon()  # no verdict: a half-open probe must not close on it
@@ -206,6 +217,7 @@ class ServiceCaller:
         per_try_s: float | None,
         body: bytes,
         depth: int,
+        caller: str = "",
     ) -> bytes:
         now = self._clock()
         deadline = min(caller_deadline, now + spec.config.timeout_s)
@@ -226,8 +238,25 @@ class ServiceCaller:
         )
         frame["deadline"] = deadline  # the callee's ctx.deadline: the chain's, not its own
         self._lineage[invocation_id] = _Lineage(depth, deadline)
-        task = asyncio.get_running_loop().create_task(self._invoke(spec, frame))
+        if not self.tracing.enabled:
+            task = asyncio.get_running_loop().create_task(self._invoke(spec, frame))
+            task.add_done_callback(lambda _: self._lineage.pop(invocation_id, None))
+            return await self._await_callee(spec, task, remaining)
+        span, context = self.tracing.start_call(caller, spec.function, invocation_id)
+        task = asyncio.get_running_loop().create_task(self._invoke(spec, frame), context=context)
         task.add_done_callback(lambda _: self._lineage.pop(invocation_id, None))
+        error: BaseException | None = None
+        try:
+            return await self._await_callee(spec, task, remaining)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.tracing.end_call(span, error)
+
+    async def _await_callee(
+        self, spec: VersionSpec, task: asyncio.Task[InvokeResult], remaining: float
+    ) -> bytes:
         try:
             result = await asyncio.wait_for(asyncio.shield(task), remaining)
         except TimeoutError:

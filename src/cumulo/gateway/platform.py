@@ -24,6 +24,7 @@ from cumulo.events.service import EventsService
 from cumulo.gateway.calls import ServiceCaller
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
+from cumulo.observability.tracing import TracingSettings, make_tracing
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
 from cumulo.runtime.frames import invocation_frame
@@ -34,7 +35,6 @@ from cumulo.sdk.spec import FunctionConfig
 from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
-from cumulo.security.jwt import JwtSettings, JwtVerifier
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, InvocationRecord, LogRecord
@@ -42,6 +42,7 @@ from cumulo.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from cumulo.quantum.service import QuantumService
+    from cumulo.security.jwt import JwtSettings, JwtVerifier
 
 log = logging.getLogger("cumulo")
 
@@ -59,6 +60,7 @@ class PlatformOptions:
     namespace_concurrency: int = 0  # in-flight invocations per namespace; 0: unlimited
     tls: bool = False
     jwt: JwtSettings | None = None  # accept OIDC bearer tokens besides API keys
+    tracing: TracingSettings | None = None  # None: CUMULO_TRACE_EXPORTER, else off
 
 
 class Platform:
@@ -77,7 +79,12 @@ class Platform:
         self.bundles = BundleStore(data_dir)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
-        self.jwt = JwtVerifier(options.jwt) if options.jwt is not None else None
+        self.jwt: JwtVerifier | None = None
+        if options.jwt is not None:
+            # PyJWT and its RSA/EC backends cost ~10 MB: loaded only when OIDC is on.
+            from cumulo.security.jwt import JwtVerifier
+
+            self.jwt = JwtVerifier(options.jwt)
         self.auth.jwt = self.jwt
         self._jwt_refresher: asyncio.Task[None] | None = None
         self.recorder = Recorder(self.store)
@@ -85,6 +92,7 @@ class Platform:
         self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
         self.metrics = Metrics(lambda: list(self.executor.pools.values()))
         self.quota = ConcurrencyQuota(options.namespace_concurrency)
+        self.tracing = make_tracing(options.tracing or TracingSettings.from_env())
         self.events = EventsService(
             data_dir / "cumulo.db",
             self.invoke_for_events,
@@ -92,6 +100,7 @@ class Platform:
             load_schedules=self.all_schedules,
             load_topics=self.control.all_topics,
             max_event_bytes=options.runtime.max_request_bytes,
+            tracing=self.tracing,
         )
         self.control.on_live_change = self.events.set_schedules
         self.control.on_live_topics = self.events.set_topics
@@ -100,6 +109,7 @@ class Platform:
             lambda ns, name: self.control.routes.get(ns, name),
             self.invoke,
             max_body=options.runtime.max_request_bytes,
+            tracing=self.tracing,
         )
         self.started_at = time.time()
         self.ready = False
@@ -147,6 +157,7 @@ class Platform:
         await self.recorder.stop()
         await self.audit.stop()
         self.store.close()
+        self.tracing.shutdown()
 
     # ------------------------------------------------------------ invocations
     async def invoke(self, spec: VersionSpec, frame: dict[str, Any]) -> InvokeResult:
@@ -160,8 +171,11 @@ class Platform:
         started = time.time()
         t0 = time.perf_counter()
         status, code, cold = 500, "internal", False
+        traced = self.tracing.begin(spec, frame) if self.tracing.enabled else None
         try:
-            result = await self.executor.invoke(spec, frame)
+            result = await self.executor.invoke(
+                spec, frame, traced.timings if traced is not None else None
+            )
             cold = result.cold
             returned = result.http[0] if result.http else 200
             if not 100 <= returned <= 599:
@@ -177,6 +191,8 @@ class Platform:
             raise
         finally:
             self.quota.leave(namespace)
+            if traced is not None:
+                self.tracing.end(traced, status, code, cold)
             elapsed = time.perf_counter() - t0
             self.metrics.observe(namespace, name, status, elapsed, cold)
             self.recorder.invocation(

@@ -7,10 +7,13 @@ import contextlib
 import time
 from typing import Any
 
+from cumulo.runtime.loader import KIND_PROCESS
 from cumulo.runtime.pool import Clock, InvokeResult, LogSink, RpcHandler, VersionPool
+from cumulo.runtime.process_pool import ProcessPool
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import SparePool
 from cumulo.runtime.spec import VersionSpec
+from cumulo.runtime.timings import Timings
 
 
 class LocalExecutor:
@@ -47,12 +50,16 @@ class LocalExecutor:
     def pool_for(self, spec: VersionSpec) -> VersionPool:
         pool = self.pools.get(spec.key)
         if pool is None or pool.closed:
-            pool = VersionPool(spec, self.settings, self._rpc, self._log_sink, self._clock)
+            # A process function (any language) proxies to its command instead of forking.
+            kind = ProcessPool if spec.kind == KIND_PROCESS else VersionPool
+            pool = kind(spec, self.settings, self._rpc, self._log_sink, self._clock)
             self.pools[spec.key] = pool
         return pool
 
-    async def invoke(self, spec: VersionSpec, frame: dict[str, Any]) -> InvokeResult:
-        return await self.pool_for(spec).invoke(frame)
+    async def invoke(
+        self, spec: VersionSpec, frame: dict[str, Any], timings: Timings | None = None
+    ) -> InvokeResult:
+        return await self.pool_for(spec).invoke(frame, timings)
 
     def prewarm(self, spec: VersionSpec) -> None:
         """Start min_instances workers now instead of at the next reaper tick."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cumulo.runtime.loader import KIND_ASGI, KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_PROCESS, KIND_REQUEST
 
 
 def invocation_frame(
@@ -24,8 +24,8 @@ def invocation_frame(
     frame: dict[str, Any] = {"t": "inv", "id": invocation_id}
     if kind == KIND_REQUEST:
         frame["http"] = [method, path, headers or {}, query or {}, body]
-    elif kind == KIND_ASGI:
-        # An app gets header pairs (repeats kept) and the raw query string.
+    elif kind in (KIND_ASGI, KIND_PROCESS):
+        # An app or a process gets header pairs (repeats kept) and the raw query string.
         frame["http"] = [method, path, raw_headers or [], query_string, body]
     elif body:
         frame["ev"] = body

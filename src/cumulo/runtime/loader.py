@@ -34,6 +34,7 @@ KIND_EVENT = "event"  # f(event: dict, ctx)
 KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
 KIND_LAMBDA = "lambda"  # undecorated AWS-style handler(event, context)
 KIND_ASGI = "asgi"  # a whole ASGI application (cumulo.app)
+KIND_PROCESS = "process"  # any-language HTTP server started from a command (cumulo.toml)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from cumulo.errors import (
 )
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
+from cumulo.runtime.timings import Timings
 from cumulo.runtime.wire import FrameProtocol, FrameTooLarge
 from cumulo.runtime.zygote_handle import ExitInfo, ZygoteHandle
 
@@ -129,6 +130,8 @@ class WorkerHandle:
         self.started_at = now
         self.last_used = now
         self.alive = True
+        # (start, ready, zygote started too) in epoch ns: the cold start, for tracing.
+        self.spawned: tuple[int, int, bool] | None = None
         self.doomed_reason: ApiError | None = None
         self.exit_info: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
         self.protocol = FrameProtocol(
@@ -298,13 +301,19 @@ class VersionPool:
         self._ids = itertools.count(1)
 
     # ----------------------------------------------------------------- dispatch
-    async def invoke(self, frame: dict[str, Any]) -> InvokeResult:
+    async def invoke(self, frame: dict[str, Any], timings: Timings | None = None) -> InvokeResult:
+        """Run `frame` on a worker; `timings` (tracing only) learns where the time went."""
+        if timings is not None:
+            timings.wait_start = time.time_ns()
         while True:
-            worker, cold = await self._acquire()
+            worker, cold = await self._acquire(timings)
             try:
-                reply = await self._run_on(worker, frame)
+                reply = await self._run_on(worker, frame, timings)
             except Redispatch:
                 continue
+            if timings is not None:
+                timings.replied = time.time_ns()
+                timings.handler = _reported_times(reply.get("ts"))
             if reply["t"] in ("res", "hdr"):
                 http = reply.get("http")
                 stream = reply.get("stream")
@@ -324,21 +333,34 @@ class VersionPool:
         worker.exiting = True
         self._kill(worker)
 
-    async def _acquire(self) -> tuple[WorkerHandle, bool]:
+    async def _acquire(self, timings: Timings | None = None) -> tuple[WorkerHandle, bool]:
         while True:
             worker, cold = self._pick(), False
             if worker is None:
                 worker, cold = await self._wait_for_worker()
                 worker.reserved -= 1
+                if timings is not None:
+                    timings.waited = True
+                    timings.wait_end = time.time_ns()
+                    if cold:
+                        timings.spawn = worker.spawned
             if worker.alive:
                 return worker, cold
 
-    async def _run_on(self, worker: WorkerHandle, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _run_on(
+        self, worker: WorkerHandle, frame: dict[str, Any], timings: Timings | None = None
+    ) -> dict[str, Any]:
         timeout = self.config.timeout_s
+        if timings is not None:
+            timings.sent = time.time_ns()
         fut, started = worker.send_invoke(frame)
         try:
             if started is not None:
                 await started
+                if timings is not None:
+                    # Queued inside a busy worker (prefetch): that was a wait for it too.
+                    timings.waited = True
+                    timings.wait_end = timings.sent = time.time_ns()
             try:
                 return await _within(fut, timeout)
             except TimeoutError:
@@ -450,6 +472,8 @@ class VersionPool:
         asyncio.get_running_loop().create_task(self._spawn())
 
     async def _spawn(self) -> None:
+        begun = time.time_ns()
+        new_zygote = self.zygote is None or not self.zygote.alive
         try:
             zygote = await self._ensure_zygote()
             pid, sock = await zygote.fork()
@@ -467,6 +491,7 @@ class VersionPool:
         if self.closed or not zygote.alive:
             worker.close()
             return
+        worker.spawned = (begun, time.time_ns(), new_zygote)
         self.workers.append(worker)
         self.by_pid[pid] = worker
         self._hand_new_worker(worker)
@@ -603,6 +628,19 @@ class VersionPool:
             "queued": len(self.waiters),
             "workers": [w.describe() for w in self.workers if w.alive],
         }
+
+
+def _reported_times(value: Any) -> tuple[int, int] | None:
+    """A worker's `ts` = [start_ns, end_ns] of its handler; anything else is ignored (the
+    worker runs user code, so its frames are not trusted to be well-formed)."""
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and value[0] <= value[1]
+    ):
+        return int(value[0]), int(value[1])
+    return None
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

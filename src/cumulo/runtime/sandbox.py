@@ -235,12 +235,18 @@ def bwrap_argv(
     tmp_bytes: int,
     drop_uid: bool,
     extra_caps: tuple[str, ...] = (),
+    ro_paths: tuple[Path, ...] = (),
+    rw_paths: tuple[Path, ...] = (),
 ) -> list[str]:
     """The bubblewrap command line (everything before the interpreter) for one zygote.
 
     `code_dir` None: a spare's (spares.py), which binds no code and starts in `/`; the code
-    is mounted later from a detached mount the gateway sends (see `detached_tree`)."""
+    is mounted later from a detached mount the gateway sends (see `detached_tree`).
+    `ro_paths` are bound back read-only like the code dir (a function's virtualenv, which
+    lives in the hidden data dir); `rw_paths` writable (a dependency build's target, a
+    process function's socket directory)."""
     code_dir = code_dir.resolve() if code_dir is not None else None
+    writable = {p.resolve() for p in rw_paths}
     argv = [
         bwrap,
         "--die-with-parent",
@@ -269,7 +275,12 @@ def bwrap_argv(
     argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]  # noqa: S108 - inside the sandbox
     # Empty tmpfs over: /tmp (private, writable), every directory other users cannot
     # traverse that holds something the interpreter needs (/root/.pyenv…), the data dir.
-    needed = [*runtime_paths(settings), *([code_dir] if code_dir is not None else [])]
+    needed = [
+        *runtime_paths(settings),
+        *([code_dir] if code_dir is not None else []),
+        *(p.resolve() for p in ro_paths),
+        *writable,
+    ]
     tmp = Path("/tmp")  # noqa: S108 - the sandbox's private /tmp
     tops: list[Path] = [tmp]
     for path in needed:
@@ -292,14 +303,14 @@ def bwrap_argv(
     dirs: set[Path] = set()
     for path in sorted(set(needed), key=lambda p: len(p.parts)):
         top = next((t for t in minimal if _under(path, t)), None)
-        if top is None or any(_under(path, m) for m in made):
-            continue
+        if any(_under(path, m) for m in made) or (top is None and path not in writable):
+            continue  # already visible (read-only `/`), unless it must be writable
         for parent in reversed(path.parents):
-            if _under(parent, top) and parent != top and parent not in dirs:
+            if top is not None and _under(parent, top) and parent != top and parent not in dirs:
                 # Intermediate directories in the tmpfs: traversable, not listable.
                 argv += ["--perms", "0711", "--dir", str(parent)]
                 dirs.add(parent)
-        argv += ["--ro-bind", str(path), str(path)]
+        argv += ["--bind" if path in writable else "--ro-bind", str(path), str(path)]
         made.add(path)
     argv += ["--chdir", str(code_dir or "/"), "--"]
     return argv

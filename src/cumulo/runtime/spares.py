@@ -15,9 +15,10 @@ A plain directory fd would not do: `..` from a directory outside the process's r
 up the host's tree (the data dir), and os.getcwd() fails there.
 
 Only a root gateway's zygotes (see `enabled`) of non-network functions whose /tmp size
-equals the spare's (`spare_memory_mb`) and whose environment changes nothing the
-interpreter reads at start-up adopt spares; every other start, and every start while no
-spare is there, takes the ordinary path.
+equals the spare's (`spare_memory_mb`), that run the platform's interpreter (no
+requirements.txt virtualenv) and whose environment changes nothing the interpreter reads
+at start-up adopt spares; every other start, and every start while no spare is there,
+takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -120,10 +121,14 @@ class SparePool:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def matches(self, settings: RuntimeSettings, tmp_bytes: int, env: dict[str, str]) -> bool:
-        """Whether a zygote with these settings, /tmp size and function env may adopt."""
+    def matches(
+        self, settings: RuntimeSettings, tmp_bytes: int, env: dict[str, str], python: str
+    ) -> bool:
+        """Whether a zygote with these settings, /tmp size, function env and interpreter
+        may adopt (a function with its own virtualenv needs its own interpreter)."""
         return (
             self.enabled
+            and python == self.settings.python
             and settings.python == self.settings.python
             and settings.data_dir == self.settings.data_dir
             and settings.isolation == self.settings.isolation

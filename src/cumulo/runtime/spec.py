@@ -18,6 +18,15 @@ class VersionSpec:
     attr: str
     kind: str
     config: FunctionConfig
+    # The version's own virtualenv (control/deps.py), built from its requirements.txt; None:
+    # the platform's interpreter.
+    env_dir: Path | None = None
+    # A process function's command (kind "process", runtime/process_pool.py).
+    command: tuple[str, ...] = ()
+
+    def python(self, default: str) -> str:
+        """The interpreter this version's zygote runs: its virtualenv's, else `default`."""
+        return str(self.env_dir / "bin" / "python") if self.env_dir is not None else default
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -196,6 +196,9 @@ class Worker:
     def invoke(self, message: dict[str, Any]) -> None:
         iid = message["id"]
         self.transport.invocation_id = iid
+        # A traced invocation (the gateway sent a traceparent) gets the handler's own start
+        # and end back in `ts`, for its `handler` span.
+        began = time.time_ns() if "tp" in message else 0
         out_of_memory = False
         try:
             reply = self._run(message)
@@ -220,8 +223,11 @@ class Worker:
                 type(exc).__name__,
                 str(exc),
                 user_traceback(exc, self.meta.code_dir),
+                ts=[began, time.time_ns()] if began else None,
             )
         else:
+            if began:
+                reply["ts"] = [began, time.time_ns()]
             self.transport.send(reply)
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -246,9 +252,18 @@ class Worker:
         tb: str = "",
         *,
         exiting: bool = False,
+        ts: list[int] | None = None,
     ) -> None:
         # `exit` tells the gateway this worker is about to die, so it sends it nothing more.
-        frame = {"t": "err", "id": iid, "code": code, "type": type_name, "message": message}
+        frame: dict[str, Any] = {
+            "t": "err",
+            "id": iid,
+            "code": code,
+            "type": type_name,
+            "message": message,
+        }
+        if ts is not None:
+            frame["ts"] = ts
         self.transport.send({**frame, "tb": tb, "exit": exiting})
 
     def _run(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -265,6 +280,7 @@ class Worker:
             memory_mb=meta.config.memory_mb,
             env=meta.config.env,
             secrets=meta.config.secrets,
+            traceparent=message.get("tp"),
         )
         if handler.kind == KIND_REQUEST:
             method, path, headers, query, body = message["http"]

@@ -130,7 +130,7 @@ class ZygoteHandle:
             and status.sandboxed
             and status.drop_uid
             and not spec.config.network
-            and spare_pool.matches(settings, memory, spec.config.env)
+            and spare_pool.matches(settings, memory, spec.config.env, spec.python(settings.python))
         ):
             tree = spare_pool.code_tree(spec.code_dir)
             spare = spare_pool.take() if tree >= 0 else None
@@ -166,7 +166,8 @@ class ZygoteHandle:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             # Every packet then carries its sender's pid, translated into our pid namespace.
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            argv = [settings.python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
+            python = spec.python(settings.python)
+            argv = [python, "-m", "cumulo.runtime.zygote", str(theirs.fileno())]
             if status.bwrap is not None:
                 argv = [
                     *sandbox.bwrap_argv(
@@ -176,6 +177,8 @@ class ZygoteHandle:
                         network=spec.config.network,
                         tmp_bytes=memory,
                         drop_uid=status.drop_uid,
+                        # Its virtualenv lives in the (hidden) data dir.
+                        ro_paths=(spec.env_dir,) if spec.env_dir is not None else (),
                     ),
                     *argv,
                 ]

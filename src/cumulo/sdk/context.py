@@ -163,8 +163,12 @@ class Context:
         memory_mb: int,
         env: Mapping[str, str],
         secrets: tuple[str, ...] = (),
+        traceparent: str | None = None,
     ) -> None:
         self.invocation_id = invocation_id
+        # W3C trace context of this invocation's span when the platform traces (else None):
+        # pass it to your own OpenTelemetry spans or outgoing HTTP calls as their parent.
+        self.traceparent = traceparent
         self.deadline = deadline
         self.namespace = namespace
         self.function_name = function_name
