@@ -8,7 +8,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -204,7 +204,7 @@ class WorkerHandle:
             if self.alive:
                 self.pool.release(self)
         elif kind == "rpc":
-            asyncio.get_running_loop().create_task(self.pool.handle_rpc(self, message))
+            self.pool.background(self.pool.handle_rpc(self, message))
         elif kind == "log":
             self.pool.handle_log(message)
 
@@ -218,7 +218,7 @@ class WorkerHandle:
             self.zygote.kill_worker(self.pid)
         self.pool.worker_gone(self)
         if self.inflight:
-            asyncio.get_running_loop().create_task(self._fail_inflight())
+            self.pool.background(self._fail_inflight())
 
     async def _fail_inflight(self) -> None:
         error = self.doomed_reason
@@ -294,6 +294,7 @@ class VersionPool:
         self.starting = 0
         self.waiters: deque[asyncio.Future[tuple[WorkerHandle, bool]]] = deque()
         self.cold_starts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         # A version that lost all traffic: serve what arrives, keep nothing warm.
         self.draining = False
@@ -451,6 +452,13 @@ class VersionPool:
         if handed:
             self.cold_starts += 1
 
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the pool holds on to: the event loop keeps only weak
+        references to tasks, and one collected mid-flight would lose a reply or a spawn."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ----------------------------------------------------------------- scaling
     @property
     def inflight(self) -> int:
@@ -469,7 +477,7 @@ class VersionPool:
 
     def _start_worker(self) -> None:
         self.starting += 1
-        asyncio.get_running_loop().create_task(self._spawn())
+        self.background(self._spawn())
 
     async def _spawn(self) -> None:
         begun = time.time_ns()
