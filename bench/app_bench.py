@@ -22,8 +22,7 @@ from bench.common import (
     cumulo_exe,
     free_port,
     http_request,
-    log,
-    median,
+    interleaved_ratio,
     python_exe,
     run_wrk,
 )
@@ -75,32 +74,22 @@ def main(rounds: int = 4, duration_s: float = 8.0) -> dict[str, Any]:
             ours = f"{plat.url}/fn/default/api/orders/7"
             for url, headers in ((ours, plat.auth), (bare_url, {})):
                 run_wrk(url, body=BODY, headers=headers, duration_s=2)  # warm-up
-            cumulo_rps, bare_rps, ratios = [], [], []
-            for r in range(rounds):
-                order = [("cumulo", ours, plat.auth), ("bare", bare_url, {})]
-                if r % 2:
-                    order.reverse()
-                got: dict[str, float] = {}
-                for name, url, headers in order:
-                    res = run_wrk(url, body=BODY, headers=headers, duration_s=duration_s)
-                    if res.error_count:
-                        raise BenchError(f"{name}: {res.error_count} errors")
-                    got[name] = res.rps
-                cumulo_rps.append(got["cumulo"])
-                bare_rps.append(got["bare"])
-                ratios.append(got["cumulo"] / got["bare"])
-                log(
-                    f"app round {r + 1}: cumulo {got['cumulo']:,.0f} req/s, bare {got['bare']:,.0f}"
-                )
+            pair = interleaved_ratio(
+                "app",
+                ("cumulo", ours, plat.auth),
+                ("bare", bare_url, {}),
+                body=BODY,
+                rounds=rounds,
+                duration_s=duration_s,
+            )
     finally:
         bare.stop()
-    ratio = median(ratios)
     return {
-        "cumulo_req_s": median(cumulo_rps),
-        "bare_uvicorn_req_s": median(bare_rps),
-        "ratio_median_of_rounds": ratio,
+        "cumulo_req_s": pair.a_rps,
+        "bare_uvicorn_req_s": pair.b_rps,
+        "ratio_median_of_rounds": pair.ratio,
         "target": ">= 0.50",
-        "pass": ratio >= 0.5,
+        "pass": pair.ratio >= 0.5,
         "rounds": rounds,
         "duration_s": duration_s,
     }

@@ -15,8 +15,7 @@ from bench.common import (
     BenchError,
     Platform,
     cumulo_exe,
-    log,
-    median,
+    interleaved_ratio,
     run_wrk,
 )
 
@@ -37,28 +36,20 @@ def main(rounds: int = 4, duration_s: float = 8.0) -> dict[str, Any]:
             raise BenchError(f"deploy failed: {deployed.stderr.strip()[-400:]}")
         url = f"{plat.url}/fn/default/open"
         run_wrk(url, body=BODY, headers=plat.auth, duration_s=2)  # warm-up
-        keyed, anonymous, ratios = [], [], []
-        for r in range(rounds):
-            pair = [("key", plat.auth), ("anonymous", {})]
-            if r % 2:
-                pair.reverse()
-            got: dict[str, float] = {}
-            for name, headers in pair:
-                res = run_wrk(url, body=BODY, headers=headers, duration_s=duration_s)
-                if res.error_count:
-                    raise BenchError(f"{name}: {res.error_count} errors")
-                got[name] = res.rps
-            keyed.append(got["key"])
-            anonymous.append(got["anonymous"])
-            ratios.append(got["key"] / got["anonymous"])
-            log(f"auth round {r + 1}: key {got['key']:,.0f} req/s, none {got['anonymous']:,.0f}")
-    ratio = median(ratios)
+        pair = interleaved_ratio(
+            "auth",
+            ("key", url, plat.auth),
+            ("anonymous", url, {}),
+            body=BODY,
+            rounds=rounds,
+            duration_s=duration_s,
+        )
     return {
-        "with_key_req_s": median(keyed),
-        "without_key_req_s": median(anonymous),
-        "ratio_median_of_rounds": ratio,
+        "with_key_req_s": pair.a_rps,
+        "without_key_req_s": pair.b_rps,
+        "ratio_median_of_rounds": pair.ratio,
         "target": ">= 0.95",
-        "pass": ratio >= 0.95,
+        "pass": pair.ratio >= 0.95,
         "rounds": rounds,
         "duration_s": duration_s,
     }

@@ -838,3 +838,39 @@ def starlette_server() -> Iterator[tuple[str, Proc]]:
         proc.stop()
         with contextlib.suppress(OSError):
             proc.log_path.unlink()
+
+
+@dataclass
+class PairResult:
+    """Two targets run alternately, round by round: the median of per-round ratios
+    a/b cancels most of the drift of a shared machine."""
+
+    a_rps: float
+    b_rps: float
+    ratio: float
+
+
+def interleaved_ratio(
+    label: str,
+    a: tuple[str, str, Mapping[str, str]],
+    b: tuple[str, str, Mapping[str, str]],
+    *,
+    body: bytes,
+    rounds: int,
+    duration_s: float,
+) -> PairResult:
+    """(name, url, headers) for each side; the order alternates every round."""
+    a_rps, b_rps, ratios = [], [], []
+    for r in range(rounds):
+        order = [a, b] if r % 2 == 0 else [b, a]
+        got: dict[str, float] = {}
+        for name, url, headers in order:
+            res = run_wrk(url, body=body, headers=headers, duration_s=duration_s)
+            if res.error_count:
+                raise BenchError(f"{name}: {res.error_count} errors")
+            got[name] = res.rps
+        a_rps.append(got[a[0]])
+        b_rps.append(got[b[0]])
+        ratios.append(got[a[0]] / got[b[0]])
+        log(f"{label} round {r + 1}: {a[0]} {got[a[0]]:,.0f} req/s, {b[0]} {got[b[0]]:,.0f}")
+    return PairResult(median(a_rps), median(b_rps), median(ratios))
