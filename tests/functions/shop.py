@@ -1,6 +1,7 @@
 """A FastAPI app deployed unchanged as one cumulo function (`cumulo.app`)."""
 
 import asyncio
+import os
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -59,6 +60,12 @@ async def ticks(n: int = 3, gap: float = 0.3) -> StreamingResponse:
             await asyncio.sleep(gap)
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@api.get("/pid")
+async def pid(wait: float = 0.5) -> dict[str, int]:
+    await asyncio.sleep(wait)
+    return {"pid": os.getpid()}
 
 
 @api.get("/boom")
