@@ -121,7 +121,7 @@ class Chaos:
     def enqueue(self, n: int) -> str:
         response = self.http.post(
             f"/async/default/{self.name}",
-            json={"n": n, "sleep": 0.03},
+            json={"n": n, "sleep": 0.08},
             headers={"idempotency-key": f"job-{n}"},
         )
         assert response.status_code == 202, response.text
@@ -155,9 +155,10 @@ def test_chaos_two_sigkills_every_job_completes_exactly_once(
     chaos = Chaos(tmp_path, unique_name)
     try:
         deploy(chaos.running, "once", unique_name)
-        # 4 workers × 30 ms: about 130 jobs/s, slower than the enqueues, so jobs are queued
-        # and running when each SIGKILL lands, most likely inside the 30 ms after a job's
-        # side effect and before its result is recorded.
+        # 4 workers × 80 ms: about 50 jobs/s, far slower than the enqueues even on a loaded
+        # machine (at 30 ms a full-suite run once failed here intermittently), so jobs are
+        # queued and running when each SIGKILL lands, most likely inside the 80 ms after a
+        # job's side effect and before its result is recorded.
         for n in range(JOBS // 2):
             chaos.ids[n] = chaos.enqueue(n)
         before_first = len(chaos.state()["done"])
@@ -182,7 +183,7 @@ def test_chaos_two_sigkills_every_job_completes_exactly_once(
         statuses = {chaos.http.get(f"/v1/invocations/{i}").json()["status"] for i in ids}
         assert statuses == {"succeeded"}
         redelivered = final["runs"] - JOBS
-        # Both kills found workers inside the 30 ms after a side effect (each worker spends
+        # Both kills found workers inside the 80 ms after a side effect (each worker spends
         # almost all its time there): those jobs ran again and were still counted once.
         assert redelivered >= 1
         print(
