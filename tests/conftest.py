@@ -110,7 +110,13 @@ def start_platform(
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 30, "the platform to become ready")
+    try:
+        wait_until(ready, 30, "the platform to become ready")
+    except BaseException:
+        # A platform that never became ready is not in any fixture's list: stop it here.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     saved = json.loads(creds.read_text())
     assert saved["url"].endswith(f":{port}")
     return RunningPlatform(proc, saved["url"], data_dir, saved["api_key"], log_path, verify=verify)
