@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +20,10 @@ from fastapi.responses import JSONResponse
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
+from tests.conftest import free_port, wait_until
 
 T = TypeVar("T")
 MEMORY_CAP = 2 * 2**30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
 def namespace_of(request: Request) -> str:

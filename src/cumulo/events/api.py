@@ -20,10 +20,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from cumulo.errors import BadRequest, NotFound, PayloadTooLarge
+from cumulo.errors import NotFound, PayloadTooLarge
 from cumulo.events.queue import JobView
 from cumulo.events.service import EventsService
 from cumulo.gateway.auth import principal_of
+from cumulo.gateway.errors import require_json
 from cumulo.sdk.spec import validate_name
 
 FunctionExists = Callable[[str, str], Awaitable[bool]]
@@ -103,12 +104,7 @@ def build_router(
             raise NotFound(f"function {name!r} not found", code="function_not_found")
         body = await read_limited(request, max_body_bytes)
         if body and _is_json(request.headers.get("content-type")):
-            try:
-                orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(
-                    f"the request body is not valid JSON: {exc}", code="invalid_json"
-                ) from None
+            require_json(body)
         key = request.headers.get("idempotency-key")
         result = await service.enqueue(
             namespace,

@@ -10,13 +10,12 @@ import random
 import time
 from urllib.parse import parse_qsl
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, TooManyRequests
 from cumulo.gateway.audit import record_denial
 from cumulo.gateway.auth import PRINCIPAL, principal_of
-from cumulo.gateway.errors import internal_error, send_error
+from cumulo.gateway.errors import internal_error, require_json, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
 from cumulo.observability.tracing import CURRENT_INVOCATION
@@ -167,12 +166,7 @@ class InvokeApp:
                 pairs = self.tracing.user_headers(pairs)
             headers = dict(pairs)
         elif body:
-            try:
-                orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(
-                    f"the request body is not valid JSON: {exc}", code="invalid_json"
-                ) from None
+            require_json(body)
         frame = invocation_frame(
             invocation_id,
             spec.kind,
