@@ -17,7 +17,7 @@ from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
 from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
-from cumulo.gateway.audit import AuditMiddleware, record_denial
+from cumulo.gateway.audit import AuditMiddleware
 from cumulo.gateway.auth import AuthMiddleware, principal_of
 from cumulo.gateway.debug import build_debug_router
 from cumulo.gateway.errors import error_headers, internal_error, one_line
@@ -136,12 +136,13 @@ class Gateway:
                 platform.auth,
                 key_rate,
                 limiter,
-                on_denied=lambda scope, status: record_denial(platform.audit, scope, status),
+                on_denied=platform.denied,
             )
 
         self.invoke = auth(InvokeApp(platform))
         self.admin = SecurityHeaders(
-            AuditMiddleware(auth(build_admin_app(platform)), platform.audit), tls=options.tls
+            AuditMiddleware(auth(build_admin_app(platform)), platform.audit, platform.denied),
+            tls=options.tls,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,6 +7,8 @@ metadata only (who, what path, result, from where), never a body.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cumulo.gateway.auth import INVOKE_PREFIX, PRINCIPAL
@@ -20,9 +22,12 @@ AUTH_FAILURES = frozenset({401, 403})
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+    def __init__(
+        self, app: ASGIApp, audit: AuditLog, on_denied: Callable[[Scope, int], None]
+    ) -> None:
         self.app = app
         self.audit = audit
+        self.on_denied = on_denied  # records the denial (and tells its observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(INVOKE_PREFIX):
@@ -45,7 +50,7 @@ class AuditMiddleware:
 
     def _record(self, scope: Scope, status: int) -> None:
         if status in AUTH_FAILURES:
-            record_denial(self.audit, scope, status)
+            self.on_denied(scope, status)
             return
         path: str = scope["path"]
         method: str = scope["method"]
@@ -64,11 +69,15 @@ class AuditMiddleware:
             self.audit.record(namespace, actor, f"{method} {path}", path, result, source, details)
 
 
+def principal_key_id(scope: Scope) -> str | None:
+    principal = scope.get(PRINCIPAL)
+    return principal.key_id if isinstance(principal, Principal) else None
+
+
 def record_denial(audit: AuditLog, scope: Scope, status: int) -> None:
     """An auth failure (401/403), on the one chain "*": an attacker cannot mint chains by
     naming paths."""
-    principal = scope.get(PRINCIPAL)
-    actor = principal.key_id if isinstance(principal, Principal) else None
+    actor = principal_key_id(scope)
     client = scope.get("client")
     details = {"method": scope["method"], "status": status}
     source = client[0] if client else None

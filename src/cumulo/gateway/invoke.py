@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, TooManyRequests
-from cumulo.gateway.audit import record_denial
 from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, require_json, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
@@ -111,7 +110,7 @@ class InvokeApp:
             await self._invoke(scope, receive, send, invocation_id, id_header)
         except ApiError as exc:
             if exc.status in (401, 403):
-                record_denial(self.platform.audit, scope, exc.status)
+                self.platform.denied(scope, exc.status)
             await send_error(send, exc, [*self.meta_headers, id_header])
         except ClientGone:
             return
@@ -178,7 +177,10 @@ class InvokeApp:
             raw_headers=pairs,
             query_string=scope["query_string"].decode("latin-1"),
         )
-        result = await self.platform.invoke(spec, frame)
+        principal = scope.get(PRINCIPAL)
+        result = await self.platform.invoke(
+            spec, frame, key_id=principal.key_id if principal is not None else None
+        )
         await self._respond(send, result, spec.version, id_header)
 
     async def _respond(

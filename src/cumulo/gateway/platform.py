@@ -21,9 +21,11 @@ from cumulo.control.bundle import BundleStore
 from cumulo.control.service import ControlPlane, DeployRequest
 from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRequests
 from cumulo.events.service import EventsService
+from cumulo.gateway.audit import principal_key_id, record_denial
 from cumulo.gateway.calls import ServiceCaller
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
+from cumulo.observability.outcomes import Denial, DenialObserver, Outcome, OutcomeObserver
 from cumulo.observability.tracing import TracingSettings, make_tracing
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
@@ -41,6 +43,8 @@ from cumulo.store.base import ApiKeyRecord, InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
+    from starlette.types import Scope
+
     from cumulo.quantum.service import QuantumService
     from cumulo.security.jwt import JwtSettings, JwtVerifier
 
@@ -111,6 +115,9 @@ class Platform:
             max_body=options.runtime.max_request_bytes,
             tracing=self.tracing,
         )
+        # Every finished invocation and every auth denial, for metering and the AI rooms.
+        self.outcome_observers: list[OutcomeObserver] = []
+        self.denial_observers: list[DenialObserver] = []
         self.started_at = time.time()
         self.ready = False
         self.new_admin_key: str | None = None
@@ -160,7 +167,14 @@ class Platform:
         self.tracing.shutdown()
 
     # ------------------------------------------------------------ invocations
-    async def invoke(self, spec: VersionSpec, frame: dict[str, Any]) -> InvokeResult:
+    async def invoke(
+        self,
+        spec: VersionSpec,
+        frame: dict[str, Any],
+        *,
+        key_id: str | None = None,
+        subject: str | None = None,
+    ) -> InvokeResult:
         """Run one invocation (HTTP, async or scheduled): quota, metrics and its record."""
         namespace, name = spec.namespace, spec.function
         if not self.quota.enter(namespace):
@@ -208,6 +222,37 @@ class Platform:
                     duration_ms=elapsed * 1000,
                 )
             )
+            if self.outcome_observers:
+                outcome = Outcome(
+                    id=frame["id"],
+                    namespace=namespace,
+                    function=name,
+                    version=spec.version,
+                    status=status,
+                    code=code,
+                    cold=cold,
+                    started_at=started,
+                    duration_s=elapsed,
+                    key_id=key_id,
+                    subject=subject,
+                )
+                for observe in self.outcome_observers:
+                    observe(outcome)
+
+    def denied(self, scope: Scope, status: int) -> None:
+        """A 401/403 at the edge: into the audit log and to every denial observer."""
+        record_denial(self.audit, scope, status)
+        if self.denial_observers:
+            client = scope.get("client")
+            denial = Denial(
+                key_id=principal_key_id(scope),
+                source=client[0] if client else None,
+                path=scope.get("path", ""),
+                status=status,
+                at=time.time(),
+            )
+            for observe in self.denial_observers:
+                observe(denial)
 
     async def invoke_for_events(
         self, namespace: str, name: str, body: bytes, invocation_id: str
