@@ -25,7 +25,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e '.[ai]'
 	touch $@
 
 $(DEVSTAMP): pyproject.toml | $(PY)

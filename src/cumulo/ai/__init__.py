@@ -1,0 +1,1 @@
+"""AI: model serving with dynamic batching, embeddings, traffic forecasting, anomalies."""
