@@ -32,6 +32,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from tests.quantum.circuits import BELL, ghz, quantum_volume
 
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
@@ -40,29 +41,6 @@ from cumulo.quantum.service import QuantumService
 T = TypeVar("T")
 SEED = 7
 SHOTS = 1000
-BELL = (
-    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\n'
-    "measure q -> c;\n"
-)
-
-
-def ghz(n: int, *, t_gate: bool = False) -> str:
-    lines = ["OPENQASM 2.0;", 'include "qelib1.inc";', f"qreg q[{n}];", f"creg c[{n}];", "h q[0];"]
-    if t_gate:
-        lines.append("t q[0];")
-    lines += [f"cx q[{i}],q[{i + 1}];" for i in range(n - 1)]
-    lines.append("measure q -> c;")
-    return "\n".join(lines) + "\n"
-
-
-def quantum_volume(n: int, seed: int = 11) -> str:
-    from qiskit import qasm2, transpile
-    from qiskit.circuit.library import quantum_volume as qv
-
-    circuit = qv(n, seed=seed)
-    circuit.measure_all()
-    lowered = transpile(circuit, basis_gates=["u3", "cx"], optimization_level=0, seed_transpiler=1)
-    return str(qasm2.dumps(lowered))
 
 
 class Server:
