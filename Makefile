@@ -6,8 +6,13 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 BENCHSTAMP := $(VENV)/.installed-bench
+# The dashboard (ui/, served at /ui/): built by npm into the package, rebuilt only when its
+# sources change; the built files ship in the wheel, so running needs no Node.js.
+UI_DIST  := src/cumulo/gateway/ui_dist
+UISTAMP  := $(UI_DIST)/.built
+UI_SRC   := $(shell find ui/src -type f 2>/dev/null) $(wildcard ui/*.json ui/*.ts ui/index.html)
 
-.PHONY: run test lint typecheck pytest bench clean sandbox
+.PHONY: run test lint typecheck pytest bench clean sandbox ui
 
 # The worker sandbox uses bubblewrap when it is installed; without root or apt this is a
 # no-op and `cumulo up` runs with process isolation (and says so).
@@ -36,7 +41,14 @@ $(BENCHSTAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[dev,bench]'
 	touch $@ $(STAMP) $(DEVSTAMP)
 
-run: $(STAMP) sandbox
+ui: $(UISTAMP)
+
+$(UISTAMP): $(UI_SRC)
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build) && touch $@; \
+	else echo "note: npm is not installed, so the dashboard (/ui/) is not built: install Node.js >= 20.19 with npm"; fi
+
+run: $(STAMP) $(UISTAMP) sandbox
 	$(VENV)/bin/cumulo up --demo
 
 test: $(DEVSTAMP) sandbox lint typecheck pytest
@@ -48,7 +60,7 @@ lint: $(DEVSTAMP)
 typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(DEVSTAMP)
+pytest: $(DEVSTAMP) $(UISTAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: $(BENCHSTAMP) sandbox

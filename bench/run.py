@@ -36,6 +36,10 @@ EXTRAS = {
     "app": "bench.app_bench",
     "async": "bench.async_bench",
     "quantum": "bench.quantum_bench",
+    "metering": "bench.metering_bench",
+    "batching": "bench.batching_bench",
+    "prewarm": "bench.prewarm_bench",
+    "anomaly": "bench.anomaly_bench",
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 

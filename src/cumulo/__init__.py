@@ -20,6 +20,7 @@ from cumulo.sdk.app import app
 from cumulo.sdk.context import Context, StateItem, local_context
 from cumulo.sdk.decorators import function
 from cumulo.sdk.http import Request, Response
+from cumulo.sdk.model import model
 from cumulo.sdk.on import on
 from cumulo.sdk.schedule import schedule
 from cumulo.sdk.spec import FunctionConfig
@@ -50,6 +51,7 @@ __all__ = [
     "app",
     "function",
     "local_context",
+    "model",
     "on",
     "schedule",
 ]

@@ -144,6 +144,41 @@ class Client:
         except httpx.HTTPError as exc:
             raise TransportError(f"log stream from {self.credentials.url} broke: {exc}") from exc
 
+    def invoke_async(self, name: str, data: Any = None) -> str:
+        """Queue an invocation (POST /async/...); returns its id."""
+        content = b"" if data is None else orjson.dumps(data)
+        return str(self._json("POST", f"/async/{self.namespace}/{name}", content=content)["id"])
+
+    def async_invocation(self, invocation_id: str) -> dict[str, Any]:
+        """An async invocation's status and, once it succeeded, its result."""
+        return dict(self._json("GET", f"/v1/invocations/{invocation_id}"))
+
+    # ------------------------------------------------------------ usage and quotas
+    def usage(
+        self,
+        *,
+        namespace: str | None = None,
+        since: str = "7d",
+        until: str | None = None,
+        by: str = "function",
+    ) -> dict[str, Any]:
+        """GET /v1/usage; namespace None: the key's own (a platform admin key: all, `*`)."""
+        params = {"since": since, "by": by}
+        if namespace is not None:
+            params["namespace"] = namespace
+        if until is not None:
+            params["until"] = until
+        return dict(self._json("GET", "/v1/usage", params=params))
+
+    def quota(self) -> dict[str, Any]:
+        return dict(self._json("GET", self._ns("/quota")))
+
+    def set_quota(
+        self, *, gb_seconds: float | None = None, invocations: int | None = None
+    ) -> dict[str, Any]:
+        body = {"gb_seconds": gb_seconds, "invocations": invocations}
+        return dict(self._json("PUT", self._ns("/quota"), json=body))
+
     # ------------------------------------------------------------ secrets and keys
     def set_secret(self, key: str, value: str) -> None:
         self.request("PUT", self._ns(f"/secrets/{key}"), json={"value": value})

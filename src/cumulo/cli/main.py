@@ -13,7 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cumulo.cli.alerts import register as register_alerts
+from cumulo.cli.privacy import app as privacy_app
+from cumulo.cli.privacy import privacy_settings
+from cumulo.cli.progress import progress, wait_for_invocation
 from cumulo.cli.quantum import app as quantum_app
+from cumulo.cli.usage import register as register_usage
 from cumulo.client import Client
 from cumulo.errors import CumuloError
 from cumulo.security.ratelimit import Rate
@@ -31,6 +36,9 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(quantum_app, name="quantum")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(privacy_app, name="privacy")
+register_usage(app)  # `cumulo usage`, `cumulo quota`
+register_alerts(app)  # `cumulo alerts`
 
 out = Console()
 err = Console(stderr=True)
@@ -100,6 +108,13 @@ def up(
     namespace_concurrency: Annotated[
         int, typer.Option(help="In-flight invocations allowed per namespace (0: no limit).")
     ] = 0,
+    retention: Annotated[
+        str | None, typer.Option(help="Default retention of logs, records and subject data.")
+    ] = None,
+    redact: Annotated[
+        str, typer.Option(help="PII masked in logs: all, or some of email,phone,card,ip,iban,ssn.")
+    ] = "all",
+    no_redact: Annotated[bool, typer.Option("--no-redact", help="Store logs unmasked.")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
     jwt_issuer: Annotated[str | None, typer.Option(help="OIDC issuer (iss) to accept.")] = None,
@@ -118,6 +133,15 @@ def up(
     trace_endpoint: Annotated[
         str | None, typer.Option(help="OTLP/HTTP traces endpoint (with --trace-exporter otlp).")
     ] = None,
+    metering: Annotated[
+        bool, typer.Option("--metering/--no-metering", help="Meter usage, cost and quotas.")
+    ] = True,
+    pricing: Annotated[
+        Path | None, typer.Option(help="TOML price table for `cumulo usage` (default: Lambda's).")
+    ] = None,
+    prewarm: Annotated[
+        bool, typer.Option("--prewarm/--no-prewarm", help="Start workers before predicted load.")
+    ] = True,
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
@@ -160,11 +184,15 @@ def up(
         isolation=isolation,
         key_rate=key_rate,
         namespace_concurrency=namespace_concurrency,
+        privacy=privacy_settings(retention, "none" if no_redact else redact, fail),
         tls_cert=tls_cert,
         tls_key=tls_key,
         jwt=(jwt_issuer, jwt_audience, jwks, jwt_namespace_claim) if jwks else None,
         trace_exporter=trace_exporter,
         trace_endpoint=trace_endpoint,
+        metering=metering,
+        pricing=pricing,
+        prewarm=prewarm,
     )
 
 
@@ -191,12 +219,16 @@ def deploy(
     max_attempts: Annotated[
         int | None, typer.Option(help="Tries for async calls before the dead letters.")
     ] = None,
+    trust_pickle: Annotated[
+        bool | None,
+        typer.Option("--trust-pickle", help="A model may load raw pickle/joblib files."),
+    ] = None,
     namespace: Namespace = "default",
 ) -> None:
     """Deploy a function: a new immutable version, live unless --no-promote."""
     env_map = parse_kv(env or [], "--env")
     c = client(namespace)
-    with err.status(f"deploying {path} …"):
+    with progress(err, f"deploying {path}: uploading, building its environment, validating"):
         result = run(
             lambda: c.deploy(
                 path,
@@ -213,6 +245,7 @@ def deploy(
                 network=network,
                 rate_limit=rate_limit,
                 max_attempts=max_attempts,
+                trust_pickle=trust_pickle,
             )
         )
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())
@@ -227,9 +260,17 @@ def deploy(
 def invoke(
     name: str,
     data: Annotated[str | None, typer.Option("--data", "-d", help="JSON, or @file.")] = None,
+    queued: Annotated[
+        bool, typer.Option("--async", help="Queue it; print the invocation id.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="With --async: wait for the result.")] = (
+        False
+    ),
     namespace: Namespace = "default",
 ) -> None:
     """Invoke a function and print its JSON result."""
+    if wait and not queued:
+        fail("--wait goes with --async")
     payload: Any = None
     if data is not None:
         raw = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
@@ -238,8 +279,32 @@ def invoke(
         except orjson.JSONDecodeError as exc:
             fail(f"--data is not valid JSON: {exc}")
     c = client(namespace)
+    if queued:
+        _invoke_async(c, name, payload, wait)
+        return
     response = run(lambda: c.invoke_raw(name, payload))
     sys.stdout.write(response.text + ("\n" if not response.text.endswith("\n") else ""))
+
+
+def _invoke_async(c: Client, name: str, payload: Any, wait: bool) -> None:
+    invocation_id = run(lambda: c.invoke_async(name, payload))
+    if not wait:
+        sys.stdout.write(invocation_id + "\n")
+        return
+    try:
+        view = run(
+            lambda: wait_for_invocation(
+                lambda: c.async_invocation(invocation_id), invocation_id, err
+            )
+        )
+    except KeyboardInterrupt:
+        fail(f"stopped waiting; invocation {invocation_id} goes on", 130)
+    if view["status"] != "succeeded":
+        fail(f"invocation {invocation_id} {view['status']}: {view.get('error') or 'no result'}")
+    if "result" in view:
+        sys.stdout.write(orjson.dumps(view["result"]).decode() + "\n")
+    else:
+        sys.stdout.write(view.get("result_base64", "") + "\n")
 
 
 @app.command("ls")

@@ -11,8 +11,8 @@ import httpx
 import orjson
 import typer
 from rich.console import Console
-from rich.status import Status
 
+from cumulo.cli.progress import progress
 from cumulo.config import load_credentials
 from cumulo.errors import ConfigError
 
@@ -102,10 +102,11 @@ def _wait(api: _Api, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
         while job["state"] not in TERMINAL:
             job = api.call("GET", path, params={"wait": POLL_S})
         return job
-    with Status(_job_line(job, started), console=err) as status:
+    # A spinner with the job's state on a terminal; nothing otherwise (plain output).
+    with progress(err, _job_line(job, started)) as update:
         while job["state"] not in TERMINAL:
             job = api.call("GET", path, params={"wait": POLL_S})
-            status.update(_job_line(job, started))
+            update(_job_line(job, started))
     return job
 
 

@@ -14,6 +14,7 @@ from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.platform import Platform, PlatformOptions
 from cumulo.observability.tracing import TracingSettings
+from cumulo.privacy.service import PrivacySettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
 
@@ -36,11 +37,15 @@ def serve(
     isolation: str = "auto",
     key_rate: str = "",
     namespace_concurrency: int = 0,
+    privacy: PrivacySettings | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     jwt: tuple[str | None, str | None, str, str] | None = None,
     trace_exporter: str | None = None,
     trace_endpoint: str | None = None,
+    metering: bool = True,
+    pricing: Path | None = None,
+    prewarm: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
@@ -57,9 +62,13 @@ def serve(
         url=f"{scheme}://{url_host}:{port}",
         key_rate=key_rate,
         namespace_concurrency=namespace_concurrency,
+        privacy=privacy or PrivacySettings(),
         tls=tls_cert is not None,
         jwt=jwt_settings,
         tracing=tracing,
+        prewarm=prewarm,
+        metering=metering,
+        pricing=pricing.resolve() if pricing is not None else None,
         runtime=RuntimeSettings(
             idle_timeout_s=idle_timeout,
             zygote_idle_timeout_s=zygote_idle_timeout,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -25,9 +26,12 @@ from cumulo.events.queue import JobView
 from cumulo.events.service import EventsService
 from cumulo.gateway.auth import principal_of
 from cumulo.gateway.errors import require_json
+from cumulo.privacy.http import subject_of
 from cumulo.sdk.spec import validate_name
 
 FunctionExists = Callable[[str, str], Awaitable[bool]]
+SealSubject = Callable[[str, str, str, bytes], Awaitable[bytes]]  # (ns, fn, subject, body)
+OpenSubject = Callable[[str, str, bytes], Awaitable[tuple[str, bytes]]]  # -> (subject, body)
 
 DEFAULT_MAX_BODY = 6 * 1024 * 1024
 MAX_ID_LENGTH = 64
@@ -89,6 +93,8 @@ def build_router(
     function_exists: FunctionExists,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    seal_subject: SealSubject | None = None,
+    open_subject: OpenSubject | None = None,
 ) -> APIRouter:
     router = APIRouter(tags=["async"])
 
@@ -105,6 +111,11 @@ def build_router(
         body = await read_limited(request, max_body_bytes)
         if body and _is_json(request.headers.get("content-type")):
             require_json(body)
+        subject = subject_of(request.scope)
+        if subject is not None and seal_subject is not None:
+            # The body is the data subject's: sealed under its key (export finds it,
+            # erasure shreds it), and the worker's ctx.subject comes back out of it.
+            body = await seal_subject(namespace, name, subject, body)
         key = request.headers.get("idempotency-key")
         result = await service.enqueue(
             namespace,
@@ -128,6 +139,10 @@ def build_router(
         # Another tenant's job answers exactly like a missing one: no existence oracle.
         if view is None or not principal.can_see(view.namespace):
             raise NotFound(f"invocation {invocation_id!r} not found", code="invocation_not_found")
+        if open_subject is not None and view.result is not None and view.result[:3] == b"\xffCJ":
+            # A data subject's job: its result is sealed to the subject (cumulo.privacy).
+            _, result = await open_subject(view.namespace, view.function, view.result)
+            view = dataclasses.replace(view, result=result)
         return _json(view_json(view))
 
     @router.get("/v1/namespaces/{namespace}/dead-letters")

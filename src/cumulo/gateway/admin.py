@@ -36,6 +36,10 @@ class ConfigOverrides(BaseModel):
     public: bool | None = None
     rate_limit: str | None = None
     max_attempts: int | None = None
+    # @cumulo.model only (sdk/model.py)
+    batch_max_size: int | None = None
+    batch_wait_ms: float | None = None
+    trust_pickle: bool | None = None
 
 
 class DeployBody(BaseModel):

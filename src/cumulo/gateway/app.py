@@ -13,17 +13,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import cumulo
+from cumulo.ai import embeddings, kserve
+from cumulo.ai.alerts_api import build_alerts_router
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
 from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.audit import AuditMiddleware
 from cumulo.gateway.auth import AuthMiddleware, principal_of
+from cumulo.gateway.dashboard_api import build_dashboard_router
 from cumulo.gateway.debug import build_debug_router
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
 from cumulo.gateway.invoke import PREFIX, InvokeApp
 from cumulo.gateway.platform import Platform
+from cumulo.gateway.ui import UI_PREFIX, SessionStore, UiApp
+from cumulo.metering.api import build_router as build_metering_router
+from cumulo.privacy.api import build_router as build_privacy_router
 from cumulo.quantum.api import build_router as build_quantum_router
 from cumulo.security.auth import ALL_NAMESPACES
 from cumulo.security.ratelimit import Rate, RateLimiter
@@ -102,7 +108,21 @@ def build_admin_app(platform: Platform) -> FastAPI:
 
     app.state.platform = platform
     app.include_router(build_router())
+    app.include_router(build_dashboard_router())
     app.include_router(build_quantum_router(platform.quantum_service, quantum_namespace))
+    max_body = platform.options.runtime.max_request_bytes
+    app.include_router(
+        kserve.build_router(
+            platform.control.routes,
+            platform.models,
+            quantum_namespace,
+            lambda: platform.ready,
+            max_body,
+        )
+    )
+    app.include_router(embeddings.build_router(platform.models, quantum_namespace, max_body))
+    app.include_router(build_alerts_router(platform.insights.alerts))
+    app.include_router(build_metering_router(lambda: platform.metering))
     app.include_router(
         build_topics_router(
             platform.events, max_body_bytes=platform.options.runtime.max_request_bytes
@@ -113,8 +133,11 @@ def build_admin_app(platform: Platform) -> FastAPI:
             platform.events,
             platform.function_exists,
             max_body_bytes=platform.options.runtime.max_request_bytes,
+            seal_subject=platform.privacy.seal_job,
+            open_subject=platform.privacy.open_job,
         )
     )
+    app.include_router(build_privacy_router(platform.privacy))
     if platform.tracing.memory is not None:
         app.include_router(build_debug_router(platform.tracing))
     return app
@@ -129,6 +152,8 @@ class Gateway:
         options = platform.options
         key_rate = Rate.parse(options.key_rate) if options.key_rate else None
         limiter = RateLimiter()  # one bucket per key, whichever path the key uses
+        # Dashboard logins: a session cookie authenticates like its key (gateway/ui.py).
+        self.sessions = SessionStore(platform.auth)
 
         def auth(app: ASGIApp) -> AuthMiddleware:
             return AuthMiddleware(
@@ -137,6 +162,7 @@ class Gateway:
                 key_rate,
                 limiter,
                 on_denied=platform.denied,
+                sessions=self.sessions,
             )
 
         self.invoke = auth(InvokeApp(platform))
@@ -144,10 +170,15 @@ class Gateway:
             AuditMiddleware(auth(build_admin_app(platform)), platform.audit, platform.denied),
             tls=options.tls,
         )
+        self.ui = SecurityHeaders(
+            UiApp(self.sessions, platform.denied, platform.audit), tls=options.tls
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await self.invoke(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith(UI_PREFIX):
+            await self.ui(scope, receive, send)
         else:
             await self.admin(scope, receive, send)
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cumulo.errors import ApiError, TooManyRequests, Unauthorized
+from cumulo.errors import ApiError, Forbidden, TooManyRequests, Unauthorized
 from cumulo.gateway.errors import send_error
+from cumulo.gateway.ui import SessionStore, csrf_ok, session_cookie
 from cumulo.security.auth import Authenticator, Principal
 from cumulo.security.ratelimit import Rate, RateLimiter
 
@@ -30,8 +31,12 @@ class AuthMiddleware:
         key_rate: Rate | None = None,
         limiter: RateLimiter | None = None,
         on_denied: Callable[[Scope, int], None] | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.app = app
+        # Dashboard sessions (gateway/ui.py): a cookie stands for its key when a request
+        # has no Authorization header.
+        self.sessions = sessions
         # Told of the 401s answered here on invoke paths (the audit middleware skips those).
         self.on_denied = on_denied
         self.authenticator = authenticator
@@ -47,12 +52,25 @@ class AuthMiddleware:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        if authorization is None and scope["path"].startswith(INVOKE_PREFIX):
-            scope[PRINCIPAL] = None  # anonymous: allowed only for public functions
-            await self.app(scope, receive, send)
-            return
+        session = None
+        if authorization is None:
+            # Bearer requests never get here: the hot path pays nothing for cookies.
+            if self.sessions is not None:
+                session = session_cookie(scope["headers"])
+            if session is None and scope["path"].startswith(INVOKE_PREFIX):
+                scope[PRINCIPAL] = None  # anonymous: allowed only for public functions
+                await self.app(scope, receive, send)
+                return
         try:
-            principal = self.authenticator.authenticate(authorization)
+            if session is not None and self.sessions is not None:
+                principal = self.sessions.principal(session)
+                if not csrf_ok(scope):
+                    raise Forbidden(
+                        "a cookie-authenticated request must send X-Cumulo-CSRF: 1",
+                        code="csrf",
+                    )
+            else:
+                principal = self.authenticator.authenticate(authorization)
             if self.key_rate is not None:
                 wait = self.limiter.take(principal.key_id, self.key_rate)
                 if wait > 0:

@@ -19,6 +19,13 @@ API_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 # The Swagger UI at /docs loads its script and styles from a CDN; every other API response
 # is data and may load nothing.
 STRICT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# The dashboard (/ui/, gateway/ui.py): its own bundled files only, no inline script or style.
+UI_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'",
+)
 
 
 class SecurityHeaders:
@@ -30,12 +37,20 @@ class SecurityHeaders:
         extra = [HSTS] if tls else []
         self.headers = [*API_SECURITY_HEADERS, *extra]
         self.strict = [*self.headers, STRICT_CSP]
+        self.ui = [*self.headers, UI_CSP]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.skip_prefix):
             await self.app(scope, receive, send)
             return
-        add = self.headers if scope["path"].startswith("/docs") else self.strict
+        path = scope["path"]
+        add = (
+            self.headers
+            if path.startswith("/docs")
+            else self.ui
+            if path.startswith("/ui")
+            else self.strict
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

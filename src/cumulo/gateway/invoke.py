@@ -18,9 +18,12 @@ from cumulo.gateway.errors import internal_error, require_json, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
 from cumulo.observability.tracing import CURRENT_INVOCATION
+from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import invocation_frame
-from cumulo.runtime.loader import KIND_ASGI, KIND_PROCESS, KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_MODEL, KIND_PROCESS, KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
+from cumulo.runtime.spec import VersionSpec
+from cumulo.security.auth import Principal
 from cumulo.security.ratelimit import RateLimiter
 
 PREFIX = "/fn/"
@@ -149,6 +152,9 @@ class InvokeApp:
                 )
         body = await read_body(scope, receive, self.limit)
         spec = route.pick()
+        if spec.kind == KIND_MODEL:
+            await self._predict(send, spec, body, scope.get(PRINCIPAL))
+            return
         method = scope["method"]
         raw_query = scope["query_string"]
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
@@ -179,18 +185,42 @@ class InvokeApp:
         )
         principal = scope.get(PRINCIPAL)
         result = await self.platform.invoke(
-            spec, frame, key_id=principal.key_id if principal is not None else None
+            spec,
+            frame,
+            key_id=principal.key_id if principal is not None else None,
+            subject=subject_of(scope),
         )
         await self._respond(send, result, spec.version, id_header)
 
+    async def _predict(
+        self, send: Send, spec: VersionSpec, body: bytes, principal: Principal | None
+    ) -> None:
+        """A model takes one JSON instance; it rides in a batch (ai/batching.py) whose
+        invocation id the response carries."""
+        if not body:
+            raise BadRequest("a model takes one JSON instance as the request body")
+        require_json(body)
+        key = principal.key_id if principal is not None else None
+        answer = await self.platform.models.predict(spec, body, key)
+        result = InvokeResult(body=answer.body, http=None, cold=answer.cold, worker_pid=0)
+        batch_id = (b"x-cumulo-invocation-id", answer.invocation_id.encode())
+        size = (b"x-cumulo-batch-size", str(answer.batch_size).encode())
+        await self._respond(send, result, spec.version, batch_id, size)
+
     async def _respond(
-        self, send: Send, result: InvokeResult, version: int, id_header: tuple[bytes, bytes]
+        self,
+        send: Send,
+        result: InvokeResult,
+        version: int,
+        id_header: tuple[bytes, bytes],
+        *extra: tuple[bytes, bytes],
     ) -> None:
         meta = [
             *self.meta_headers,
             id_header,
             (b"x-cumulo-start", b"cold" if result.cold else b"warm"),
             (b"x-cumulo-version", str(version).encode()),
+            *extra,
         ]
         if result.http is not None:
             status, headers, body = result.http

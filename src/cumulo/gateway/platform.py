@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cumulo.ai.batching import ModelBatching
+from cumulo.ai.insight_settings import InsightSettings
+from cumulo.ai.insights import Insights
 from cumulo.config import Credentials, load_credentials, write_credentials
 from cumulo.control.bundle import BundleStore
 from cumulo.control.service import ControlPlane, DeployRequest
@@ -23,10 +26,13 @@ from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRe
 from cumulo.events.service import EventsService
 from cumulo.gateway.audit import principal_key_id, record_denial
 from cumulo.gateway.calls import ServiceCaller
+from cumulo.metering.service import invocation_usage, make_metering
+from cumulo.observability.live_stats import LiveStats
 from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.outcomes import Denial, DenialObserver, Outcome, OutcomeObserver
 from cumulo.observability.tracing import TracingSettings, make_tracing
+from cumulo.privacy.service import PrivacyService, PrivacySettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
 from cumulo.runtime.frames import invocation_frame
@@ -65,6 +71,11 @@ class PlatformOptions:
     tls: bool = False
     jwt: JwtSettings | None = None  # accept OIDC bearer tokens besides API keys
     tracing: TracingSettings | None = None  # None: CUMULO_TRACE_EXPORTER, else off
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)  # docs/privacy.md
+    prewarm: bool = True  # predictive pre-warming (cumulo.ai.prewarm)
+    metering: bool = True  # usage, cost and quotas (docs/metering.md); off: --no-metering
+    pricing: Path | None = None  # a TOML price table; None: Lambda-like prices
+    clock: Callable[[], float] = time.time  # metering's hours and quota months (tests fake it)
 
 
 class Platform:
@@ -92,6 +103,11 @@ class Platform:
         self.auth.jwt = self.jwt
         self._jwt_refresher: asyncio.Task[None] | None = None
         self.recorder = Recorder(self.store)
+        # Data subjects, consent, retention, redaction: the recorder's guard (docs/privacy.md).
+        self.privacy = PrivacyService(
+            self.store, self.encryptor, self.audit, data_dir, options.privacy
+        )
+        self.recorder.guard = self.privacy
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
         self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
         self.metrics = Metrics(lambda: list(self.executor.pools.values()))
@@ -117,7 +133,17 @@ class Platform:
         )
         # Every finished invocation and every auth denial, for metering and the AI rooms.
         self.outcome_observers: list[OutcomeObserver] = []
+        # Per-second stats for the dashboard's live charts (bounded ring buffers).
+        self.live_stats = LiveStats()
+        self.outcome_observers.append(self.live_stats.observe)
         self.denial_observers: list[DenialObserver] = []
+        # Traffic forecasts, pre-warming and anomaly alerts (observers + a sidecar process).
+        self.insights = Insights(self, data_dir, InsightSettings.from_env(prewarm=options.prewarm))
+        self.metering = make_metering(self.store, options) if options.metering else None
+        if self.metering is not None:
+            self.outcome_observers.append(self.metering.observe)
+        # @cumulo.model versions: concurrent requests become one batched invocation.
+        self.models = ModelBatching(self.invoke, self.metrics.registry.register)
         self.started_at = time.time()
         self.ready = False
         self.new_admin_key: str | None = None
@@ -137,8 +163,12 @@ class Platform:
             await self.jwt.refresh()  # ConfigError when the JWKS cannot be read: no start
             self._jwt_refresher = asyncio.get_running_loop().create_task(self.jwt.run())
         await self.recorder.start()
+        await self.privacy.start()
+        if self.metering is not None:
+            await self.metering.start()
         await self.audit.start()
         await self.executor.start()
+        await self.insights.start()
         await self.control.warm_all()
         await self.events.start()
         if (self.quantum_dir / "quantum.db").exists():
@@ -160,7 +190,11 @@ class Platform:
         if self._quantum is not None:
             with contextlib.suppress(BaseException):
                 await (await self._quantum).stop()
+        await self.insights.stop()
         await self.executor.stop()
+        if self.metering is not None:
+            await self.metering.stop()  # every finished invocation is metered by now
+        await self.privacy.stop()
         await self.recorder.stop()
         await self.audit.stop()
         self.store.close()
@@ -177,6 +211,10 @@ class Platform:
     ) -> InvokeResult:
         """Run one invocation (HTTP, async or scheduled): quota, metrics and its record."""
         namespace, name = spec.namespace, spec.function
+        if subject is not None or spec.config.requires_consent:
+            self.privacy.enter(spec, frame, subject)  # 403 consent_required; ctx.subject
+        if self.metering is not None:
+            self.metering.admit(namespace)  # 429 quota_exceeded past a monthly quota
         if not self.quota.enter(namespace):
             raise TooManyRequests(
                 f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
@@ -185,6 +223,7 @@ class Platform:
         started = time.time()
         t0 = time.perf_counter()
         status, code, cold = 500, "internal", False
+        body_out: bytes | None = None
         traced = self.tracing.begin(spec, frame) if self.tracing.enabled else None
         try:
             result = await self.executor.invoke(
@@ -199,6 +238,7 @@ class Platform:
                     status=502,
                 )
             status, code = returned, "ok"
+            body_out = result.body if result.http is None else result.http[2]
             return result
         except ApiError as exc:
             status, code = exc.status, exc.code
@@ -223,6 +263,7 @@ class Platform:
                 )
             )
             if self.outcome_observers:
+                cpu_s, rss_mb, bytes_in, bytes_out = invocation_usage(frame, body_out)
                 outcome = Outcome(
                     id=frame["id"],
                     namespace=namespace,
@@ -235,6 +276,11 @@ class Platform:
                     duration_s=elapsed,
                     key_id=key_id,
                     subject=subject,
+                    cpu_s=cpu_s,
+                    peak_rss_mb=rss_mb,
+                    memory_mb=spec.config.memory_mb,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
                 )
                 for observe in self.outcome_observers:
                     observe(outcome)
@@ -262,10 +308,15 @@ class Platform:
         if route is None:
             raise NotFound(f"function {name!r} not found", code="function_not_found")
         spec = route.pick()
-        result = await self.invoke(spec, invocation_frame(invocation_id, spec.kind, body=body))
-        if result.http is not None:
-            return result.http[0], result.http[2]
-        return 200, result.body or b""
+        subject = None
+        if self.privacy.is_subject_job(body):  # sealed to its data subject at enqueue
+            subject, body = await self.privacy.open_job(namespace, name, body)
+        frame = invocation_frame(invocation_id, spec.kind, body=body)
+        result = await self.invoke(spec, frame, subject=subject)
+        status, out = (result.http[0], result.http[2]) if result.http else (200, result.body or b"")
+        if subject is not None:  # the stored result is the subject's too
+            out = await self.privacy.seal_job(namespace, name, subject, out)
+        return status, out
 
     async def function_exists(self, namespace: str, name: str) -> bool:
         return await self.control.routes.get(namespace, name) is not None
@@ -399,6 +450,12 @@ class Platform:
             if not isinstance(prefix, str) or not isinstance(limit, int) or not 0 < limit <= 10000:
                 raise BadRequest("list takes a string prefix and a limit from 1 to 10000")
             return await store.call(store.state_list, ns, fn, prefix, limit)
+        if op.startswith("ai."):
+            from cumulo.ai.rpc import handle_ai_call
+
+            return await handle_ai_call(self, ns, op, args)
+        if op.startswith("privacy."):
+            return await self.privacy.handle_rpc(spec, op, args)
         if op.startswith("quantum."):
             from cumulo.quantum.sdk import handle_sdk_call
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from cumulo.store.base import InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
@@ -13,6 +14,15 @@ from cumulo.store.sqlite import SQLiteStore
 FLUSH_INTERVAL_S = 0.2
 MAX_BUFFER = 50_000
 FOLLOWER_QUEUE = 1000
+
+
+class LogGuard(Protocol):
+    """The privacy room (cumulo.privacy.service): redacts lines before they are stored or
+    followed, and keeps a data subject's lines (None) for its own sealed storage."""
+
+    def log(self, record: LogRecord) -> LogRecord | None: ...
+
+    def invocation(self, record: InvocationRecord) -> None: ...
 
 
 class Recorder:
@@ -24,6 +34,7 @@ class Recorder:
         self._followers: dict[tuple[str, str], set[asyncio.Queue[LogRecord]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.guard: LogGuard | None = None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -36,6 +47,11 @@ class Recorder:
         await self.flush()
 
     def log(self, record: LogRecord) -> None:
+        if self.guard is not None:
+            guarded = self.guard.log(record)
+            if guarded is None:
+                return
+            record = guarded
         if len(self._logs) < MAX_BUFFER:
             self._logs.append(record)
         else:
@@ -45,6 +61,8 @@ class Recorder:
                 queue.put_nowait(record)
 
     def invocation(self, record: InvocationRecord) -> None:
+        if self.guard is not None:
+            self.guard.invocation(record)
         if len(self._invocations) < MAX_BUFFER:
             self._invocations.append(record)
         else:

@@ -26,6 +26,12 @@ class Outcome:
     duration_s: float  # wall time in the gateway, queueing included
     key_id: str | None = None  # the API key (or JWT subject key) that invoked; None: internal
     subject: str | None = None  # the data subject the invocation acted for (privacy)
+    # Metering: what the invocation used (0 where the runtime cannot measure it).
+    cpu_s: float = 0.0  # the handler's CPU time, as its worker measured it
+    peak_rss_mb: float = 0.0  # the worker's peak resident memory so far
+    memory_mb: int = 0  # reserved: the function's configured memory_mb
+    bytes_in: int = 0  # request body
+    bytes_out: int = 0  # response body (0 for a streamed response)
 
 
 @dataclass(slots=True)

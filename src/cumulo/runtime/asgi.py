@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ class AsgiRunner:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="asgi", daemon=True)
         self._lifespan_done: asyncio.Future[None] | None = None
+        self._cpu_mark = time.process_time()
 
     def start(self) -> None:
         self._thread.start()
@@ -122,12 +125,15 @@ class AsgiRunner:
             if not streaming and not more:
                 if size > self.max_body:
                     raise ResponseTooLarge(size, self.max_body)
-                self.send_frame({"t": "res", "id": iid, "http": [status, pairs, chunk]})
+                self.send_frame(
+                    {"t": "res", "id": iid, "http": [status, pairs, chunk], "u": self._usage()}
+                )
                 done.set()
                 return
             if not streaming:
                 streaming = True
-                self.send_frame({"t": "hdr", "id": iid, "http": [status, pairs, b""]})
+                frame = {"t": "hdr", "id": iid, "http": [status, pairs, b""], "u": self._usage()}
+                self.send_frame(frame)
             if chunk:
                 self.send_frame({"t": "chunk", "id": iid, "data": chunk})
             if not more:
@@ -155,7 +161,16 @@ class AsgiRunner:
     def _fail(self, iid: str, code: str, type_name: str, message: str, tb: str) -> None:
         with contextlib.suppress(OSError):
             frame = {"t": "err", "id": iid, "code": code, "type": type_name, "message": message}
-            self.send_frame({**frame, "tb": tb})
+            self.send_frame({**frame, "tb": tb, "u": self._usage()})
+
+    def _usage(self) -> list[float]:
+        """[process CPU seconds since the previous reply, peak RSS in KB], for metering.
+        The app's requests share one event loop, so no per-request CPU clock exists: CPU is
+        billed reply by reply. Totals are exact; with overlapping requests one request's
+        share may land on its neighbour, and a stream's body on the worker's next reply."""
+        now = time.process_time()
+        used, self._cpu_mark = now - self._cpu_mark, now
+        return [used, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
 
 
 class ResponseTooLarge(Exception):

@@ -68,6 +68,12 @@ class LocalExecutor:
             pool.draining = False
             pool.tick()
 
+    def prewarm_floor(self, spec: VersionSpec, workers: int, hold_s: float) -> int:
+        """Predicted load (cumulo.ai.prewarm): hold `workers` warm for `hold_s` seconds."""
+        if spec.kind == KIND_PROCESS:
+            return 0  # a process function proxies to its own command: nothing to fork
+        return self.pool_for(spec).prewarm(workers, self._clock() + hold_s)
+
     async def retire(self, namespace: str, function: str, keep: set[int] | None = None) -> None:
         """Stop the pools of a function's versions, except those in `keep`."""
         doomed = [

@@ -35,6 +35,7 @@ KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
 KIND_LAMBDA = "lambda"  # undecorated AWS-style handler(event, context)
 KIND_ASGI = "asgi"  # a whole ASGI application (cumulo.app)
 KIND_PROCESS = "process"  # any-language HTTP server started from a command (cumulo.toml)
+KIND_MODEL = "model"  # a @cumulo.model class: load() in the zygote, predict(batch) per frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +156,17 @@ def found(module: Any, attr: str) -> FoundHandler:
     if not callable(obj):
         raise UserCodeError(f"{module.__name__}.{attr} is not callable", "")
     spec = spec_of(obj)
-    if spec is None or not spec.asgi:
+    if spec is None or not (spec.asgi or spec.model):
         _check_arity(obj, attr)
     name = (spec.name if spec else None) or default_name(attr)
+    if spec is not None and spec.model:
+        kind = KIND_MODEL
+    else:
+        kind = KIND_ASGI if spec is not None and spec.asgi else classify(obj, spec is not None)
     return FoundHandler(
         attr=attr,
         name=name,
-        kind=KIND_ASGI if spec is not None and spec.asgi else classify(obj, spec is not None),
+        kind=kind,
         is_async=inspect.iscoroutinefunction(obj),
         config=spec.config if spec else None,
         func=obj,

@@ -300,6 +300,9 @@ class VersionPool:
         self.draining = False
         self.prefetch = settings.prefetch if spec.config.concurrency == 1 else 0
         self._ids = itertools.count(1)
+        # Predicted load (cumulo.ai.prewarm): keep `floor` workers until `floor_until`.
+        self.floor = 0
+        self.floor_until = 0.0
 
     # ----------------------------------------------------------------- dispatch
     async def invoke(self, frame: dict[str, Any], timings: Timings | None = None) -> InvokeResult:
@@ -315,6 +318,8 @@ class VersionPool:
             if timings is not None:
                 timings.replied = time.time_ns()
                 timings.handler = _reported_times(reply.get("ts"))
+            # Metering reads what the worker used from the frame (success or error alike).
+            frame["usage"] = reply.get("u")
             if reply["t"] in ("res", "hdr"):
                 http = reply.get("http")
                 stream = reply.get("stream")
@@ -561,6 +566,8 @@ class VersionPool:
             return
         now = self._clock()
         keep = 0 if self.draining else self.config.min_instances
+        if self.floor and not self.draining:
+            keep = max(keep, self.floor if now < self.floor_until else 0)
         idle = [w for w in self.workers if not w.load and not self.waiters]
         removable = len(self.workers) - keep
         for worker in sorted(idle, key=lambda w: w.last_used):
@@ -580,6 +587,18 @@ class VersionPool:
             elif now - zygote.idle_since >= self.settings.zygote_idle_timeout_s:
                 self.zygote = None
                 zygote.kill()
+
+    def prewarm(self, workers: int, until: float) -> int:
+        """Hold at least `workers` (within max_instances) until `until` on the pool's
+        clock, starting the missing ones now; returns how many were started."""
+        if self.closed or self.draining:
+            return 0
+        self.floor = min(workers, self.config.max_instances)
+        self.floor_until = until
+        missing = max(0, self.floor - len(self.workers) - self.starting)
+        for _ in range(missing):
+            self._start_worker()
+        return missing
 
     @property
     def is_idle(self) -> bool:
@@ -675,7 +694,7 @@ def _error_from(reply: dict[str, Any]) -> ApiError:
         return FunctionCrashed(message, code=code)
     if code == "payload_too_large":
         return PayloadTooLarge(message, code="response_too_large")
-    if code == "function_crashed":
+    if code in ("function_crashed", "bad_model_output"):
         return FunctionCrashed(message, code=code)
     return FunctionError(
         f"{type_name}: {message}" if message else type_name,

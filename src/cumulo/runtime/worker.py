@@ -10,6 +10,7 @@ import asyncio
 import io
 import itertools
 import os
+import resource
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from cumulo.runtime.asgi import AsgiRunner
 from cumulo.runtime.loader import (
     KIND_ASGI,
     KIND_LAMBDA,
+    KIND_MODEL,
     KIND_REQUEST,
     FoundHandler,
     user_traceback,
@@ -31,6 +33,7 @@ from cumulo.runtime.loader import (
 from cumulo.runtime.wire import BlockingChannel
 from cumulo.sdk.context import Context
 from cumulo.sdk.http import Request, Response
+from cumulo.sdk.model import ModelOutputError, run_batch
 from cumulo.sdk.spec import FunctionConfig
 
 MAX_LOG_LINE = 16 * 1024
@@ -199,11 +202,14 @@ class Worker:
         # A traced invocation (the gateway sent a traceparent) gets the handler's own start
         # and end back in `ts`, for its `handler` span.
         began = time.time_ns() if "tp" in message else 0
+        cpu0 = time.thread_time()  # metering: the handler's CPU, reported in its reply (`u`)
         out_of_memory = False
         try:
             reply = self._run(message)
         except ResponseTooLarge as exc:
             self._send_error(iid, "payload_too_large", "ResponseTooLarge", str(exc))
+        except ModelOutputError as exc:
+            self._send_error(iid, "bad_model_output", "ModelOutputError", str(exc))
         except MemoryError:
             # Reported below, once the traceback (and the memory its frames hold) is gone.
             out_of_memory = True
@@ -224,10 +230,12 @@ class Worker:
                 str(exc),
                 user_traceback(exc, self.meta.code_dir),
                 ts=[began, time.time_ns()] if began else None,
+                usage=_usage(cpu0),
             )
         else:
             if began:
                 reply["ts"] = [began, time.time_ns()]
+            reply["u"] = _usage(cpu0)
             self.transport.send(reply)
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -253,6 +261,7 @@ class Worker:
         *,
         exiting: bool = False,
         ts: list[int] | None = None,
+        usage: list[float] | None = None,
     ) -> None:
         # `exit` tells the gateway this worker is about to die, so it sends it nothing more.
         frame: dict[str, Any] = {
@@ -264,11 +273,17 @@ class Worker:
         }
         if ts is not None:
             frame["ts"] = ts
+        if usage is not None:
+            frame["u"] = usage
         self.transport.send({**frame, "tb": tb, "exit": exiting})
 
     def _run(self, message: dict[str, Any]) -> dict[str, Any]:
         handler = self.handler
         meta = self.meta
+        if handler.kind == KIND_MODEL:
+            body = run_batch(handler.func, message)
+            self._check_size(len(body))
+            return {"t": "res", "id": message["id"], "body": body}
         ctx = Context(
             transport=self.transport,
             invocation_id=message["id"],
@@ -281,6 +296,7 @@ class Worker:
             env=meta.config.env,
             secrets=meta.config.secrets,
             traceparent=message.get("tp"),
+            subject=message.get("sj"),
         )
         if handler.kind == KIND_REQUEST:
             method, path, headers, query, body = message["http"]
@@ -318,6 +334,11 @@ class Worker:
     def _check_size(self, size: int) -> None:
         if size > self.meta.max_response:
             raise ResponseTooLarge(size, self.meta.max_response)
+
+
+def _usage(cpu0: float) -> list[float]:
+    """[CPU seconds of this thread since cpu0, the process's peak RSS in KB] for metering."""
+    return [time.thread_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
 
 
 class ResponseTooLarge(Exception):

@@ -42,10 +42,11 @@ import msgpack
 import orjson
 
 from cumulo.runtime import limits, sandbox
-from cumulo.runtime.loader import FoundHandler, UserCodeError, resolve
+from cumulo.runtime.loader import KIND_MODEL, FoundHandler, UserCodeError, resolve
 from cumulo.runtime.validate import validate
 from cumulo.runtime.wire import BlockingChannel
 from cumulo.runtime.worker import Worker, WorkerMeta
+from cumulo.sdk.model import load_model
 from cumulo.sdk.spec import FunctionConfig
 
 SPEC_MAX = 1 << 20
@@ -287,6 +288,9 @@ def main() -> None:
     )
     try:
         handler = resolve(code_dir, spec["module"], spec["attr"])
+        if handler.kind == KIND_MODEL:
+            # load() runs here, once: forked workers share the weights copy-on-write.
+            handler = load_model(handler, meta.config, code_dir)
     except UserCodeError as exc:
         _send(ctl, {"op": "error", "message": str(exc), "traceback": exc.user_traceback})
         os._exit(1)

@@ -16,6 +16,7 @@ import orjson
 from cumulo.errors import StateConflict, api_error_for
 
 if TYPE_CHECKING:
+    from cumulo.ai.sdk import AiClient
     from cumulo.quantum.sdk import QuantumClient
 
 MAX_STATE_KEY = 512
@@ -41,6 +42,25 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _op(name: str, args: dict[str, Any], subject: str | None) -> tuple[str, dict[str, Any]]:
+    """A subject's state goes through the privacy room (`privacy.state.*`)."""
+    if subject is None:
+        return f"state.{name}", args
+    return f"privacy.state.{name}", {**args, "subject": subject}
+
+
+class Privacy:
+    """`ctx.privacy`: consent checks against the platform's consent ledger."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def has_consent(self, subject: str, purpose: str) -> bool:
+        return bool(self._t.call("privacy.has_consent", {"subject": subject, "purpose": purpose}))
+
+
 class State:
     """Per-function key/value state with optimistic concurrency (a version per key)."""
 
@@ -49,37 +69,44 @@ class State:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
-    def get(self, key: str, default: Any = None) -> Any:
-        item = self.get_item(key)
+    def get(self, key: str, default: Any = None, *, subject: str | None = None) -> Any:
+        item = self.get_item(key, subject=subject)
         return default if item is None else item.value
 
-    def get_item(self, key: str) -> StateItem | None:
-        reply = self._t.call("state.get", {"key": _check_key(key)})
+    def get_item(self, key: str, *, subject: str | None = None) -> StateItem | None:
+        reply = self._t.call(*_op("get", {"key": _check_key(key)}, subject))
         return None if reply is None else StateItem(value=reply["value"], version=reply["version"])
 
-    def put(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
+    def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        expected_version: int | None = None,
+        subject: str | None = None,
+    ) -> int:
         """Store `value`; returns the new version. With `expected_version`, the write only
         happens if the key is still at that version (0: the key must not exist yet), else
-        `cumulo.StateConflict`."""
-        reply = self._t.call(
-            "state.put",
-            {"key": _check_key(key), "value": value, "expected_version": expected_version},
-        )
+        `cumulo.StateConflict`. With `subject` (e.g. "user:123") the value is that data
+        subject's: encrypted under its own key, exported and erased with it (docs/privacy.md)."""
+        args = {"key": _check_key(key), "value": value, "expected_version": expected_version}
+        reply = self._t.call(*_op("put", args, subject))
         return self._versioned(key, expected_version, reply)
 
-    def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        reply = self._t.call(
-            "state.delete", {"key": _check_key(key), "expected_version": expected_version}
-        )
+    def delete(
+        self, key: str, *, expected_version: int | None = None, subject: str | None = None
+    ) -> bool:
+        args = {"key": _check_key(key), "expected_version": expected_version}
+        reply = self._t.call(*_op("delete", args, subject))
         if isinstance(reply, dict) and reply.get("conflict"):
             raise StateConflict(key, expected_version, reply.get("version"))
         return bool(reply)
 
-    def incr(self, key: str, by: int = 1) -> int:
+    def incr(self, key: str, by: int = 1, *, subject: str | None = None) -> int:
         """Atomically add `by` to an integer (missing keys start at 0); returns the new value."""
         if not isinstance(by, int) or isinstance(by, bool):
             raise TypeError("incr() takes an integer amount")
-        return int(self._t.call("state.incr", {"key": _check_key(key), "by": by}))
+        return int(self._t.call(*_op("incr", {"key": _check_key(key), "by": by}, subject)))
 
     def list(self, prefix: str = "", *, limit: int = 1000) -> list[str]:
         return list(self._t.call("state.list", {"prefix": prefix, "limit": limit}))
@@ -164,11 +191,15 @@ class Context:
         env: Mapping[str, str],
         secrets: tuple[str, ...] = (),
         traceparent: str | None = None,
+        subject: str | None = None,
     ) -> None:
         self.invocation_id = invocation_id
         # W3C trace context of this invocation's span when the platform traces (else None):
         # pass it to your own OpenTelemetry spans or outgoing HTTP calls as their parent.
         self.traceparent = traceparent
+        # The data subject this invocation acts for (JWT claim or X-Cumulo-Subject), or None.
+        self.subject = subject
+        self.privacy = Privacy(transport)
         self.deadline = deadline
         self.namespace = namespace
         self.function_name = function_name
@@ -180,6 +211,13 @@ class Context:
         self.log = Log(transport)
         self._transport = transport
         self._quantum: QuantumClient | None = None
+
+    @property
+    def ai(self) -> AiClient:
+        """The platform's AI models: `ctx.ai.embed(texts)` (sentence embeddings)."""
+        from cumulo.ai.sdk import AiClient
+
+        return AiClient(self._transport.call)
 
     @property
     def quantum(self) -> QuantumClient:

@@ -31,6 +31,8 @@ def function(
     public: bool = False,
     rate_limit: str = "",
     max_attempts: int = 3,
+    requires_consent: str = "",
+    data_categories: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 
 
@@ -50,6 +52,8 @@ def function(
     public: bool = False,
     rate_limit: str = "",
     max_attempts: int = 3,
+    requires_consent: str = "",
+    data_categories: Iterable[str] = (),
 ) -> F | Callable[[F], F]:
     """Mark a handler `def f(event, ctx)` (or `def f(request: cumulo.Request, ctx)`) as a
     cumulo function. The callable stays a plain function: call it directly in unit tests."""
@@ -66,6 +70,8 @@ def function(
         public=public,
         rate_limit=rate_limit,
         max_attempts=max_attempts,
+        requires_consent=requires_consent,
+        data_categories=tuple(data_categories),
     )
 
     def mark(target: F) -> F:

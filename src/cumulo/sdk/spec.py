@@ -12,6 +12,7 @@ from cumulo.security.ratelimit import Rate
 NAME_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 ENV_NAME_RE = SECRET_NAME_RE
+CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")  # consent purposes, data categories
 
 SPEC_ATTR = "__cumulo_function__"
 
@@ -51,9 +52,15 @@ class FunctionConfig:
     public: bool = False  # anyone may invoke it without a key
     rate_limit: str = ""  # e.g. "100/s" or "6000/m:200" (burst after the colon)
     max_attempts: int = 3  # async invocations and schedules: tries before the dead letters
+    requires_consent: str = ""  # privacy: a consent purpose the invocation's subject must hold
+    data_categories: tuple[str, ...] = ()  # privacy: records of processing (e.g. "contact")
+    # @cumulo.model only (sdk/model.py): dynamic batching, and raw pickle loads allowed.
+    batch_max_size: int = 1
+    batch_wait_ms: float = 0.0
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = model_config_problems(self.batch_max_size, self.batch_wait_ms, self.trust_pickle)
         if not isinstance(self.memory_mb, int) or not 16 <= self.memory_mb <= MAX_MEMORY_MB:
             problems.append(f"memory_mb must be an integer from 16 to {MAX_MEMORY_MB}")
         if (
@@ -85,6 +92,12 @@ class FunctionConfig:
             or not 1 <= self.max_attempts <= MAX_ATTEMPTS
         ):
             problems.append(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}")
+        if not isinstance(self.requires_consent, str) or not (
+            self.requires_consent == "" or CATEGORY_RE.fullmatch(self.requires_consent)
+        ):
+            problems.append("requires_consent must be a purpose name like 'marketing'")
+        if not all(isinstance(c, str) and CATEGORY_RE.fullmatch(c) for c in self.data_categories):
+            problems.append("data_categories must be a list of names like 'contact'")
         if self.rate_limit:
             try:
                 Rate.parse(self.rate_limit)
@@ -96,6 +109,7 @@ class FunctionConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["secrets"] = list(self.secrets)
+        data["data_categories"] = list(self.data_categories)
         return data
 
     @classmethod
@@ -105,6 +119,8 @@ class FunctionConfig:
             known["secrets"] = tuple(known["secrets"] or ())
         if "env" in known:
             known["env"] = dict(known["env"] or {})
+        if "data_categories" in known:
+            known["data_categories"] = tuple(known["data_categories"] or ())
         try:
             return cls(**known)
         except TypeError as exc:
@@ -130,3 +146,23 @@ class FunctionSpec:
     name: str | None
     config: FunctionConfig
     asgi: bool = False  # an ASGI application served whole: every sub-path reaches it
+    model: bool = False  # a @cumulo.model class: load() in the zygote, predict(batch)
+
+
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_WAIT_MS = 1000
+
+
+def model_config_problems(size: object, wait_ms: object, trust_pickle: object) -> list[str]:
+    problems = []
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BATCH_SIZE:
+        problems.append(f"batch_max_size must be an integer from 1 to {MAX_BATCH_SIZE}")
+    if (
+        not isinstance(wait_ms, int | float)
+        or isinstance(wait_ms, bool)
+        or not 0 <= wait_ms <= MAX_BATCH_WAIT_MS
+    ):
+        problems.append(f"batch_wait_ms must be a number from 0 to {MAX_BATCH_WAIT_MS}")
+    if not isinstance(trust_pickle, bool):
+        problems.append("trust_pickle must be true or false")
+    return problems

@@ -23,6 +23,7 @@ class Principal:
     key_id: str
     namespace: str  # "*" for the platform admin key
     scopes: frozenset[str]
+    subject: str | None = None  # a data subject (privacy): an OIDC token's subject claim
 
     def can_see(self, namespace: str) -> bool:
         return self.namespace in (ALL_NAMESPACES, namespace)

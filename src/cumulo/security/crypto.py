@@ -8,9 +8,11 @@ database, and no key is ever stored or logged in plaintext)::
     └── namespace data key 32 random bytes per (namespace, version), in `data_keys`, wrapped
         │                  by the master under AAD (namespace, version, master id). New writes
         │                  use the newest version; older versions keep decrypting.
-        └── subject key    (reserved, key kind 1) per (namespace, subject), wrapped by a
-                           namespace data key: erasing a data subject deletes one row
-                           (crypto-shredding). Master rotation never touches this level.
+        └── subject key    (key kind 1) per (namespace, subject pseudonym), wrapped by a
+                           namespace data key, kept in <data-dir>/subject-keys.db (never in
+                           cumulo.db): erasing a data subject destroys one row there
+                           (crypto-shredding, see cumulo.privacy.keystore and
+                           docs/privacy.md). Master rotation never touches this level.
 
 Ciphertext = header || AES-GCM ciphertext || 16-byte tag, where the 21-byte header is::
 
@@ -64,7 +66,7 @@ TAG_LEN = 16
 MAGIC = b"\xffCM"
 FORMAT_VERSION = 1
 KIND_NAMESPACE = 0
-KIND_SUBJECT = 1  # reserved for per-subject keys (crypto-shredding)
+KIND_SUBJECT = 1  # per-subject keys (crypto-shredding): cumulo.privacy.keystore
 _HEADER = struct.Struct(">3sBBI12s")
 HEADER_LEN = _HEADER.size
 PURPOSES = frozenset({"state", "secret"})
@@ -446,6 +448,15 @@ class Encryptor:
         self._ciphers[(namespace, version)] = AESGCM(data_key)
         self._active[namespace] = version
         return version
+
+    def namespace_cipher(
+        self, store: SQLiteStore, namespace: str, version: int | None = None
+    ) -> tuple[int, AESGCM]:
+        """The namespace data key (the newest, or `version`) that wraps subject keys
+        (privacy.keystore, key kind 1). Store thread, outside a transaction for a new one."""
+        if version is None:
+            return self._active_key(store, namespace, create=not store.db.in_transaction)
+        return version, self._cipher(store, namespace, version)
 
     def _replace_master(self, master: MasterKey) -> None:
         self._master = master

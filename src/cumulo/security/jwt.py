@@ -114,6 +114,9 @@ class JwtSettings:
     namespace_claim: str = "cumulo_namespace"
     # A space-separated string or a list; "scp" (Azure AD, Okta) is read when it is absent.
     scopes_claim: str = "scope"
+    # The privacy data subject of the token's invocations (ctx.subject); ignored when the
+    # claim is absent or not a valid subject id (privacy.subjects).
+    subject_claim: str = "sub"
     # When set, only scopes with this prefix count, with the prefix removed
     # (e.g. "cumulo:" turns "cumulo:invoke" into "invoke" and ignores "openid").
     scope_prefix: str = ""
@@ -440,6 +443,7 @@ class JwtVerifier:
             key_id=f"jwt:{claims['iss']}#{sub}",
             namespace=namespace,
             scopes=self._scopes(claims),
+            subject=_subject_claim(claims.get(settings.subject_claim)),
         )
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
@@ -630,3 +634,9 @@ def _parse_json(data: bytes, where: str) -> object:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the JWKS at {where} is not valid JSON") from exc
     return parsed
+
+
+def _subject_claim(value: object) -> str | None:
+    from cumulo.privacy.subjects import valid_subject
+
+    return value if isinstance(value, str) and valid_subject(value) else None

@@ -18,7 +18,7 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LEN = 43  # ceil(256 / log2(62))
 CHECK_LEN = 6
 KEY_LEN = len(PREFIX) + BODY_LEN + CHECK_LEN
-SCOPES = ("invoke", "deploy", "read", "admin")
+SCOPES = ("invoke", "deploy", "read", "admin", "privacy")  # privacy: docs/privacy.md
 
 
 def _base62(number: int, width: int) -> str:

@@ -1,0 +1,125 @@
+"""Metering as one object the platform starts and stops: the meter, its flusher, quotas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any
+
+from cumulo.metering import store as usage_store
+from cumulo.metering.meter import Clock, Meter
+from cumulo.metering.pricing import Prices, load_prices
+from cumulo.metering.quota import Quota
+from cumulo.store.sqlite import SQLiteStore
+
+log = logging.getLogger("cumulo.metering")
+
+FLUSH_INTERVAL_S = 1.0
+KB_PER_MB = 1024
+
+
+class Metering:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        prices: Prices,
+        clock: Clock,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+    ) -> None:
+        self.store = store
+        self.prices = prices
+        self.meter = Meter(clock)
+        self.observe = self.meter.observe  # the Outcome observer (a bound method, no wrapper)
+        self.admit = self.meter.admit  # the quota check before each invocation
+        self._interval = flush_interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.meter.clock
+
+    async def start(self) -> None:
+        store = self.store
+        await store.call(usage_store.create_tables, store)
+        self.meter.quotas = await store.call(usage_store.all_quotas, store)
+        start = self.meter.month_start
+        used = await store.call(usage_store.month_to_date, store, start)
+        self.meter.load_month(start, used)
+        self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        """After the executor stopped: every finished invocation is in the meter; write it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        deltas = self.meter.take()
+        if not deltas:
+            return
+        try:
+            await self.store.call(usage_store.write_deltas, self.store, deltas)
+        except Exception:
+            self.meter.give_back(deltas)
+            raise
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception as exc:  # kept in memory; the next flush tries again
+                log.warning("usage flush failed, retrying: %s", exc)
+
+    # ------------------------------------------------------------ quotas
+    async def set_quota(self, namespace: str, quota: Quota) -> None:
+        await self.store.call(usage_store.set_quota, self.store, namespace, quota, self.clock())
+        if quota.empty:
+            self.meter.quotas.pop(namespace, None)
+        else:
+            self.meter.quotas[namespace] = quota
+
+    def quota_view(self, namespace: str) -> dict[str, Any]:
+        meter = self.meter
+        meter.now()  # a new month starts the counters afresh
+        quota = meter.quotas.get(namespace, Quota())
+        used = meter.month.get(namespace)
+        return {
+            "namespace": namespace,
+            **quota.public(),
+            "used": {
+                "gb_seconds": used.gb_seconds if used else 0.0,
+                "invocations": used.invocations if used else 0,
+            },
+            "period": {"start": meter.month_start, "resets_at": meter.month_end},
+        }
+
+
+def invocation_usage(
+    frame: dict[str, Any], body_out: bytes | None
+) -> tuple[float, float, int, int]:
+    """(CPU seconds, peak RSS in MB, bytes in, bytes out) of one finished invocation.
+
+    CPU and RSS come from the worker's `u` = [cpu_s, maxrss_kb] (the pool puts it in the
+    frame as `usage`); the worker runs user code, so anything malformed counts as nothing.
+    Bytes in: the request body the function got; bytes out: the body it returned."""
+    cpu_s = rss_mb = 0.0
+    usage = frame.get("usage")
+    if type(usage) is list and len(usage) == 2:
+        cpu, rss = usage
+        if type(cpu) is float and type(rss) is int and 0.0 <= cpu < math.inf and rss >= 0:
+            cpu_s, rss_mb = cpu, rss / KB_PER_MB
+    http = frame.get("http")
+    body_in = http[4] if http else frame.get("ev")
+    return cpu_s, rss_mb, len(body_in) if body_in else 0, len(body_out) if body_out else 0
+
+
+def make_metering(store: SQLiteStore, options: Any) -> Metering:
+    """From PlatformOptions (`pricing`, `clock`); a bad pricing file is a ConfigError here,
+    before anything starts."""
+    return Metering(store, load_prices(options.pricing), options.clock)
