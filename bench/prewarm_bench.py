@@ -34,8 +34,8 @@ WARMUP = 3
 MEASURED = 4
 SAMPLE_S = 0.05
 # Start workers this long before a predicted bucket (plus the measured cold start);
-# BENCH_PREWARM_LEAD_S overrides ("" = the platform default, one bucket).
-LEAD_S = os.environ.get("BENCH_PREWARM_LEAD_S", "0.3")
+# BENCH_PREWARM_LEAD_S overrides ("" = the platform default, a quarter bucket).
+LEAD_S = os.environ.get("BENCH_PREWARM_LEAD_S", "")
 FUNCTION = """
 import time
 
@@ -157,7 +157,7 @@ def main() -> dict[str, Any]:
             "idle_timeout_s": IDLE_S,
             "warmup_periods": WARMUP,
             "measured_periods": MEASURED,
-            "lead_s": LEAD_S or "default (one bucket)",
+            "lead_s": LEAD_S or "default (a quarter bucket)",
         },
     }
     return result

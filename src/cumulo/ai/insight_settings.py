@@ -29,6 +29,9 @@ def _float(name: str, default: float) -> float:
     return value if value > 0 else default
 
 
+TICKS_PER_BUCKET = 4  # pre-warm floors are re-applied this often per bucket
+
+
 def _on(name: str) -> bool:
     return os.environ.get(name, "on").lower() not in ("off", "0", "false", "no")
 
@@ -38,7 +41,7 @@ class InsightSettings:
     bucket_s: float = 10.0
     max_buckets: int = 720  # arrival history kept per function
     min_buckets: int = 12
-    lead_s: float | None = None  # None: one bucket
+    lead_s: float | None = None  # None: one pre-warm tick (a quarter bucket)
     headroom: float = 1.0
     prewarm: bool = True
     window_s: float = 60.0
@@ -47,7 +50,11 @@ class InsightSettings:
 
     @property
     def lead(self) -> float:
-        return self.bucket_s if self.lead_s is None else self.lead_s
+        """Seconds before (the measured cold start before) a predicted bucket to start its
+        workers. Floors are applied on ticks, a quarter bucket apart, so a start can be late
+        by one tick: the default lead is that tick. Being ready at the bucket's start covers
+        a burst anywhere inside it, since its workers are held to the bucket's end."""
+        return self.bucket_s / TICKS_PER_BUCKET if self.lead_s is None else self.lead_s
 
     @classmethod
     def from_env(cls, *, prewarm: bool = True) -> InsightSettings:

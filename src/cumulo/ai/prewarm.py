@@ -29,14 +29,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cumulo.ai.insight_settings import InsightSettings
+from cumulo.ai.insight_settings import TICKS_PER_BUCKET, InsightSettings
 from cumulo.ai.sidecar_client import SidecarClient, SidecarError
 from cumulo.ai.windows import ArrivalWindows
 
 log = logging.getLogger("cumulo.insights")
 
 MIN_PREDICTED = 0.5  # predicted arrivals in a bucket below this are no load
-TICKS_PER_BUCKET = 4
 MAX_SERIES = 200  # functions forecast per bucket (the most active)
 SEASONAL = ("holt-winters", "seasonal-naive")  # forecasts worth acting on
 

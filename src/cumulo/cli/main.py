@@ -37,8 +37,6 @@ app.add_typer(quantum_app, name="quantum")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
-register_usage(app)  # `cumulo usage`, `cumulo quota`
-register_alerts(app)  # `cumulo alerts`
 
 out = Console()
 err = Console(stderr=True)
@@ -507,6 +505,11 @@ def keys_revoke(key_id: str, namespace: Namespace = "default") -> None:
     """Revoke an API key by id."""
     run(lambda: client(namespace).revoke_key(key_id))
     out.print(f"revoked {key_id}")
+
+
+# After the core commands, so `cumulo --help` lists them in this order.
+register_usage(app)  # `cumulo usage`, `cumulo quota`
+register_alerts(app)  # `cumulo alerts`
 
 
 def main() -> None:
