@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cumulo.client import Client
 from cumulo.errors import CumuloError
 
 out = Console()
@@ -51,6 +50,8 @@ def alerts(
     if since:
         params["since"] = _ago(since)
     try:
+        from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
+
         with Client() as client:
             found = client.request("GET", "/v1/alerts", params=params).json()["alerts"]
     except CumuloError as exc:

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -19,9 +19,11 @@ from cumulo.cli.privacy import privacy_settings
 from cumulo.cli.progress import progress, wait_for_invocation
 from cumulo.cli.quantum import app as quantum_app
 from cumulo.cli.usage import register as register_usage
-from cumulo.client import Client
 from cumulo.errors import CumuloError
 from cumulo.security.ratelimit import Rate
+
+if TYPE_CHECKING:
+    from cumulo.client import Client
 
 app = typer.Typer(
     help="cumulo: deploy Python functions, get endpoints that scale from zero.",
@@ -64,6 +66,9 @@ def run(action: Callable[[], T]) -> T:
 
 
 def client(namespace: str) -> Client:
+    # Imported here: `cumulo up` never loads httpx (~3 MB of gateway memory).
+    from cumulo.client import Client
+
     return run(lambda: Client(namespace=namespace))
 
 

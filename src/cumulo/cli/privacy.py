@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cumulo.client import Client
 from cumulo.errors import CumuloError
 
 if TYPE_CHECKING:
@@ -58,6 +57,8 @@ def privacy_settings(
 
 def _call(method: str, path: str, **kwargs: Any) -> Any:
     try:
+        from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
+
         with Client() as c:
             return c.request(method, path, **kwargs).json()
     except CumuloError as exc:

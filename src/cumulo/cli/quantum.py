@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -15,6 +14,9 @@ from rich.console import Console
 from cumulo.cli.progress import progress
 from cumulo.config import load_credentials
 from cumulo.errors import ConfigError
+
+if TYPE_CHECKING:
+    pass
 
 app = typer.Typer(
     help="Run OpenQASM 2/3 circuits on the platform's Qiskit Aer simulators.",
@@ -48,6 +50,8 @@ class _Api:
             fail(str(exc))
         self.url = creds.url
         self.namespace = namespace
+        import httpx  # lazily: `cumulo up` never loads httpx
+
         self.http = httpx.Client(
             base_url=creds.url,
             headers={"authorization": f"Bearer {creds.api_key}"},
@@ -63,6 +67,8 @@ class _Api:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         params = dict(kwargs.pop("params", {}) or {})
         params["namespace"] = self.namespace
+        import httpx
+
         try:
             response = self.http.request(method, path, params=params, **kwargs)
         except httpx.TimeoutException:

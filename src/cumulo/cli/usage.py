@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cumulo.client import Client
 from cumulo.errors import CumuloError
+
+if TYPE_CHECKING:
+    from cumulo.client import Client
 
 out = Console()
 err = Console(stderr=True)
@@ -74,6 +76,8 @@ def usage(
     """Usage and cost per function (or hour), and the total cost."""
     if by not in ("function", "hour"):
         _fail(f"--by takes function or hour, not {by!r}")
+    from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
+
     c: Client = _call(lambda: Client(namespace=namespace or "default"))
     report: dict[str, Any] = _call(
         lambda: c.usage(namespace=namespace, since=since, until=until, by=by)
@@ -120,6 +124,8 @@ def quota_set(
     ] = None,
 ) -> None:
     """Set a namespace's monthly quota (both omitted: remove it). Platform admin keys only."""
+    from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
+
     c: Client = _call(lambda: Client(namespace=namespace))
     _show_quota(_call(lambda: c.set_quota(gb_seconds=gb_seconds, invocations=invocations)))
 
@@ -129,6 +135,8 @@ def quota_show(
     namespace: Annotated[str, typer.Argument(help="The namespace.")] = "default",
 ) -> None:
     """A namespace's monthly quota and what it used this month."""
+    from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
+
     c: Client = _call(lambda: Client(namespace=namespace))
     _show_quota(_call(c.quota))
 

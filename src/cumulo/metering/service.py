@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cumulo.metering import store as usage_store
@@ -32,7 +33,9 @@ class Metering:
         self.prices = prices
         self.meter = Meter(clock)
         self.observe = self.meter.observe  # the Outcome observer (a bound method, no wrapper)
-        self.admit = self.meter.admit  # the quota check before each invocation
+        # Outcomes reach `observe` in batches (Platform.drain_outcomes); whoever must see
+        # every finished invocation (a quota check, a usage read, shutdown) catches up first.
+        self.catch_up: Callable[[], None] = lambda: None
         self._interval = flush_interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -58,7 +61,14 @@ class Metering:
             self._task = None
         await self.flush()
 
+    def admit(self, namespace: str) -> None:
+        """The quota check before each invocation (429 `quota_exceeded` once used up)."""
+        if namespace in self.meter.quotas:
+            self.catch_up()
+            self.meter.admit(namespace)
+
     async def flush(self) -> None:
+        self.catch_up()
         deltas = self.meter.take()
         if not deltas:
             return
@@ -85,6 +95,7 @@ class Metering:
             self.meter.quotas[namespace] = quota
 
     def quota_view(self, namespace: str) -> dict[str, Any]:
+        self.catch_up()
         meter = self.meter
         meter.now()  # a new month starts the counters afresh
         quota = meter.quotas.get(namespace, Quota())

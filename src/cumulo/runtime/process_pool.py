@@ -23,10 +23,12 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
+
+if TYPE_CHECKING:
+    import httpx
 
 from cumulo.errors import (
     ApiError,
@@ -91,7 +93,11 @@ class ProcessInstance:
         self.pid = proc.pid
         self.sock_dir = sock_dir
         self.uid = uid
-        self.client = httpx.AsyncClient(
+        # httpx (with the click, rich and pygments it pulls in: ~7 MB) loads only once a
+        # process function runs, not in every gateway.
+        import httpx
+
+        self.client: httpx.AsyncClient = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(sock_dir / "http.sock")),
             base_url="http://function",
             # The pool bounds each call by the function's timeout instead.
@@ -165,6 +171,8 @@ class ProcessPool(VersionPool):
     async def _forward(
         self, instance: ProcessInstance, frame: dict[str, Any], cold: bool
     ) -> InvokeResult:
+        import httpx  # loaded by the instance already: a dict lookup
+
         method, path, headers, query_string, body = frame["http"]
         url = f"{path}?{query_string}" if query_string else path
         pairs = [(k, v) for k, v in headers if k.lower() not in SKIP_REQUEST_HEADERS]
