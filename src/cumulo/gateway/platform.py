@@ -45,7 +45,7 @@ from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
-from cumulo.store.base import ApiKeyRecord, InvocationRecord, LogRecord
+from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -133,7 +133,8 @@ class Platform:
             tracing=self.tracing,
         )
         # Every finished invocation and every auth denial, for metering and the AI rooms.
-        self.outcome_observers: list[OutcomeObserver] = []
+        self.outcome_observers: list[OutcomeObserver] = [self.recorder.observe]
+        self.recorder.catch_up = self.drain_outcomes
         # Per-second stats for the dashboard's live charts (bounded ring buffers).
         self.live_stats = LiveStats()
         self.outcome_observers.append(self.live_stats.observe)
@@ -263,22 +264,11 @@ class Platform:
                 self.tracing.end(traced, status, code, cold)
             elapsed = time.perf_counter() - t0
             self.metrics.observe(namespace, name, status, elapsed, cold)
-            self.recorder.invocation(
-                InvocationRecord(
-                    id=frame["id"],
-                    namespace=namespace,
-                    function=name,
-                    version=spec.version,
-                    status=status,
-                    code=code,
-                    cold=cold,
-                    started_at=started,
-                    duration_ms=elapsed * 1000,
-                )
-            )
-            if self.outcome_observers:
-                cpu_s, rss_mb, bytes_in, bytes_out = invocation_usage(frame, body_out)
-                outcome = Outcome(
+            # The invocation's record, metering, live stats and forecasts all start from
+            # this one object, handed to them in batches (drain_outcomes).
+            cpu_s, rss_mb, bytes_in, bytes_out = invocation_usage(frame, body_out)
+            self._outcomes.append(
+                Outcome(
                     id=frame["id"],
                     namespace=namespace,
                     function=name,
@@ -296,7 +286,7 @@ class Platform:
                     bytes_in=bytes_in,
                     bytes_out=bytes_out,
                 )
-                self._outcomes.append(outcome)
+            )
 
     def drain_outcomes(self) -> None:
         """Hand every buffered outcome to every observer, observer by observer (each one's

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+from cumulo.observability.outcomes import Outcome
 from cumulo.store.base import InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
 
@@ -35,6 +36,9 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.guard: LogGuard | None = None
+        # Invocation records arrive as outcomes in batches (Platform.drain_outcomes): a
+        # flush, which readers call before a query, first takes in what is pending.
+        self.catch_up: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -60,6 +64,22 @@ class Recorder:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(record)
 
+    def observe(self, o: Outcome) -> None:
+        """The outcome observer: a finished invocation becomes its stored record."""
+        self.invocation(
+            InvocationRecord(
+                id=o.id,
+                namespace=o.namespace,
+                function=o.function,
+                version=o.version,
+                status=o.status,
+                code=o.code,
+                cold=o.cold,
+                started_at=o.started_at,
+                duration_ms=o.duration_s * 1000,
+            )
+        )
+
     def invocation(self, record: InvocationRecord) -> None:
         if self.guard is not None:
             self.guard.invocation(record)
@@ -69,6 +89,7 @@ class Recorder:
             self.dropped += 1
 
     async def flush(self) -> None:
+        self.catch_up()
         logs, self._logs = self._logs, []
         invocations, self._invocations = self._invocations, []
         if logs:
