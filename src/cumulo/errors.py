@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import orjson
+
 
 class CumuloError(Exception):
     """Base class of all cumulo errors."""
@@ -186,3 +188,13 @@ def api_error_for(
     if cls is TooManyRequests:
         return TooManyRequests(message, code=code)
     return cls(message, code=code, status=status, details=details)
+
+
+def require_json(body: bytes) -> None:
+    """A request body an event handler will decode: refuse malformed JSON at the edge."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None

@@ -11,9 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from cumulo.ai.alerts import AlertStore
-from cumulo.gateway.auth import principal_of
 from cumulo.sdk.spec import validate_name
-from cumulo.security.auth import ALL_NAMESPACES
+from cumulo.security.auth import ALL_NAMESPACES, principal_of
 
 
 def build_alerts_router(alerts: AlertStore) -> APIRouter:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from cumulo.ai.batching import ModelBatching
 from cumulo.ai.system_models import EMBEDDING_ALIASES, EMBEDDING_DIMENSIONS, embedding_spec
 from cumulo.errors import BadRequest, NotFound, PayloadTooLarge
-from cumulo.gateway.auth import principal_of
+from cumulo.security.auth import principal_of
 
 MAX_TEXTS = 2048  # OpenAI's limit on inputs per request
 MAX_TEXT_CHARS = 32_768  # the model reads at most 256 tokens; this bounds the tokenizer's work

@@ -28,9 +28,9 @@ import cumulo
 from cumulo.ai.batching import ModelBatching
 from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, NotFound, PayloadTooLarge
-from cumulo.gateway.auth import principal_of
 from cumulo.runtime.loader import KIND_MODEL
 from cumulo.runtime.spec import VersionSpec
+from cumulo.security.auth import principal_of
 
 NUMERIC = {
     "UINT8": int,

@@ -21,13 +21,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from cumulo.errors import NotFound, PayloadTooLarge
+from cumulo.errors import NotFound, PayloadTooLarge, require_json
 from cumulo.events.queue import JobView
 from cumulo.events.service import EventsService
-from cumulo.gateway.auth import principal_of
-from cumulo.gateway.errors import require_json
 from cumulo.privacy.http import subject_of
 from cumulo.sdk.spec import validate_name
+from cumulo.security.auth import principal_of
 
 FunctionExists = Callable[[str, str], Awaitable[bool]]
 SealSubject = Callable[[str, str, str, bytes], Awaitable[bytes]]  # (ns, fn, subject, body)

@@ -21,9 +21,9 @@ from fastapi import APIRouter, Request, Response
 from cumulo.events.api import DEFAULT_MAX_BODY, read_limited
 from cumulo.events.service import EventsService
 from cumulo.events.topics import Published, parse_http
-from cumulo.gateway.auth import principal_of
 from cumulo.sdk.on import validate_topic
 from cumulo.sdk.spec import validate_name
+from cumulo.security.auth import principal_of
 
 
 def _json(data: Any, status: int = 200) -> Response:

@@ -12,15 +12,16 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cumulo.errors import ApiError, Forbidden, TooManyRequests, Unauthorized
+from cumulo.errors import ApiError, Forbidden, TooManyRequests
 from cumulo.gateway.errors import send_error
 from cumulo.gateway.ui import SessionStore, csrf_ok, session_cookie
-from cumulo.security.auth import Authenticator, Principal
+from cumulo.security.auth import PRINCIPAL, Authenticator, principal_of
 from cumulo.security.ratelimit import Rate, RateLimiter
+
+__all__ = ["INVOKE_PREFIX", "PRINCIPAL", "PUBLIC_PATHS", "AuthMiddleware", "principal_of"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
 INVOKE_PREFIX = "/fn/"
-PRINCIPAL = "cumulo.principal"
 
 
 class AuthMiddleware:
@@ -86,12 +87,3 @@ class AuthMiddleware:
             return
         scope[PRINCIPAL] = principal
         await self.app(scope, receive, send)
-
-
-def principal_of(scope: Scope) -> Principal:
-    principal = scope.get(PRINCIPAL)
-    if not isinstance(principal, Principal):
-        raise Unauthorized(
-            "missing credentials: send Authorization: Bearer <key>", code="missing_key"
-        )
-    return principal

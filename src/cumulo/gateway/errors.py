@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
-from cumulo.errors import ApiError, BadRequest, TooManyRequests, Unauthorized
+from cumulo.errors import ApiError, TooManyRequests, Unauthorized
 
 log = logging.getLogger("cumulo.gateway")
 
@@ -45,13 +45,3 @@ def one_line(errors: list[Any]) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
     return "; ".join(parts) or "invalid request"
-
-
-def require_json(body: bytes) -> None:
-    """A request body an event handler will decode: refuse malformed JSON at the edge."""
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(
-            f"the request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None

@@ -12,9 +12,16 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
-from cumulo.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, TooManyRequests
+from cumulo.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    require_json,
+)
 from cumulo.gateway.auth import PRINCIPAL, principal_of
-from cumulo.gateway.errors import internal_error, require_json, send_error
+from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
 from cumulo.observability.tracing import CURRENT_INVOCATION

@@ -12,13 +12,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from cumulo.errors import BadRequest, Forbidden, Unavailable
-from cumulo.gateway.auth import principal_of
 from cumulo.metering import store as usage_store
 from cumulo.metering.meter import HOUR
 from cumulo.metering.quota import parse_quota
 from cumulo.metering.service import Metering
 from cumulo.sdk.spec import validate_name
-from cumulo.security.auth import ALL_NAMESPACES
+from cumulo.security.auth import ALL_NAMESPACES, principal_of
 
 MeteringOf = Callable[[], Metering | None]
 

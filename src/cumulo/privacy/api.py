@@ -11,10 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from cumulo.errors import BadRequest
-from cumulo.gateway.auth import principal_of
 from cumulo.privacy.service import PrivacyService, parse_duration
 from cumulo.sdk.spec import validate_name
-from cumulo.security.auth import Principal
+from cumulo.security.auth import Principal, principal_of
 
 DEFAULT_NAMESPACE = "default"
 MAX_ID = 64

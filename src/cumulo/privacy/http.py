@@ -8,8 +8,7 @@ from starlette.types import Scope
 
 from cumulo.errors import Forbidden
 from cumulo.privacy.subjects import SUBJECT_HEADER, check_subject
-
-PRINCIPAL = "cumulo.principal"  # gateway.auth.PRINCIPAL (the privacy room sits below it)
+from cumulo.security.auth import PRINCIPAL
 
 
 def subject_of(scope: Scope) -> str | None:

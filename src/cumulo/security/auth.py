@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cumulo.errors import Forbidden, NotFound, Unauthorized
 from cumulo.security.keys import PREFIX, KeyHasher, well_formed
@@ -81,3 +82,17 @@ class Authenticator:
         if record.expires_at is not None and record.expires_at <= time.time():
             raise Unauthorized("this API key has expired", code="expired_key")
         return principal
+
+
+# Where the authentication middleware leaves the request's Principal (None: anonymous) in
+# the ASGI scope. Every room's routes read it through `principal_of`.
+PRINCIPAL = "cumulo.principal"
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal:
+    principal = scope.get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise Unauthorized(
+            "missing credentials: send Authorization: Bearer <key>", code="missing_key"
+        )
+    return principal
