@@ -8,8 +8,8 @@ are computed only when the dashboard reads (from the histograms, to within a bin
 ±9% of the value), never on the invocation path.
 
 Memory per function: window × (4 + BINS) 32-bit counters (300 × 103 × 4 B ≈ 124 KB), taken
-on the function's first invocation; at most MAX_FUNCTIONS functions are tracked (≈ 32 MB at
-worst), the least recently active dropped first.
+on the function's first invocation; at most MAX_FUNCTIONS functions are tracked (≈ 8 MB at
+worst, a tenth of the gateway's 80 MB budget), the least recently active dropped first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from cumulo.observability.outcomes import Outcome
 
 WINDOW_S = 300
-MAX_FUNCTIONS = 256
+MAX_FUNCTIONS = 64
 # Latency bin upper edges in milliseconds: 4 per doubling from 0.05 ms to ~ 14 min. A
 # duration above the last edge lands in a final overflow bin reported as the last edge.
 _EDGES: tuple[float, ...] = tuple(0.05 * 2 ** (i / 4) for i in range(98))
