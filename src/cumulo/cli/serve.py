@@ -137,4 +137,5 @@ def _announce(platform: Platform) -> None:
         lines.append(f"saved for the CLI in {options.data_dir / 'credentials.json'}")
     if platform.demo_functions:
         lines.append("demo functions: " + ", ".join(platform.demo_functions))
+    lines.append(f"dashboard: {options.url}/ui/  (log in with an API key)")
     print("\n".join(lines), flush=True)
