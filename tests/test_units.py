@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -153,3 +154,18 @@ def test_every_public_name_is_exported_and_typed() -> None:
                 assert "return" in hints, f"{name}.{method.__name__} lacks a return type"
         elif callable(obj):
             assert "return" in inspect.get_annotations(obj), f"{name} lacks a return type"
+
+
+def test_regression_script_in_tmp_keeps_the_sandbox_tmp_writable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A platform started from a script in /tmp had /tmp on sys.path, bound back read-only
+    over the sandbox's private /tmp: the sandbox probe failed to write /tmp/probe."""
+    from cumulo.runtime.sandbox import runtime_paths
+    from cumulo.runtime.settings import RuntimeSettings
+
+    monkeypatch.setattr(sys, "path", ["/tmp", "/", *sys.path])
+    paths = runtime_paths(RuntimeSettings())
+    assert Path("/tmp") not in paths
+    assert Path("/") not in paths
+    assert Path(sys.prefix).resolve() in paths

@@ -200,6 +200,9 @@ def _hidden_ancestor(path: Path) -> Path | None:
     return None
 
 
+PRIVATE_TMP = Path("/tmp")  # noqa: S108 - the sandbox's own /tmp, a tmpfs
+
+
 def runtime_paths(settings: RuntimeSettings) -> list[Path]:
     """Directories the interpreter needs: its prefixes, sys.path, the cumulo package."""
     candidates = [
@@ -209,7 +212,9 @@ def runtime_paths(settings: RuntimeSettings) -> list[Path]:
         Path(sys.exec_prefix),
         Path(sys.base_exec_prefix),
         Path(__file__).resolve().parents[2],
-        *(Path(p) for p in sys.path if p),
+        # Not /tmp itself (a script run from /tmp puts it on sys.path): bound back
+        # read-only, it would hide the sandbox's private, writable /tmp.
+        *(Path(p) for p in sys.path if p and not _under(PRIVATE_TMP, Path(p).resolve())),
     ]
     seen: list[Path] = []
     for path in candidates:
@@ -281,7 +286,7 @@ def bwrap_argv(
         *(p.resolve() for p in ro_paths),
         *writable,
     ]
-    tmp = Path("/tmp")  # noqa: S108 - the sandbox's private /tmp
+    tmp = PRIVATE_TMP
     tops: list[Path] = [tmp]
     for path in needed:
         top = _hidden_ancestor(path)
