@@ -20,8 +20,10 @@ def needed_scope(method: str, path: str) -> str:
         return "platform"  # the platform admin key only: no tenant scope reaches it
     if path.endswith("/quota"):
         return "admin"  # a tenant's admin reads its quota; only the platform sets it
-    if path == "/v2" or path.startswith("/v2/health"):
-        return "any"  # KServe server metadata and health: any valid key
+    if path.startswith("/v2/health"):
+        return "public"  # KServe V2 liveness and readiness probes, like /healthz
+    if path == "/v2":
+        return "any"  # KServe server metadata: any valid key
     if path.startswith("/ai/v1/") or (path.startswith("/v2/") and path.endswith("/infer")):
         return "invoke"
     if path.startswith(("/v1/keys", "/v1/audit", "/v1/privacy")):
@@ -87,7 +89,12 @@ def test_every_route_denies_by_default(
     for method, path in routes(platform):
         needed = needed_scope(method, path)
         namespaced = "{namespace}" in path
-        if call(platform, method, path, None).status_code != 401:
+        anonymous = call(platform, method, path, None).status_code
+        if needed == "public":
+            if anonymous != 200:
+                leaks.append(f"{method} {path}: public but anonymous got {anonymous}")
+            continue
+        if anonymous != 401:
             leaks.append(f"{method} {path}: anonymous not 401")
         for (tenant, scope), key in keys.items():
             status = call(platform, method, path, key).status_code

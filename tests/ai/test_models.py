@@ -221,6 +221,10 @@ def test_kserve_v2_metadata_readiness_and_health(platform: RunningPlatform, doub
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "model_not_found"
     assert not_a_model.status_code == 404
+    # Probes carry no key (like /healthz); model metadata still needs one.
+    assert httpx.get(f"{platform.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{platform.url}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{platform.url}{doubler}").status_code == 401
 
 
 def test_kserve_v2_infer(platform: RunningPlatform, doubler: str) -> None:

@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe V2, REST) for `@cumulo.model` functions.
 
     GET  /v2                                   server metadata
-    GET  /v2/health/live, /v2/health/ready     liveness, readiness
+    GET  /v2/health/live, /v2/health/ready     liveness, readiness (no key needed)
     GET  /v2/models/{name}[/versions/{v}]      model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
@@ -212,11 +212,13 @@ def build_router(
     async def server_metadata() -> dict[str, Any]:
         return {"name": "cumulo", "version": cumulo.__version__, "extensions": []}
 
-    @router.get("/v2/health/live", dependencies=[Depends(authenticated)])
+    # Health answers without a key, like /healthz: Kubernetes-style probes carry none, and
+    # the answer says nothing about any tenant (gateway/auth.py PUBLIC_PATHS).
+    @router.get("/v2/health/live")
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/v2/health/ready", dependencies=[Depends(authenticated)])
+    @router.get("/v2/health/ready")
     async def server_ready() -> dict[str, bool]:
         return {"ready": ready()}
 

@@ -20,7 +20,17 @@ from cumulo.security.ratelimit import Rate, RateLimiter
 
 __all__ = ["INVOKE_PREFIX", "PRINCIPAL", "PUBLIC_PATHS", "AuthMiddleware", "principal_of"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+        "/v2/health/live",  # KServe V2 probes (ai/kserve.py)
+        "/v2/health/ready",
+    }
+)
 INVOKE_PREFIX = "/fn/"
 
 
