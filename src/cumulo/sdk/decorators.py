@@ -83,11 +83,13 @@ def function(
     return mark
 
 
-def make_spec(name: str | None, *, asgi: bool = False, **config: Any) -> FunctionSpec:
+def make_spec(
+    name: str | None, *, asgi: bool = False, model: bool = False, **config: Any
+) -> FunctionSpec:
     """Validate at decoration time: a bad name or limit fails the import, not the deploy."""
     if name is not None:
         validate_name(name)
-    return FunctionSpec(name=name, config=FunctionConfig(**config), asgi=asgi)
+    return FunctionSpec(name=name, config=FunctionConfig(**config), asgi=asgi, model=model)
 
 
 def spec_of(obj: object) -> FunctionSpec | None:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import msgpack
 import orjson
 
-from cumulo.sdk.spec import SPEC_ATTR, FunctionConfig, FunctionSpec, validate_name
+from cumulo.sdk.decorators import make_spec
+from cumulo.sdk.spec import SPEC_ATTR, FunctionConfig
 
 if TYPE_CHECKING:
     from cumulo.runtime.loader import FoundHandler
@@ -94,9 +95,9 @@ def model(
     Concurrent requests are batched: up to `batch_max_size` instances, waiting at most
     `batch_wait_ms` for the batch to fill. `trust_pickle` (or `cumulo deploy
     --trust-pickle`) allows raw pickle/joblib loads in `cumulo.ai.formats`."""
-    if name is not None:
-        validate_name(name)
-    config = FunctionConfig(
+    spec = make_spec(
+        name,
+        model=True,
         memory_mb=memory_mb,
         timeout_s=timeout_s,
         min_instances=min_instances,
@@ -111,7 +112,6 @@ def model(
         batch_wait_ms=float(batch_wait_ms),
         trust_pickle=trust_pickle,
     )
-    spec = FunctionSpec(name=name, config=config, model=True)
 
     def mark(target: C) -> C:
         if not isinstance(target, type):
