@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request, Response
 
 from cumulo.ai.batching import ModelBatching
 from cumulo.ai.system_models import EMBEDDING_ALIASES, EMBEDDING_DIMENSIONS, embedding_spec
-from cumulo.errors import BadRequest, NotFound, PayloadTooLarge
+from cumulo.errors import BadRequest, NotFound
+from cumulo.request_body import read_json
 from cumulo.security.auth import principal_of
 
 MAX_TEXTS = 2048  # OpenAI's limit on inputs per request
@@ -73,13 +74,7 @@ def build_router(
     async def embeddings(request: Request) -> Response:
         """OpenAI-compatible embeddings of `input` with `all-MiniLM-L6-v2` (384 floats)."""
         namespace_of(request)  # the `invoke` scope in the caller's namespace
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise PayloadTooLarge(f"the request body exceeds the limit of {max_body_bytes} bytes")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        body = await read_json(request, max_body_bytes)
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         model = body.get("model")

@@ -27,7 +27,8 @@ from fastapi import APIRouter, Depends, Request
 import cumulo
 from cumulo.ai.batching import ModelBatching
 from cumulo.control.routes import Route, RouteCache
-from cumulo.errors import BadRequest, NotFound, PayloadTooLarge
+from cumulo.errors import BadRequest, NotFound
+from cumulo.request_body import read_json
 from cumulo.runtime.loader import KIND_MODEL
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import principal_of
@@ -259,13 +260,7 @@ def build_router(
 
     async def infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
         spec = await model_spec(namespace_of(request), name, version)
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise PayloadTooLarge(f"the request body exceeds the limit of {max_body_bytes} bytes")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        body = await read_json(request, max_body_bytes)
         instances = instances_of(body)
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):

@@ -21,10 +21,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from cumulo.errors import NotFound, PayloadTooLarge, require_json
+from cumulo.errors import NotFound, require_json
 from cumulo.events.queue import JobView
 from cumulo.events.service import EventsService
 from cumulo.privacy.http import subject_of
+from cumulo.request_body import read_limited
 from cumulo.sdk.spec import validate_name
 from cumulo.security.auth import principal_of
 
@@ -64,20 +65,6 @@ def view_json(view: JobView, *, with_result: bool = True) -> dict[str, Any]:
             # A Request-style function may answer with any bytes: pass them on losslessly.
             data["result_base64"] = base64.b64encode(view.result).decode()
     return data
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from cumulo.events.api import DEFAULT_MAX_BODY, read_limited
+from cumulo.events.api import DEFAULT_MAX_BODY
 from cumulo.events.service import EventsService
 from cumulo.events.topics import Published, parse_http
+from cumulo.request_body import read_limited
 from cumulo.sdk.on import validate_topic
 from cumulo.sdk.spec import validate_name
 from cumulo.security.auth import principal_of

@@ -35,6 +35,7 @@ from cumulo.security.crypto import (
     MAGIC,
     NONCE_LEN,
     CryptoError,
+    associated_data,
 )
 
 if TYPE_CHECKING:
@@ -56,14 +57,6 @@ CREATE TABLE IF NOT EXISTS keystore_meta (name TEXT PRIMARY KEY, value BLOB NOT 
 
 class SubjectKeyMissing(CryptoError):
     """The subject's key was destroyed (erased) or never existed: its data is unreadable."""
-
-
-def _aad(*parts: bytes | str) -> bytes:
-    out = bytearray()
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        out += len(data).to_bytes(4, "big") + data
-    return bytes(out)
 
 
 class SubjectKeys:
@@ -110,7 +103,7 @@ class SubjectKeys:
 
     # ------------------------------------------------------------ keys
     def _wrap_aad(self, namespace: str, pseudonym: str, version: int) -> bytes:
-        return _aad(b"cumulo subject key v1", namespace, pseudonym, str(version))
+        return associated_data(b"cumulo subject key v1", namespace, pseudonym, str(version))
 
     def key(self, store: SQLiteStore, namespace: str, pseudonym: str, *, create: bool) -> AESGCM:
         cached = self._keys.get((namespace, pseudonym))
@@ -192,11 +185,15 @@ class SubjectKeys:
         cipher = self.key(store, namespace, pseudonym, create=True)
         if deterministic:
             raw = self._raw[(namespace, pseudonym)]
-            nonce = hmac.new(raw, _aad(purpose, *item) + data, hashlib.sha256).digest()[:NONCE_LEN]
+            nonce = hmac.new(raw, associated_data(purpose, *item) + data, hashlib.sha256).digest()[
+                :NONCE_LEN
+            ]
         else:
             nonce = os.urandom(NONCE_LEN)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_SUBJECT, 1, nonce)
-        aad = _aad(b"cumulo subject value v1", header, namespace, pseudonym, purpose, *item)
+        aad = associated_data(
+            b"cumulo subject value v1", header, namespace, pseudonym, purpose, *item
+        )
         return header + cipher.encrypt(nonce, data, aad)
 
     def open_value(
@@ -214,7 +211,7 @@ class SubjectKeys:
         if fmt != FORMAT_VERSION or kind != KIND_SUBJECT:
             raise CryptoError(f"{purpose} is not a subject ciphertext")
         cipher = self.key(store, namespace, pseudonym, create=False)
-        aad = _aad(
+        aad = associated_data(
             b"cumulo subject value v1", blob[:HEADER_LEN], namespace, pseudonym, purpose, *item
         )
         try:

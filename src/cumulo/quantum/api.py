@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from cumulo.errors import BadRequest, PayloadTooLarge
+from cumulo.errors import BadRequest
 from cumulo.quantum.spec import MAX_WAIT_S
+from cumulo.request_body import read_json
 
 if TYPE_CHECKING:  # the service pulls in NumPy; the gateway loads it on first use
     from cumulo.quantum.service import QuantumService
@@ -75,16 +76,7 @@ def _wait_param(value: float | None) -> float:
 
 
 async def _body(request: Request) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    return await read_json(request, MAX_BODY_BYTES)
 
 
 def build_router(

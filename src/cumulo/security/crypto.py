@@ -107,7 +107,7 @@ def generate_master_key() -> bytes:
     return os.urandom(KEY_LEN)
 
 
-def _aad(*parts: bytes | str) -> bytes:
+def associated_data(*parts: bytes | str) -> bytes:
     """Length-prefixed parts, so ("ab", "c") and ("a", "bc") never collide."""
     out = bytearray()
     for part in parts:
@@ -172,12 +172,12 @@ class MasterKey:
 
 
 def _wrap_aad(namespace: str, version: int, master_id: str) -> bytes:
-    return _aad(b"cumulo data key v1", namespace, str(version), master_id)
+    return associated_data(b"cumulo data key v1", namespace, str(version), master_id)
 
 
 def audit_head_mac(audit_key: bytes, namespace: str, seq: int, head_hash: bytes) -> bytes:
     """HMAC over a chain head; lives here so a master rotation can re-authenticate heads."""
-    message = _aad(b"cumulo audit head v1", namespace, str(seq), head_hash)
+    message = associated_data(b"cumulo audit head v1", namespace, str(seq), head_hash)
     return hmac.new(audit_key, message, hashlib.sha256).digest()
 
 
@@ -465,7 +465,7 @@ class Encryptor:
 def _value_aad(header: bytes, namespace: str, purpose: str, item: Sequence[str]) -> bytes:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}")
-    return _aad(b"cumulo value v1", header, namespace, purpose, *item)
+    return associated_data(b"cumulo value v1", header, namespace, purpose, *item)
 
 
 # ---------------------------------------------------------------- master rotation
