@@ -10,7 +10,6 @@ forecast or enough usage windows were seen to train on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from cumulo.ai.sidecar_client import SidecarClient, SidecarError
 from cumulo.ai.windows import ArrivalWindows, UsageRow, UsageWindows
 from cumulo.observability.outcomes import DenialObserver, OutcomeObserver
 from cumulo.security.audit import AuditLog
+from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.insights")
 
@@ -96,14 +96,8 @@ class Insights:
     async def stop(self) -> None:
         if self.prewarmer is not None:
             await self.prewarmer.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        if self._warming is not None:
-            self._warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warming
+        await cancel_and_wait(self._watcher)
+        await cancel_and_wait(self._warming)
         await self.sidecar.stop()
         self.alerts.close()
 

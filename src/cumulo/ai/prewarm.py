@@ -21,7 +21,6 @@ misses, the pool scales up for as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from typing import Protocol
 from cumulo.ai.insight_settings import TICKS_PER_BUCKET, InsightSettings
 from cumulo.ai.sidecar_client import SidecarClient, SidecarError
 from cumulo.ai.windows import ArrivalWindows
+from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.insights")
 
@@ -140,9 +140,7 @@ class Prewarmer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -31,6 +31,7 @@ from cumulo.errors import BadRequest
 from cumulo.events.db import DbThread
 from cumulo.events.queue import SOURCE_SCHEDULE, JobQueue, NewJob, Schedule, new_job_id
 from cumulo.sdk.schedule import validate_cron
+from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.events")
 
@@ -165,10 +166,7 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:

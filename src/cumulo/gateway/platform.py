@@ -47,6 +47,7 @@ from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -192,20 +193,14 @@ class Platform:
 
     async def stop(self) -> None:
         self.ready = False
-        if self._jwt_refresher is not None:
-            self._jwt_refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._jwt_refresher
+        await cancel_and_wait(self._jwt_refresher)
         await self.events.stop(drain_s=EVENTS_DRAIN_S)
         if self._quantum is not None:
             with contextlib.suppress(BaseException):
                 await (await self._quantum).stop()
         await self.insights.stop()
         await self.executor.stop()
-        if self._outcome_drainer is not None:
-            self._outcome_drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._outcome_drainer
+        await cancel_and_wait(self._outcome_drainer)
         self.drain_outcomes()  # every finished invocation reaches its observers
         if self.metering is not None:
             await self.metering.stop()  # every finished invocation is metered by now

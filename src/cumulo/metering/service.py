@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from cumulo.metering.meter import Clock, Meter
 from cumulo.metering.pricing import Prices, load_prices
 from cumulo.metering.quota import Quota
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.metering")
 
@@ -55,9 +55,7 @@ class Metering:
     async def stop(self) -> None:
         """After the executor stopped: every finished invocation is in the meter; write it."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.flush()
 

@@ -11,6 +11,7 @@ from typing import Protocol
 from cumulo.observability.outcomes import Outcome
 from cumulo.store.base import InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.tasks import cancel_and_wait
 
 FLUSH_INTERVAL_S = 0.2
 MAX_BUFFER = 50_000
@@ -44,10 +45,7 @@ class Recorder:
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.flush()
 
     def log(self, record: LogRecord) -> None:

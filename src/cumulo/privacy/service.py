@@ -9,7 +9,6 @@ checks read an in-memory map (refreshed from the ledger at start, updated on eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from cumulo.privacy.requests import (
 from cumulo.privacy.subjects import Pseudonymizer, check_subject, make_clock
 from cumulo.security.crypto import CryptoError
 from cumulo.store.base import InvocationRecord, LogRecord
+from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cumulo.runtime.spec import VersionSpec
@@ -122,9 +122,7 @@ class PrivacyService:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         await self.flush()
         await self.store.call(self.data.close)

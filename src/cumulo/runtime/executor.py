@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import SparePool
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
+from cumulo.tasks import cancel_and_wait
 
 
 class LocalExecutor:
@@ -39,10 +39,7 @@ class LocalExecutor:
         self.spares.start()
 
     async def stop(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await cancel_and_wait(self._reaper)
         await self.spares.stop()
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)

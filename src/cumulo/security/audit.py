@@ -25,7 +25,6 @@ every 0.2 s and `stop()` flushes the rest, like observability.logs.Recorder.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -43,6 +42,7 @@ import orjson
 
 from cumulo.security.crypto import Encryptor, audit_head_mac
 from cumulo.store.sqlite import AuditHeadRecord, AuditRowRecord, SQLiteStore
+from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.audit")
 
@@ -263,9 +263,7 @@ class AuditLog:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.flush()
 
