@@ -36,6 +36,7 @@ from cumulo.errors import FunctionCrashed
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.sdk.model import split_batch
+from cumulo.tasks import TaskSet
 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -151,7 +152,7 @@ class VersionBatcher:
         self.queue: list[_Pending] = []
         self.inflight = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def submit(self, body: bytes, key_id: str | None) -> asyncio.Future[Answer]:
         loop = asyncio.get_running_loop()
@@ -171,9 +172,7 @@ class VersionBatcher:
             batch = self.queue[: self.max_size]
             del self.queue[: self.max_size]
             self.inflight += 1
-            task = loop.create_task(self._run(batch, loop.time()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._run(batch, loop.time()))
 
     def _on_timer(self) -> None:
         self._timer = None

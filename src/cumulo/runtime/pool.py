@@ -25,6 +25,7 @@ from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
 from cumulo.runtime.wire import FrameProtocol, FrameTooLarge
 from cumulo.runtime.zygote_handle import ExitInfo, ZygoteHandle
+from cumulo.tasks import TaskSet
 
 RpcHandler = Callable[[VersionSpec, str, str, dict[str, Any]], Awaitable[Any]]
 LogSink = Callable[[VersionSpec, str, str, str, dict[str, Any], float], None]
@@ -294,7 +295,7 @@ class VersionPool:
         self.starting = 0
         self.waiters: deque[asyncio.Future[tuple[WorkerHandle, bool]]] = deque()
         self.cold_starts = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.closed = False
         # A version that lost all traffic: serve what arrives, keep nothing warm.
         self.draining = False
@@ -458,11 +459,8 @@ class VersionPool:
             self.cold_starts += 1
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run `coro` as a task the pool holds on to: the event loop keeps only weak
-        references to tasks, and one collected mid-flight would lose a reply or a spawn."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Run `coro` as a task the pool holds on to until it finishes."""
+        self._tasks.spawn(coro)
 
     # ----------------------------------------------------------------- scaling
     @property

@@ -52,6 +52,7 @@ from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import base_env
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
+from cumulo.tasks import TaskSet
 
 MB = 1024 * 1024
 # Not forwarded to the instance: connection-level headers, and what httpx sets itself.
@@ -153,7 +154,7 @@ class ProcessPool(VersionPool):
         super().__init__(spec, settings, rpc, log_sink, clock)
         self.instances: list[ProcessInstance] = []
         self.queue: deque[Waiter] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     # ----------------------------------------------------------------- dispatch
     async def invoke(self, frame: dict[str, Any], timings: Timings | None = None) -> InvokeResult:
@@ -282,9 +283,7 @@ class ProcessPool(VersionPool):
 
     def _start_worker(self) -> None:
         self.starting += 1
-        task = asyncio.get_running_loop().create_task(self._spawn())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._spawn())
 
     async def _spawn(self) -> None:
         try:
@@ -370,9 +369,7 @@ class ProcessPool(VersionPool):
         finally:
             os.close(ready_w)
         instance = ProcessInstance(proc, sock_dir, uid)
-        watcher = asyncio.get_running_loop().create_task(self._watch(instance))
-        self._tasks.add(watcher)
-        watcher.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._watch(instance))
         try:
             assert proc.stdin is not None
             proc.stdin.write(orjson.dumps(launch))
@@ -442,7 +439,7 @@ class ProcessPool(VersionPool):
         instances, self.instances = self.instances, []
         for instance in instances:
             instance.kill()
-        for task in list(self._tasks):
+        for task in self._tasks.pending():
             with contextlib.suppress(BaseException):
                 await task
 
