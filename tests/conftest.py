@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,17 +84,34 @@ class RunningPlatform:
 
 
 def start_platform(
-    tmp: Path, *extra: str, cwd: Path | None = None, verify: ssl.SSLContext | bool = True
+    tmp: Path,
+    *extra: str,
+    cwd: Path | None = None,
+    verify: ssl.SSLContext | bool = True,
+    launcher: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> RunningPlatform:
+    """Start `cumulo up` with its data in `tmp/data`; `launcher` is put before the command
+    (it must end by exec-ing it, so the process is the platform)."""
     port = free_port()
     data_dir = tmp / "data"
     log_path = tmp / "platform.log"
     with log_path.open("wb") as logfile:
         proc = subprocess.Popen(
-            [CUMULO, "up", "--port", str(port), "--data-dir", str(data_dir), *extra],
+            [
+                *launcher,
+                CUMULO,
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             cwd=cwd or tmp,
+            env=env,
             start_new_session=True,
         )
     creds = data_dir / "credentials.json"
