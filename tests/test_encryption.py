@@ -148,12 +148,18 @@ def test_a_ciphertext_moved_to_another_row_or_altered_fails_to_decrypt(store: SQ
             call()
         assert "plain" not in str(info.value)
 
+    # Rows are stored under keyed hashes of their names (state_id), not the names.
+    ns_a, ns_b = store.state_id("ns", "fn", "a"), store.state_id("ns", "fn", "b")
+    other_a = store.state_id("other", "fn", "a")
+    assert "a" not in (ns_a, ns_b, other_a)
+    assert ns_a != other_a
+
     # Another key of the same function.
-    a = raw_value(store.path, "state", "namespace = ? AND key = ?", ("ns", "a"))
-    db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = 'b'", (a,))
+    a = raw_value(store.path, "state", "namespace = ? AND key = ?", ("ns", ns_a))
+    db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = ?", (a, ns_b))
     expect_failure(lambda: store.state_get("ns", "fn", "b"))
     # The same key in another namespace.
-    db.execute("UPDATE state SET value = ? WHERE namespace = 'other' AND key = 'a'", (a,))
+    db.execute("UPDATE state SET value = ? WHERE namespace = 'other' AND key = ?", (a, other_a))
     expect_failure(lambda: store.state_get("other", "fn", "a"))
     # A state value presented as a secret.
     db.execute("UPDATE secrets SET value = ? WHERE name = 'S'", (a,))
@@ -162,11 +168,15 @@ def test_a_ciphertext_moved_to_another_row_or_altered_fails_to_decrypt(store: SQ
     for offset in (len(a) - 1, len(MAGIC) + 5):
         flipped = bytearray(a)
         flipped[offset] ^= 1
-        db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = 'a'", (flipped,))
+        db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = ?", (flipped, ns_a))
         expect_failure(lambda: store.state_get("ns", "fn", "a"))
     # A plaintext slipped in behind the encryptor's back is refused, not served.
-    db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = 'a'", (b'"x"',))
+    db.execute("UPDATE state SET value = ? WHERE namespace = 'ns' AND key = ?", (b'"x"', ns_a))
     expect_failure(lambda: store.state_get("ns", "fn", "a"))
+    # A sealed key name moved to another row does not open either.
+    name_a = db.execute("SELECT key_sealed FROM state WHERE key = ?", (ns_a,)).fetchone()[0]
+    db.execute("UPDATE state SET key_sealed = ? WHERE key = ?", (name_a, ns_b))
+    expect_failure(lambda: store.state_list("ns", "fn", "", 10))
 
 
 def test_incr_decrypts_adds_and_encrypts_in_its_transaction(store: SQLiteStore) -> None:

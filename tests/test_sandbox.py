@@ -317,7 +317,7 @@ def test_a_one_gigabyte_response_is_a_413_and_the_gateway_buffers_none_of_it(
         EVIL / "huge_response.py",
         name=honest,
         handler="huge_response.honest",
-        memory_mb=3072,
+        memory_mb=2048,
         timeout_s=60,
     )
     client.deploy(EVIL / "huge_response.py", name=raw, handler="huge_response.raw", timeout_s=60)

@@ -301,20 +301,23 @@ def test_redaction_keeps_pii_out_of_storage(
         r = _invoke(h, "chatty", {"line": f"customer {canary} ordered {kept}"}, None)
         assert r.status_code == 200
 
-    def stored() -> list[tuple[str, str]]:
-        uri = (p.data_dir / "cumulo.db").resolve().as_uri() + "?mode=ro"
-        with sqlite3.connect(uri, uri=True) as db:
-            return db.execute(
-                "SELECT message, fields FROM logs WHERE function = 'chatty' AND message LIKE "
-                "'customer %'"
-            ).fetchall()
+    def stored() -> list[str]:
+        # Log lines are sealed at rest (docs/privacy.md): read them back through the API.
+        lines = h.get("/v1/namespaces/default/functions/chatty/logs", params={"limit": 1000})
+        return [
+            str(line["message"])
+            for line in lines.json()["lines"]
+            if str(line["message"]).startswith("customer ")
+        ]
 
     wait_until(lambda: len(stored()) >= 2 * len(canaries), 10, "the log lines")
     raw = _raw(_db_files(p.data_dir))
     for canary in canaries:
         assert canary.encode() not in raw, canary
-    assert kept.encode() in raw
-    messages = " ".join(m for m, _ in stored())
+    messages = " ".join(stored())
+    assert kept in messages
+    for canary in canaries:
+        assert canary not in messages, canary
     for tag in ("[email]", "[card]", "[iban]", "[phone]", "[ip]", "[ssn]"):
         assert tag in messages, tag
 

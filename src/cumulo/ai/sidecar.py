@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import msgpack
 
+from cumulo import fds
 from cumulo.ai.anomaly import Detector
 from cumulo.ai.forecast import forecast
 
@@ -102,6 +103,8 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
+    # Its stdin and stdout (the frames) and stderr: nothing else the gateway had open.
+    fds.keep_only()
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(5)  # fitting never competes with the gateway on equal terms

@@ -44,6 +44,9 @@ out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
 
+# tarfile.extractall(filter=…), which every deploy uses, arrived in 3.11.4.
+MIN_PYTHON = (3, 11, 4)
+
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace (tenant).")]
 
 
@@ -103,8 +106,26 @@ def up(
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
     isolation: Annotated[
-        str, typer.Option(help="strict: require the sandbox; auto: use it when available.")
+        str,
+        typer.Option(
+            help="strict: require bubblewrap; auto: use it when installed; process: never."
+        ),
     ] = "auto",
+    max_memory_mb: Annotated[
+        int, typer.Option(help="Ceiling on a function's memory_mb (a deploy above: 400).")
+    ] = 2048,
+    max_instances: Annotated[
+        int, typer.Option(help="Ceiling on a function's max_instances.")
+    ] = 100,
+    max_concurrency: Annotated[
+        int, typer.Option(help="Ceiling on a function's concurrency.")
+    ] = 1000,
+    max_timeout_s: Annotated[
+        float, typer.Option(help="Ceiling on a function's timeout_s.")
+    ] = 900.0,
+    max_pids: Annotated[
+        int, typer.Option(help="Processes and threads one version's tree may hold.")
+    ] = 2048,
     key_rate: Annotated[
         str, typer.Option(help="Rate limit per API key, e.g. 1000/s or 1000/s:2000.")
     ] = "",
@@ -145,9 +166,22 @@ def up(
     prewarm: Annotated[
         bool, typer.Option("--prewarm/--no-prewarm", help="Start workers before predicted load.")
     ] = True,
+    max_unpacked_mb: Annotated[
+        int, typer.Option(help="Most a deployed bundle may unpack to, in MB.")
+    ] = 256,
+    max_bundle_files: Annotated[
+        int, typer.Option(help="Most files and directories a deployed bundle may hold.")
+    ] = 10_000,
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
+
+    if sys.version_info < MIN_PYTHON:
+        # tarfile's extraction filters (every deploy unpacks with one) came in 3.11.4.
+        fail(
+            f"cumulo needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is "
+            f"{'.'.join(map(str, sys.version_info[:3]))}"
+        )
 
     if db is not None and not db.startswith("sqlite:"):
         fail(f"unsupported --db {db!r}: this build stores data in SQLite (sqlite:///PATH)")
@@ -166,10 +200,23 @@ def up(
     jwt_flags = (jwt_issuer, jwt_audience, jwks)
     if any(jwt_flags) and not all(jwt_flags):
         fail("--jwt-issuer, --jwt-audience and --jwks go together")
-    if isolation not in ("strict", "auto"):
-        fail(f"--isolation takes strict or auto, not {isolation!r}")
+    if isolation not in ("strict", "auto", "process"):
+        fail(f"--isolation takes strict, auto or process, not {isolation!r}")
+    for flag, ceiling in (
+        ("--max-memory-mb", max_memory_mb),
+        ("--max-instances", max_instances),
+        ("--max-concurrency", max_concurrency),
+        ("--max-timeout-s", max_timeout_s),
+        ("--max-pids", max_pids),
+    ):
+        if ceiling <= 0:
+            fail(f"{flag} must be positive")
+    if max_memory_mb < 16:
+        fail("--max-memory-mb must be at least 16")
     if executor != "local":
         fail(f"unsupported --executor {executor!r}: this build runs workers locally")
+    if max_unpacked_mb < 1 or max_bundle_files < 1:
+        fail("--max-unpacked-mb and --max-bundle-files must be at least 1")
     for name, value in (("--idle-timeout", idle_timeout), ("--grace", grace)):
         if value < 0:
             fail(f"{name} must not be negative")
@@ -185,6 +232,13 @@ def up(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         grace=grace,
         isolation=isolation,
+        ceilings={
+            "max_memory_mb": max_memory_mb,
+            "max_instances": max_instances,
+            "max_concurrency": max_concurrency,
+            "max_timeout_s": max_timeout_s,
+            "max_pids": max_pids,
+        },
         key_rate=key_rate,
         namespace_concurrency=namespace_concurrency,
         privacy=privacy_settings(retention, "none" if no_redact else redact, fail),
@@ -196,6 +250,7 @@ def up(
         metering=metering,
         pricing=pricing,
         prewarm=prewarm,
+        bundle_limits=(max_unpacked_mb, max_bundle_files),
     )
 
 

@@ -6,10 +6,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 
+from cumulo.control.bundle import MAX_FILE_BYTES, MiB, UnpackLimits
 from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.platform import Platform, PlatformOptions
@@ -35,6 +36,7 @@ def serve(
     max_body_bytes: int,
     grace: float,
     isolation: str = "auto",
+    ceilings: dict[str, Any] | None = None,
     key_rate: str = "",
     namespace_concurrency: int = 0,
     privacy: PrivacySettings | None = None,
@@ -46,6 +48,7 @@ def serve(
     metering: bool = True,
     pricing: Path | None = None,
     prewarm: bool = True,
+    bundle_limits: tuple[int, int] = (256, 10_000),  # (unpacked MB, files)
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
@@ -78,8 +81,14 @@ def serve(
             reap_interval_s=min(0.5, max(0.05, idle_timeout / 4)),
             isolation=isolation,
             data_dir=data_dir.resolve(),
+            **(ceilings or {}),
         ),
         demo_dir=Path("examples").resolve() if demo else None,
+        bundle_limits=UnpackLimits(
+            max_bytes=bundle_limits[0] * MiB,
+            max_files=bundle_limits[1],
+            max_file_bytes=min(MAX_FILE_BYTES, bundle_limits[0] * MiB),
+        ),
     )
     try:
         # Configuration problems (sandbox, master key, JWKS file) are one line, not a trace.
@@ -133,8 +142,14 @@ def _announce(platform: Platform) -> None:
     options = platform.options
     lines = [f"cumulo is up at {options.url}  (data in {options.data_dir})"]
     if platform.new_admin_key:
-        lines.append(f"admin API key (shown once): {platform.new_admin_key}")
-        lines.append(f"saved for the CLI in {options.data_dir / 'credentials.json'}")
+        saved = options.data_dir / "credentials.json"
+        # A terminal is read and gone; a redirected stdout is a log file that outlives the
+        # key's secrecy (and may be readable by others): it gets only where the key is.
+        if sys.stdout.isatty():
+            lines.append(f"admin API key (shown once): {platform.new_admin_key}")
+            lines.append(f"saved for the CLI in {saved}")
+        else:
+            lines.append(f"admin API key saved in {saved} (mode 0600)")
     if platform.demo_functions:
         lines.append("demo functions: " + ", ".join(platform.demo_functions))
     lines.append(f"dashboard: {options.url}/ui/  (log in with an API key)")

@@ -29,10 +29,10 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
+from cumulo import fds
 from cumulo.errors import BadRequest
 from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
@@ -270,28 +270,20 @@ class DependencyBuilder:
             }
         )
         env_vars.setdefault("PIP_CACHE_DIR", "/tmp/pip-cache")  # noqa: S108 - private /tmp
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env_vars,
-            cwd=str(code_dir),
-            start_new_session=True,
-        )
+        # Not through the event loop's spawn (uvloop's passes on every fd that is not
+        # close-on-exec): the build starts with stdio and nothing else of the gateway's.
         try:
-            raw, _ = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_S)
+            returncode, raw, _ = await fds.run(
+                argv, limit_s=BUILD_TIMEOUT_S, env=env_vars, cwd=str(code_dir), merge_stderr=True
+            )
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
             raise BadRequest(
                 f"installing requirements.txt took longer than {BUILD_TIMEOUT_S:.0f}s",
                 code="dependency_build_failed",
                 details={"log": ""},
             ) from None
         output = raw.decode(errors="replace")
-        if proc.returncode != 0:
+        if returncode != 0:
             raise BadRequest(
                 f"installing requirements.txt failed: {_summary(output)}",
                 code="dependency_build_failed",
@@ -301,14 +293,13 @@ class DependencyBuilder:
 
     @staticmethod
     async def _run_quick(argv: list[str]) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        if proc.returncode != 0:
+        try:
+            returncode, out, err = await fds.run(argv, limit_s=60)
+        except TimeoutError as exc:
+            raise BadRequest(
+                f"preparing the dependency env failed: {exc}", code="dependency_build_failed"
+            ) from None
+        if returncode != 0:
             raise BadRequest(
                 f"preparing the dependency env failed: {_summary(err.decode(errors='replace'))}",
                 code="dependency_build_failed",

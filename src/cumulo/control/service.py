@@ -11,10 +11,11 @@ from typing import Any
 
 from cumulo.control.bundle import BundleStore
 from cumulo.control.deps import DependencyBuilder, has_requirements
+from cumulo.control.limits import check_ceilings, clamp
 from cumulo.control.process import read_manifest
 from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound
-from cumulo.runtime import sandbox
+from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.executor import LocalExecutor
 from cumulo.runtime.loader import KIND_EVENT, KIND_PROCESS
 from cumulo.runtime.settings import RuntimeSettings
@@ -26,6 +27,8 @@ from cumulo.store.sqlite import SQLiteStore
 
 VALIDATE_TIMEOUT_S = 60.0
 VALIDATE_MEMORY_MB = 4096
+# The deploy-time import's control group: the operator's memory ceiling, at least this.
+VALIDATE_MIN_MEMORY_MB = 1024
 LiveChange = Callable[[str, str, list[str]], Awaitable[None]]
 
 
@@ -103,7 +106,17 @@ class ControlPlane:
     async def deploy(self, req: DeployRequest) -> VersionRecord:
         if req.name is not None:
             validate_name(req.name)
-        sha, code_dir = self.bundles.add(req.bundle)
+        sha, _ = self.bundles.add(req.bundle)
+        # Held until the version row references it: a collection meanwhile keeps it.
+        with self.bundles.pinned(sha):
+            try:
+                return await self._deploy(req, sha)
+            finally:
+                if not await self.store.call(self.store.bundle_in_use, sha):
+                    await self.collect_bundles()
+
+    async def _deploy(self, req: DeployRequest, sha: str) -> VersionRecord:
+        code_dir = self.bundles.code_dir(sha)
         manifest = read_manifest(code_dir)
         if manifest is not None or has_requirements(code_dir):
             _require_reachable_code(self.executor.settings)
@@ -135,6 +148,7 @@ class ControlPlane:
         name = validate_name(req.name or chosen["name"])
         base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
         config = base.merged({**(req.overrides or {}), "env": req.env or {}})
+        check_ceilings(config, self.executor.settings)
         record = await self.store.call(
             self.store.add_version,
             req.namespace,
@@ -175,6 +189,16 @@ class ControlPlane:
         )
         settings = replace(self.executor.settings, zygote_start_timeout_s=VALIDATE_TIMEOUT_S)
         handle = ZygoteHandle(spec, settings, lambda *_: None, lambda _: None)
+        if cgroups.current is not None:
+            # The import is user code too: bounded like a zygote (released when it exits).
+            handle.group = cgroups.current.new_group(
+                "v",
+                cgroups.Limits(
+                    memory_bytes=max(settings.max_memory_mb, VALIDATE_MIN_MEMORY_MB) * cgroups.MB,
+                    pids=cgroups.PIDS_BASE,
+                    cpus=1.0,
+                ),
+            )
         try:
             return await handle.validate()
         except FunctionCrashed as exc:
@@ -263,6 +287,14 @@ class ControlPlane:
             await self.on_live_change(namespace, name, [])
         if self.on_live_topics is not None:
             await self.on_live_topics(namespace, name, [])
+        await self.collect_bundles()
+
+    async def collect_bundles(self) -> list[str]:
+        """Delete bundles no version references and no running pool uses (after a removal,
+        a failed deploy, and at start for what a crash left behind)."""
+        keep = set(await self.store.call(self.store.bundle_shas))
+        keep |= {pool.spec.code_dir.name for pool in self.executor.pools.values()}
+        return self.bundles.collect(keep)
 
     async def _after_traffic_change(self, namespace: str, name: str) -> None:
         self.routes.invalidate(namespace, name)
@@ -290,7 +322,7 @@ class ControlPlane:
             module=record.module,
             attr=record.attr,
             kind=record.kind,
-            config=FunctionConfig.from_dict(record.config),
+            config=clamp(FunctionConfig.from_dict(record.config), self.executor.settings),
             env_dir=self.deps.env_dir(env_hash) if env_hash else None,
             command=tuple(record.config.get("command") or ()),
         )

@@ -20,6 +20,12 @@ row up again: delivery is at least once, never lost. Claiming is one `UPDATE …
 over the due rows, so two dispatchers (several gateways on one file) never take the same
 lease; on PostgreSQL the inner SELECT gains `FOR UPDATE SKIP LOCKED` and stays otherwise the
 same.
+
+At rest (with a cipher, i.e. on the platform): a job's body, result and error are sealed
+under the namespace data key, bound to (namespace, function, job id), so a row's payload
+cannot be moved to another job, function or namespace (cumulo.store.sealing). Its
+Idempotency-Key request hash is keyed (HMAC under the namespace's index key). Ids,
+function names, statuses, counts and times stay in clear: the queue is scheduled by them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from cumulo.store.sealing import Cipher, RowSealer
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -225,7 +233,7 @@ def _view(row: Sequence[Any], result: bytes | None) -> JobView:
 
 
 class JobQueue:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cipher: Cipher | None = None) -> None:
         # Its own connection to the platform's database file: WAL lets the platform's store
         # read while we write, and busy_timeout makes either writer wait for the other's
         # (short) transaction instead of failing with "database is locked".
@@ -239,6 +247,7 @@ class JobQueue:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+        self._sealer = RowSealer(cipher, self._db) if cipher is not None else None
 
     def close(self) -> None:
         self._db.close()
@@ -256,21 +265,49 @@ class JobQueue:
         return self._tx()
 
     def insert(self, job: NewJob, now: float) -> Enqueued:
-        """Insert one job inside the caller's `transaction()`."""
+        """Insert one job inside the caller's `transaction()` (`prepare` its namespace
+        before opening that)."""
         return self._insert(job, now)
+
+    def prepare(self, namespaces: Iterable[str]) -> None:
+        """Make sure each namespace has a data key; outside any transaction."""
+        if self._sealer is not None:
+            for namespace in set(namespaces):
+                self._sealer.prepare(namespace)
+
+    def _seal(self, ns: str, purpose: str, function: str, job_id: str, data: bytes) -> bytes:
+        if self._sealer is None:
+            return data
+        return self._sealer.seal(ns, purpose, (function, job_id), data)
+
+    def _open(
+        self, ns: str, purpose: str, function: str, job_id: str, blob: bytes | str | None
+    ) -> Any:
+        if self._sealer is None or not isinstance(blob, bytes):
+            return blob
+        return self._sealer.open(ns, purpose, (function, job_id), blob)
+
+    def _request_hash(self, job: NewJob) -> str:
+        if self._sealer is None:
+            return request_hash(job.function, job.body)
+        # Keyed: the stored hash confirms no guess of the body without the namespace key.
+        digest = hashlib.sha256(job.body).hexdigest()
+        return self._sealer.keyed_hash(job.namespace, "job-request", job.function, digest)
 
     # ------------------------------------------------------------ enqueue
     def enqueue(self, jobs: Iterable[NewJob], now: float) -> list[Enqueued]:
         """Insert jobs in one transaction (a group commit); an Idempotency-Key already held
         in the namespace answers with the earlier job instead."""
         outcomes = []
+        jobs = list(jobs)
+        self.prepare(job.namespace for job in jobs)
         with self._tx():
             for job in jobs:
                 outcomes.append(self._insert(job, now))
         return outcomes
 
     def _insert(self, job: NewJob, now: float) -> Enqueued:
-        digest = request_hash(job.function, job.body)
+        digest = self._request_hash(job)
         cursor = self._db.execute(
             "INSERT INTO event_jobs (id, namespace, function, source, body, idempotency_key,"
             " request_hash, status, visible_at, max_attempts, created_at, updated_at)"
@@ -282,7 +319,7 @@ class JobQueue:
                 job.namespace,
                 job.function,
                 job.source,
-                job.body,
+                self._seal(job.namespace, "job-body", job.function, job.id, job.body),
                 job.idempotency_key,
                 digest,
                 now,
@@ -341,7 +378,10 @@ class JobQueue:
                 " RETURNING id, namespace, function, body, attempts, max_attempts, deliveries",
                 (owner, now + lease_s, now, limit),
             ).fetchall()
-        return [Claimed(*row) for row in rows]
+        return [
+            Claimed(r[0], r[1], r[2], self._open(r[1], "job-body", r[2], r[0], r[3]), *r[4:])
+            for r in rows
+        ]
 
     def extend(self, owner: str, until: float) -> int:
         """Heartbeat: push the lease of every job `owner` is running out to `until`."""
@@ -389,11 +429,23 @@ class JobQueue:
         still holds (same owner and delivery): after a lost lease the newer delivery owns the
         job and this late result is dropped — that delivery records its own."""
         applied = []
+        outcomes = list(outcomes)
+        owners = self._owners([out.id for out in outcomes])
+        self.prepare(ns for ns, _ in owners.values())
         with self._tx():
             for out in outcomes:
                 finished = now if out.status != QUEUED else None
                 visible = out.retry_at if out.retry_at is not None else now
-                error = orjson.dumps(out.error).decode() if out.error is not None else None
+                error: bytes | str | None = None
+                result = out.result
+                if out.error is not None:
+                    error = orjson.dumps(out.error).decode()
+                if out.id in owners:
+                    ns, fn = owners[out.id]
+                    if out.error is not None:
+                        error = self._seal(ns, "job-error", fn, out.id, orjson.dumps(out.error))
+                    if result is not None:
+                        result = self._seal(ns, "job-result", fn, out.id, result)
                 applied.append(
                     self._db.execute(
                         "UPDATE event_jobs SET status = ?, result_status = ?, result = ?,"
@@ -404,7 +456,7 @@ class JobQueue:
                         (
                             out.status,
                             out.result_status,
-                            out.result,
+                            result,
                             error,
                             visible,
                             finished,
@@ -418,13 +470,34 @@ class JobQueue:
                 )
         return applied
 
+    def _owners(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """id → (namespace, function): what a result's seal is bound to."""
+        if self._sealer is None or not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT id, namespace, function FROM event_jobs WHERE id IN ({marks})",  # noqa: S608
+            tuple(ids),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def _opened(self, row: Sequence[Any]) -> list[Any]:
+        """A view row with its error opened (column 14)."""
+        out = list(row)
+        error = self._open(row[1], "job-error", row[2], row[0], row[14])
+        out[14] = error.decode() if isinstance(error, bytes) else error
+        return out
+
     # ------------------------------------------------------------ reading
     def get(self, job_id: str) -> JobView | None:
         row = self._db.execute(
             f"SELECT {_VIEW_COLUMNS}, result FROM event_jobs WHERE id = ?",  # noqa: S608 - constant
             (job_id,),
         ).fetchone()
-        return _view(row[:-1], row[-1]) if row is not None else None
+        if row is None:
+            return None
+        result = self._open(row[1], "job-result", row[2], row[0], row[-1])
+        return _view(self._opened(row[:-1]), result)
 
     def dead_letters(
         self, namespace: str, limit: int, after: str | None = None, function: str | None = None
@@ -437,7 +510,7 @@ class JobQueue:
             " AND (? IS NULL OR function = ?) ORDER BY id LIMIT ?",
             (namespace, after or "", function, function, limit),
         ).fetchall()
-        return [_view(row, None) for row in rows]
+        return [_view(self._opened(row), None) for row in rows]
 
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT status, COUNT(*) FROM event_jobs GROUP BY status")
@@ -524,6 +597,7 @@ class JobQueue:
         """Claim `slot` of the schedule and enqueue its job, atomically. False when the slot
         (or a later one) has already fired, from this gateway or another, before a restart or
         after; or when the slot predates the schedule itself."""
+        self.prepare([job.namespace])
         with self._tx():
             row = self._db.execute(
                 "SELECT since FROM event_schedules WHERE namespace = ? AND function = ?"

@@ -32,6 +32,7 @@ from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics, Top
 from cumulo.events.traces import JobTraces
 from cumulo.observability.tracing import NO_TRACING, Tracing, traceparent_of
 from cumulo.sdk.spec import FunctionConfig
+from cumulo.store.sealing import Cipher
 
 log = logging.getLogger("cumulo.events")
 
@@ -68,8 +69,10 @@ class EventsService:
         poll_interval_s: float = 0.25,
         retention_s: float = RETENTION_S,
         tracing: Tracing | None = None,
+        cipher: Cipher | None = None,
     ) -> None:
         self.db_path = db_path
+        self.cipher = cipher  # seals job bodies, results and errors at rest (the platform's)
         self.tracing = tracing if tracing is not None else NO_TRACING
         self.invoke = invoke
         self.config_of = config_of
@@ -98,7 +101,7 @@ class EventsService:
         (with `run`) start dispatching and firing. `run=False` is for tests that drive
         `dispatcher.run_once()` and `scheduler.tick()` by hand."""
         db = self._db = DbThread()
-        queue = self._queue = await db.call(JobQueue, self.db_path)
+        queue = self._queue = await db.call(JobQueue, self.db_path, self.cipher)
         self._enqueuer = Batcher(db, self._enqueue_batch)
         if self.tracing.enabled:
             self._traces = await db.call(JobTraces, queue.connection)

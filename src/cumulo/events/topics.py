@@ -404,6 +404,7 @@ class TopicStore:
         wholly before or wholly after this publish."""
         default_attempts = FunctionConfig().max_attempts
         results = []
+        self.queue.prepare([namespace])  # its data key, before the transaction
         with self.queue.transaction():
             subscribers = self.subscribers(namespace, topic)
             for event in events:

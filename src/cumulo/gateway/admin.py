@@ -270,7 +270,9 @@ def _audit_routes(router: APIRouter) -> None:
     ) -> dict[str, Any]:
         """Check the hash chains: any edit, deletion, reorder or truncation is named."""
         if principal.namespace != ALL_NAMESPACES:
-            namespace = principal.namespace  # a tenant verifies its own chain only
+            # A tenant verifies its own chain only; naming another is a 404 like any probe.
+            principal.require("admin", namespace or principal.namespace)
+            namespace = principal.namespace
         elif namespace is not None and namespace != ALL_NAMESPACES:
             validate_namespace(namespace)
         report = await p.audit.verify_async(namespace)
@@ -307,7 +309,11 @@ async def _follow(p: Platform, namespace: str, name: str) -> AsyncIterator[bytes
         yield orjson.dumps(record.public()) + b"\n"
 
 
-def metrics_response(p: Platform) -> Response:
+def metrics_response(p: Platform, principal: Principal) -> Response:
+    """A platform admin key sees every series; any other key only its own namespace's
+    (series without a namespace label, and the reserved `_system` namespace, are the
+    platform's)."""
     from cumulo.observability.metrics import CONTENT_TYPE
 
-    return Response(p.metrics.render(), media_type=CONTENT_TYPE)
+    namespace = None if principal.namespace == ALL_NAMESPACES else principal.namespace
+    return Response(p.metrics.render(namespace), media_type=CONTENT_TYPE)

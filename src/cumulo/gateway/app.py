@@ -31,6 +31,7 @@ from cumulo.gateway.ui import UI_PREFIX, SessionStore, UiApp
 from cumulo.metering.api import build_router as build_metering_router
 from cumulo.privacy.api import build_router as build_privacy_router
 from cumulo.quantum.api import build_router as build_quantum_router
+from cumulo.request_body import reject_lone_surrogates
 from cumulo.security.auth import ALL_NAMESPACES
 from cumulo.security.ratelimit import Rate, RateLimiter
 
@@ -66,6 +67,9 @@ def build_admin_app(platform: Platform) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # Once for every route: a lone surrogate in a parameter or body is a 400, not a
+        # 500 wherever the text is first encoded.
+        dependencies=[Depends(reject_lone_surrogates)],
     )
 
     @app.exception_handler(ApiError)
@@ -99,12 +103,12 @@ def build_admin_app(platform: Platform) -> FastAPI:
             raise Unavailable("starting", code="not_ready")
         return {"status": "ready"}
 
-    def read_scope(request: Request) -> None:
-        principal_of(request.scope).require("read")
-
-    @app.get("/metrics", dependencies=[Depends(read_scope)], response_class=Response)
-    async def metrics() -> Response:
-        return metrics_response(platform)
+    @app.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: `read` scope; a namespace key sees its own namespace's series."""
+        principal = principal_of(request.scope)
+        principal.require("read")
+        return metrics_response(platform, principal)
 
     app.state.platform = platform
     app.include_router(build_router())

@@ -20,7 +20,7 @@ from cumulo.ai.batching import ModelBatching
 from cumulo.ai.insight_settings import InsightSettings
 from cumulo.ai.insights import Insights
 from cumulo.config import Credentials, load_credentials, write_credentials
-from cumulo.control.bundle import BundleStore
+from cumulo.control.bundle import BundleStore, UnpackLimits
 from cumulo.control.service import ControlPlane, DeployRequest
 from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRequests
 from cumulo.events.service import EventsService
@@ -78,6 +78,7 @@ class PlatformOptions:
     metering: bool = True  # usage, cost and quotas (docs/metering.md); off: --no-metering
     pricing: Path | None = None  # a TOML price table; None: Lambda-like prices
     clock: Callable[[], float] = time.time  # metering's hours and quota months (tests fake it)
+    bundle_limits: UnpackLimits = field(default_factory=UnpackLimits)  # what a bundle unpacks to
 
 
 class Platform:
@@ -93,7 +94,7 @@ class Platform:
         self.encryptor = Encryptor(master)
         self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self.encryptor)
         self.audit = AuditLog(self.store, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
-        self.bundles = BundleStore(data_dir)
+        self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
         self.jwt: JwtVerifier | None = None
@@ -123,6 +124,7 @@ class Platform:
             load_topics=self.control.all_topics,
             max_event_bytes=options.runtime.max_request_bytes,
             tracing=self.tracing,
+            cipher=self.encryptor,
         )
         self.control.on_live_change = self.events.set_schedules
         self.control.on_live_topics = self.events.set_topics
@@ -181,6 +183,7 @@ class Platform:
         await self.executor.start()
         await self.insights.start()
         await self.control.warm_all()
+        await self.control.collect_bundles()  # leftovers of a crash or of removed functions
         await self.events.start()
         if (self.quantum_dir / "quantum.db").exists():
             # Jobs from before a restart resume; a platform that never ran one stays lean.

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+from cumulo.observability import memory
+from cumulo.observability.log_limits import LogLimiter, LogLimits, record_size
 from cumulo.observability.outcomes import Outcome
 from cumulo.store.base import InvocationRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
@@ -16,6 +19,7 @@ from cumulo.tasks import cancel_and_wait
 FLUSH_INTERVAL_S = 0.2
 MAX_BUFFER = 50_000
 FOLLOWER_QUEUE = 1000
+TRIM_AFTER_BYTES = 4 * 1024 * 1024  # a flush this big is a burst: give the heap back after
 
 
 class LogGuard(Protocol):
@@ -28,10 +32,19 @@ class LogGuard(Protocol):
 
 
 class Recorder:
-    def __init__(self, store: SQLiteStore, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        limits: LogLimits | None = None,
+    ) -> None:
         self._store = store
         self._interval = flush_interval_s
+        # Every log line of every function passes here first (the one sink): the caps.
+        self.limiter = LogLimiter(limits)
         self._logs: list[LogRecord] = []
+        self._buffered = 0  # bytes in self._logs
+        self._since_trim = 0
         self._invocations: list[InvocationRecord] = []
         self._followers: dict[tuple[str, str], set[asyncio.Queue[LogRecord]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -49,13 +62,22 @@ class Recorder:
         await self.flush()
 
     def log(self, record: LogRecord) -> None:
+        admitted = self.limiter.admit(record, time.monotonic())
+        if admitted is None:
+            return
+        record = admitted
         if self.guard is not None:
             guarded = self.guard.log(record)
             if guarded is None:
                 return
             record = guarded
-        if len(self._logs) < MAX_BUFFER:
+        size = record_size(record)
+        if (
+            len(self._logs) < MAX_BUFFER
+            and self._buffered + size <= self.limiter.limits.buffer_bytes
+        ):
             self._logs.append(record)
+            self._buffered += size
         else:
             self.dropped += 1
         for queue in self._followers.get((record.namespace, record.function), ()):
@@ -89,11 +111,29 @@ class Recorder:
     async def flush(self) -> None:
         self.catch_up()
         logs, self._logs = self._logs, []
+        flushed, self._buffered = self._buffered, 0
         invocations, self._invocations = self._invocations, []
+        limits = self.limiter.limits
         if logs:
-            await self._store.call(self._store.append_logs, logs)
+            await self._store.call(
+                self._store.append_logs,
+                logs,
+                retain_rows=limits.retain_rows,
+                retain_bytes=limits.retain_bytes,
+            )
         if invocations:
             await self._store.call(self._store.append_invocations, invocations)
+        self._since_trim += flushed
+        if self._since_trim >= TRIM_AFTER_BYTES and not self._logs:
+            # The burst is over (nothing new came in meanwhile): return its pages.
+            self._since_trim = 0
+            del logs
+            await self._store.call(self._release_memory)
+
+    def _release_memory(self) -> None:
+        """Store thread: SQLite's page cache, then the C heap, back to the OS."""
+        self._store.shrink_memory()
+        memory.trim()
 
     async def _flush_forever(self) -> None:
         while True:

@@ -122,5 +122,27 @@ class Metrics:
         self.registry.register(PoolCollector(pools))
         self.observe = self.stats.observe
 
-    def render(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+    def render(self, namespace: str | None = None) -> bytes:
+        """The exposition text: every series (namespace None: the platform admin), or only
+        the series labelled with `namespace`. Series without a namespace label describe the
+        whole platform and are left out of a namespace's view."""
+        if namespace is None:
+            return bytes(generate_latest(self.registry))
+        return bytes(generate_latest(_Scoped(self.registry, namespace)))
+
+
+class _Scoped:
+    """A registry view holding only one namespace's samples (what generate_latest reads)."""
+
+    def __init__(self, registry: CollectorRegistry, namespace: str) -> None:
+        self._registry = registry
+        self._namespace = namespace
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if s.labels.get("namespace") == self._namespace]
+            if not samples:
+                continue
+            scoped = Metric(family.name, family.documentation, family.type, family.unit)
+            scoped.samples = samples
+            yield scoped

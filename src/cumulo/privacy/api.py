@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from cumulo.errors import BadRequest
 from cumulo.privacy.service import PrivacyService, parse_duration
 from cumulo.sdk.spec import validate_name
-from cumulo.security.auth import Principal, principal_of
+from cumulo.security.auth import ALL_NAMESPACES, Principal, principal_of
 
 DEFAULT_NAMESPACE = "default"
 MAX_ID = 64
@@ -127,7 +127,12 @@ def build_router(privacy: PrivacyService) -> APIRouter:
 
     @router.get("/retention")
     async def retention(principal: Caller) -> dict[str, Any]:
-        return await privacy.retention()
+        """The default TTL and each namespace's: a namespace key sees only its own."""
+        found = await privacy.retention()
+        if principal.namespace != ALL_NAMESPACES:
+            own = principal.namespace
+            found["namespaces"] = {own: privacy.ttl_of(own)}
+        return found
 
     @router.put("/retention")
     async def set_retention(body: RetentionBody, principal: Caller) -> dict[str, Any]:
@@ -141,9 +146,11 @@ def build_router(privacy: PrivacyService) -> APIRouter:
 
     @router.post("/retention/purge")
     async def purge(principal: Caller) -> dict[str, Any]:
-        """Run the retention purge now (it also runs periodically); returns its evidence."""
+        """Run the retention purge now (it also runs periodically); returns its evidence.
+        A namespace's admin purges its own namespace only; a platform admin, every one."""
         principal.require("admin")
-        return {"purged": await privacy.purge()}
+        own = None if principal.namespace == ALL_NAMESPACES else principal.namespace
+        return {"purged": await privacy.purge(own)}
 
     @router.get("/report")
     async def report(

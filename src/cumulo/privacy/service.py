@@ -450,13 +450,15 @@ class PrivacyService:
             "namespaces": {ns: self.ttl_of(ns) for ns in namespaces},
         }
 
-    async def purge(self) -> list[dict[str, Any]]:
-        """Delete what is past each namespace's TTL; the evidence (cut-off and counts per
-        table) goes to the audit log and is returned."""
+    async def purge(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Delete what is past each namespace's TTL (only `namespace`'s when given); the
+        evidence (cut-off and counts per table) goes to the audit log and is returned."""
         await self.flush()
         now = self.clock()
         evidence = []
         for ns in await self.store.call(self.data.namespaces):
+            if namespace is not None and ns != namespace:
+                continue
             ttl = self.ttl_of(ns)
             if ttl is None:
                 continue

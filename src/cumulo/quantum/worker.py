@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from cumulo import fds
 from cumulo.quantum.prepare import circuit_from_bytes
 from cumulo.quantum.protocol import pack, recv_sync
 
@@ -253,6 +254,8 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     fd, parent_pid = int(argv[1]), int(argv[2])
+    # Its socket and stdio: nothing else the gateway had open.
+    fds.keep_only([fd])
     die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
     try:

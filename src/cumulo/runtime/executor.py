@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
+from cumulo.runtime import cgroups
 from cumulo.runtime.loader import KIND_PROCESS
 from cumulo.runtime.pool import Clock, InvokeResult, LogSink, RpcHandler, VersionPool
 from cumulo.runtime.process_pool import ProcessPool
@@ -33,6 +35,9 @@ class LocalExecutor:
         self.spares = SparePool(settings)
 
     async def start(self) -> None:
+        # The platform's parent control group (stale ones of killed platforms swept).
+        groups = cgroups.setup(self.settings.data_dir)
+        logging.getLogger("cumulo.cgroups").info("limits: %s", groups.describe())
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
         # Started in the background: the first spare is ready about when an interpreter
         # with cumulo imported is (~0.1 s); cold starts before that take the old path.
@@ -43,6 +48,7 @@ class LocalExecutor:
         await self.spares.stop()
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        cgroups.shutdown()
 
     def pool_for(self, spec: VersionSpec) -> VersionPool:
         pool = self.pools.get(spec.key)

@@ -80,16 +80,21 @@ def _tasks_of(uid: int) -> int:
     return count
 
 
-def limit_processes(max_instances: int, concurrency: int) -> None:
-    """RLIMIT_NPROC against fork bombs: what this uid runs now plus room for the workers.
+def limit_processes(max_instances: int, concurrency: int, max_pids: int = 0) -> None:
+    """RLIMIT_NPROC against fork bombs: what this uid runs now plus room for the workers,
+    at most `max_pids` (the operator's `--max-pids`, also the control group's pids.max).
 
-    The count is per real uid, so under a private uid this bounds one function version;
-    under a shared uid it is measured from what already runs."""
+    The count is per real uid, so under a private uid (each platform has its own range)
+    this bounds one function version; under a shared uid it is measured from what already
+    runs."""
     uid = os.getuid()
     if uid == 0:
         return  # root is exempt from RLIMIT_NPROC anyway
     per_worker = concurrency + (os.cpu_count() or 1) + 2
-    limit = _tasks_of(uid) + NPROC_BASE + max_instances * per_worker
+    room = NPROC_BASE + max_instances * per_worker
+    if max_pids > 0:
+        room = min(room, max_pids)
+    limit = _tasks_of(uid) + room
     _soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)

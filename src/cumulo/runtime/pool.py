@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,6 +21,7 @@ from cumulo.errors import (
     PayloadTooLarge,
     TooManyRequests,
 )
+from cumulo.runtime import cgroups
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
@@ -34,6 +36,14 @@ T = TypeVar("T")
 
 # How long a crashed worker's in-flight calls wait for the zygote to report the exit status.
 EXIT_REPORT_WAIT_S = 0.5
+# Work left running after a response: a version whose whole tree (its control group; the
+# worker processes without one) keeps using more than IDLE_CPU_SHARE of a core for
+# IDLE_CPU_WINDOW_S while nothing is in flight, IDLE_CPU_GRACE_S after its last response,
+# is stopped (its zygote and workers killed; the next call starts it again).
+IDLE_CPU_GRACE_S = 1.0
+IDLE_CPU_WINDOW_S = 2.0
+IDLE_CPU_SHARE = 0.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -304,6 +314,9 @@ class VersionPool:
         # Predicted load (cumulo.ai.prewarm): keep `floor` workers until `floor_until`.
         self.floor = 0
         self.floor_until = 0.0
+        # (CPU seconds, clock) of the version's tree when it was last seen idle.
+        self._idle_cpu: tuple[float, float] | None = None
+        self.idle_cpu_stops = 0
 
     # ----------------------------------------------------------------- dispatch
     async def invoke(self, frame: dict[str, Any], timings: Timings | None = None) -> InvokeResult:
@@ -487,6 +500,7 @@ class VersionPool:
         new_zygote = self.zygote is None or not self.zygote.alive
         try:
             zygote = await self._ensure_zygote()
+            self._fit_memory(zygote)
             pid, sock = await zygote.fork()
             worker = WorkerHandle(self, pid, zygote, self._clock())
             await asyncio.get_running_loop().connect_accepted_socket(lambda: worker.protocol, sock)
@@ -529,15 +543,46 @@ class VersionPool:
                 self._zygote_starting = None
 
     async def _start_zygote(self) -> ZygoteHandle:
-        zygote = ZygoteHandle(self.spec, self.settings, self._worker_exited, self._zygote_died)
+        zygote = ZygoteHandle(
+            self.spec,
+            self.settings,
+            self._worker_exited,
+            self._zygote_died,
+            on_output=self.handle_output,
+        )
+        platform_groups = cgroups.current
+        if platform_groups is not None:
+            config, settings = self.config, self.settings
+            # The whole tree of this zygote: memory, processes, CPU (cgroups.py).
+            zygote.group = platform_groups.new_group(
+                "z",
+                cgroups.version_limits(
+                    config.memory_mb,
+                    config.max_instances,
+                    config.concurrency,
+                    settings.max_memory_mb,
+                    settings.max_pids,
+                ),
+            )
         try:
             await zygote.start()
         except BaseException:
             zygote.kill()
             raise
         zygote.idle_since = self._clock()
+        if zygote.group is not None:
+            zygote.baseline = zygote.group.memory_usage() or 0
         self.zygote = zygote
         return zygote
+
+    def _fit_memory(self, zygote: ZygoteHandle, starting: int = 0) -> None:
+        """The version's memory: its zygote plus the function's memory per worker."""
+        group = zygote.group
+        if group is None or group.removed:
+            return
+        workers = len(self.workers) + self.starting + starting
+        with contextlib.suppress(OSError):
+            group.set_memory(cgroups.fitted_memory(zygote.baseline, self.config.memory_mb, workers))
 
     def _worker_exited(self, pid: int, info: ExitInfo) -> None:
         worker = self.by_pid.pop(pid, None)
@@ -551,6 +596,8 @@ class VersionPool:
     def worker_gone(self, worker: WorkerHandle) -> None:
         with contextlib.suppress(ValueError):
             self.workers.remove(worker)
+        if self.zygote is not None and self.zygote.alive:
+            self._fit_memory(self.zygote)
         if self.waiters and not self.closed:
             self._scale_up()
 
@@ -578,6 +625,7 @@ class VersionPool:
         missing = keep - len(self.workers) - self.starting
         for _ in range(max(0, missing)):
             self._start_worker()
+        self._police_idle_cpu(now)
         zygote = self.zygote
         if zygote is not None:
             if self.workers or self.starting or self.waiters:
@@ -585,6 +633,54 @@ class VersionPool:
             elif now - zygote.idle_since >= self.settings.zygote_idle_timeout_s:
                 self.zygote = None
                 zygote.kill()
+
+    def _tree_cpu(self, zygote: ZygoteHandle) -> float | None:
+        """CPU seconds of the version's tree: its control group (children included), else
+        the zygote and its workers (all threads; a worker's children are not counted)."""
+        if zygote.group is not None:
+            used = zygote.group.cpu_seconds()
+            if used is not None:
+                return used
+        pids = [w.pid for w in self.workers]
+        if zygote.pid is not None:
+            pids.append(zygote.pid)
+        return sum(_process_cpu(pid) for pid in pids)
+
+    def _police_idle_cpu(self, now: float) -> None:
+        zygote = self.zygote
+        busy = self.starting or self.waiters or any(w.load for w in self.workers)
+        last = max((w.last_used for w in self.workers), default=0.0)
+        if zygote is None or not zygote.alive or busy or now - last < IDLE_CPU_GRACE_S:
+            self._idle_cpu = None
+            return
+        used = self._tree_cpu(zygote)
+        if used is None:
+            return
+        if self._idle_cpu is None or used < self._idle_cpu[0]:
+            self._idle_cpu = (used, now)
+            return
+        since_cpu, since = self._idle_cpu
+        if now - since < IDLE_CPU_WINDOW_S:
+            return
+        share = (used - since_cpu) / (now - since)
+        self._idle_cpu = (used, now)
+        if share <= IDLE_CPU_SHARE:
+            return
+        self.idle_cpu_stops += 1
+        self._log_sink(
+            self.spec,
+            "",
+            "error",
+            f"stopped: the function kept using {share:.0%} of a CPU with no invocation in "
+            f"flight (work left running after a response); it starts again on the next call",
+            {"cpu_share": round(share, 3)},
+            time.time(),
+        )
+        for worker in list(self.workers):
+            worker.close()
+        self.workers.clear()
+        self.zygote = None
+        zygote.kill()
 
     def prewarm(self, workers: int, until: float) -> int:
         """Hold at least `workers` (within max_instances) until `until` on the pool's
@@ -643,6 +739,12 @@ class VersionPool:
             float(message.get("ts") or time.time()),
         )
 
+    def handle_output(self, stream: str, line: str) -> None:
+        """A line the zygote or a worker wrote to fd 1 or 2 itself (os.write, a C library,
+        a crash report): tied to no one invocation, so logged against the version only."""
+        fd = 1 if stream == "stdout" else 2
+        self._log_sink(self.spec, "", stream, line, {"fd": fd}, time.time())
+
     def describe(self) -> dict[str, Any]:
         return {
             "version": self.spec.version,
@@ -653,6 +755,16 @@ class VersionPool:
             "queued": len(self.waiters),
             "workers": [w.describe() for w in self.workers if w.alive],
         }
+
+
+def _process_cpu(pid: int) -> float:
+    """utime + stime of every thread of `pid`, in seconds (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _reported_times(value: Any) -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from cumulo import fds
 from cumulo.runtime import limits
 from cumulo.runtime.zygote import confine
 
@@ -76,6 +77,9 @@ async def run(spec: dict[str, Any], ready_fd: int) -> int:
         env=env,
         cwd=spec["code_dir"],
         stdin=asyncio.subprocess.DEVNULL,
+        # The command's fds: /dev/null, and the launcher's stdout and stderr (the gateway's
+        # pipes into the function's logs); close_fds is asyncio's default, said here anyway.
+        close_fds=True,
         # Without bubblewrap's pid namespace nothing else would stop the command if the
         # launcher were killed (the gateway kills the group, but a crashed gateway cannot).
         # preexec_fn is safe here: the launcher has started no thread yet.
@@ -96,6 +100,9 @@ async def run(spec: dict[str, Any], ready_fd: int) -> int:
 
 def main() -> None:
     ready_fd = int(sys.argv[1])
+    # stdin (the spec), stdout/stderr (the gateway's pipes into the function's logs), the
+    # ready pipe: nothing else reaches the launcher, and so the command.
+    fds.keep_only([ready_fd])
     spec: dict[str, Any] = orjson.loads(sys.stdin.buffer.read())
     parent = int(spec.get("parent") or 0)
     limits.die_with_parent(parent if parent > 0 else os.getppid())

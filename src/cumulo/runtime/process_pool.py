@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ import orjson
 if TYPE_CHECKING:
     import httpx
 
+from cumulo import fds
 from cumulo.errors import (
     ApiError,
     FunctionCrashed,
@@ -37,7 +39,7 @@ from cumulo.errors import (
     PayloadTooLarge,
     TooManyRequests,
 )
-from cumulo.runtime import sandbox
+from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.pool import (
     EXIT_REPORT_WAIT_S,
     Clock,
@@ -89,8 +91,11 @@ def _describe_exit(code: int) -> str:
 
 
 class ProcessInstance:
-    def __init__(self, proc: asyncio.subprocess.Process, sock_dir: Path, uid: int | None) -> None:
+    def __init__(
+        self, proc: fds.Child, sock_dir: Path, uid: int | None, output: fds.Output
+    ) -> None:
         self.proc = proc
+        self.output = output
         self.pid = proc.pid
         self.sock_dir = sock_dir
         self.uid = uid
@@ -98,6 +103,9 @@ class ProcessInstance:
         # process function runs, not in every gateway.
         import httpx
 
+        # httpx logs every request line at INFO: a client's query string (tokens, personal
+        # data) does not belong in the platform's log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.client: httpx.AsyncClient = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(sock_dir / "http.sock")),
             base_url="http://function",
@@ -110,6 +118,7 @@ class ProcessInstance:
         self.last_used = 0.0
         self.alive = True
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.group: cgroups.Group | None = None  # its whole tree's limits (cgroups.py)
 
     def kill(self) -> None:
         self.alive = False
@@ -130,6 +139,8 @@ class ProcessInstance:
         if self.uid is not None:
             sandbox.uids.release(self.uid)
             self.uid = None
+        if cgroups.current is not None:
+            cgroups.current.release(self.group)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -336,6 +347,7 @@ class ProcessPool(VersionPool):
             "env": env,
         }
         ready_r, ready_w = os.pipe()
+        spec_r, spec_w = os.pipe()
         argv = [settings.python, "-m", "cumulo.runtime.process_launch", str(ready_w)]
         if status.bwrap is not None:
             argv = [
@@ -350,30 +362,49 @@ class ProcessPool(VersionPool):
                 ),
                 *argv,
             ]
+        # The command's stdout/stderr (the launcher passes its own on): the function's logs.
+        output = fds.Output(self.handle_output)
+        group = None
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                pass_fds=[ready_w],
+            if cgroups.current is not None:
+                config = spec.config
+                group = cgroups.current.new_group(
+                    "p",
+                    cgroups.instance_limits(
+                        config.memory_mb, config.concurrency, settings.max_pids
+                    ),
+                )
+                if group is not None:
+                    argv = group.wrap(argv)  # in its group from the first instruction
+            proc = fds.spawn(
+                argv,
+                keep=[ready_w],
+                stdin=spec_r,
                 # The launcher's own: the function's env reaches only the command.
                 env=base_env(str(spec.code_dir)),
                 cwd=str(spec.code_dir),
-                stdin=asyncio.subprocess.PIPE,
-                start_new_session=True,
+                stdout=output.child_fds[0],
+                stderr=output.child_fds[1],
             )
         except BaseException:
             os.close(ready_r)
+            os.close(spec_w)
+            output.close()
             shutil.rmtree(sock_dir, ignore_errors=True)
             if uid is not None:
                 sandbox.uids.release(uid)
+            if cgroups.current is not None:
+                cgroups.current.release(group)
             raise
         finally:
             os.close(ready_w)
-        instance = ProcessInstance(proc, sock_dir, uid)
+            os.close(spec_r)
+        output.start()
+        instance = ProcessInstance(proc, sock_dir, uid, output)
+        instance.group = group
         self._tasks.spawn(self._watch(instance))
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(orjson.dumps(launch))
-            proc.stdin.close()
+            await _write_all(spec_w, orjson.dumps(launch))
             line = await asyncio.wait_for(_read_line(ready_r), settings.zygote_start_timeout_s)
         except TimeoutError:
             instance.kill()
@@ -453,6 +484,16 @@ class ProcessPool(VersionPool):
             "queued": len(self.queue),
             "workers": [i.describe() for i in self.instances if i.alive],
         }
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write `data` to a pipe and close it, without blocking the loop (the launch spec)."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
+    try:
+        transport.write(data)
+    finally:
+        transport.close()
 
 
 async def _read_line(fd: int) -> bytes:

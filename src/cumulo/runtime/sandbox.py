@@ -27,12 +27,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +45,12 @@ log = logging.getLogger("cumulo.sandbox")
 
 # Names the bubblewrap binary; empty or a missing path means "not installed" (tests use it).
 BWRAP_ENV = "CUMULO_BWRAP"
-# Zygotes of a root gateway run as UID_BASE + slot (same gid); 65534 when that range is
-# not mapped in this user namespace.
+# Zygotes of a root gateway run as a uid of the platform's own range (same gid).
 UID_BASE = 200_000
 UID_SLOTS = 4096
+# How many platforms (ranges of UID_SLOTS) one host may run; each claims one (UidPool).
+UID_RANGES = 1024
+UID_LOCK_DIR = Path("/run/cumulo/uids")
 NOBODY = 65534
 MB = 1024 * 1024
 PROBE_TIMEOUT_S = 20.0
@@ -64,6 +68,7 @@ class SandboxStatus:
     reason: str  # why bubblewrap is not used ("" when it is)
     seccomp: bool  # libseccomp is loadable: zygotes install the filter
     drop_uid: bool  # the gateway is root: each zygote runs under a private uid
+    broken: bool = False  # bubblewrap is installed but its probe failed
 
     @property
     def sandboxed(self) -> bool:
@@ -76,7 +81,7 @@ class SandboxStatus:
         return ", ".join(layers)
 
 
-_probed: dict[tuple[str | None, str, str], SandboxStatus] = {}
+_probed: dict[tuple[str | None, str, str, str], SandboxStatus] = {}
 _warned: set[tuple[str | None, str, str]] = set()
 
 
@@ -93,7 +98,7 @@ def find_bwrap() -> str | None:
 def status(settings: RuntimeSettings) -> SandboxStatus:
     """The sandbox this process can build, probed on first use and remembered."""
     bwrap = find_bwrap()
-    key = (bwrap, settings.python, str(settings.data_dir))
+    key = (bwrap, settings.python, str(settings.data_dir), settings.isolation)
     found = _probed.get(key)
     if found is None:
         found = _probe(bwrap, settings)
@@ -101,11 +106,32 @@ def status(settings: RuntimeSettings) -> SandboxStatus:
     return found
 
 
-def check(settings: RuntimeSettings) -> SandboxStatus:
-    """Probe the sandbox at platform start-up.
+def prepare_data_dir(settings: RuntimeSettings) -> None:
+    """Create the data dir (0700) before anything probes or mounts over it: bubblewrap
+    mounts a tmpfs there, and cannot create the mount point on a read-only `/`."""
+    if settings.data_dir is not None:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            settings.data_dir.chmod(0o700)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the data dir {settings.data_dir}: {exc.strerror}"
+            ) from None
 
-    strict: raises SandboxUnavailable (one line) when bubblewrap cannot be used.
-    auto: without bubblewrap, logs one loud warning and returns the degraded status."""
+
+def check(settings: RuntimeSettings) -> SandboxStatus:
+    """Probe the sandbox at platform start-up; raises SandboxUnavailable (one line) when
+    functions could not be confined here.
+
+    - strict: bubblewrap must work.
+    - auto: bubblewrap when it works; when it is installed but fails, refuse (never a silent
+      fall-back) unless `--isolation process` says so.
+    - any mode: a gateway that is not root cannot drop functions to another uid, so without
+      a working bubblewrap they would run as the uid that owns the data dir: refuse.
+    Otherwise (a root gateway without bubblewrap, or `process`) logs one loud warning."""
+    prepare_data_dir(settings)
+    if os.geteuid() == 0 and uids.claim() is None:
+        raise SandboxUnavailable(f"functions cannot get private uids here ({uids.reason})")
     found = status(settings)
     if found.sandboxed:
         log.info("sandbox: %s", found.describe())
@@ -113,6 +139,16 @@ def check(settings: RuntimeSettings) -> SandboxStatus:
     if settings.isolation == "strict":
         raise SandboxUnavailable(
             f"--isolation strict: the worker sandbox cannot be built ({found.reason})"
+        )
+    if found.broken and settings.isolation == "auto":
+        raise SandboxUnavailable(
+            f"bubblewrap is installed but does not work here ({found.reason}); fix it, or "
+            "start with --isolation process to run functions without it"
+        )
+    if not found.drop_uid:
+        raise SandboxUnavailable(
+            f"functions would run as uid {os.geteuid()}, which owns the data dir: a gateway "
+            f"that is not root needs a working bubblewrap ({found.reason})"
         )
     key = (found.bwrap, settings.python, str(settings.data_dir))
     if key not in _warned:
@@ -129,9 +165,14 @@ def check(settings: RuntimeSettings) -> SandboxStatus:
     return found
 
 
+PROBE_MODULE = "cumulo_probe"
+
+
 def _probe(bwrap: str | None, settings: RuntimeSettings) -> SandboxStatus:
     seccomp = seccomp_available()
     drop_uid = os.geteuid() == 0
+    if settings.isolation == "process":
+        return SandboxStatus(None, "--isolation process", seccomp, drop_uid)
     if bwrap is None:
         reason = (
             f"${BWRAP_ENV} names no executable"
@@ -139,23 +180,37 @@ def _probe(bwrap: str | None, settings: RuntimeSettings) -> SandboxStatus:
             else "bubblewrap (bwrap) is not installed"
         )
         return SandboxStatus(None, reason, seccomp, drop_uid)
-    # The real thing, minus user code: the interpreter must start inside the sandbox and
-    # import the zygote module under the uid zygotes will run as.
-    code_dir = Path(__file__).resolve().parent
+    # The real thing, minus user code: the command line a zygote gets (the data dir hidden,
+    # a code dir inside it bound back), the interpreter importing the zygote module and a
+    # module from that code dir under the uid zygotes will run as.
     uid = probe_uid() if drop_uid else None
-    script = (
-        "import os\n"
-        f"uid = {uid!r}\n"
-        "if uid is not None:\n"
-        "    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)\n"
-        "import cumulo.runtime.zygote\n"
-        "open('/tmp/probe', 'w').close()\n"
-        "print('ok')\n"
-    )
-    argv = bwrap_argv(bwrap, settings, code_dir, network=False, tmp_bytes=MB, drop_uid=drop_uid)
+    lines = [
+        "import os",
+        f"uid = {uid!r}",
+        "if uid is not None:",
+        "    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)",
+        "import cumulo.runtime.zygote",
+        "open('/tmp/probe', 'w').close()",
+    ]
+    probe_dir: Path | None = None
     try:
+        if settings.data_dir is not None:
+            prepare_data_dir(settings)
+            probe_dir = Path(tempfile.mkdtemp(prefix=".probe-", dir=settings.data_dir))
+            probe_dir.chmod(0o755)  # like an unpacked code dir: the dropped uid reads it
+            (probe_dir / f"{PROBE_MODULE}.py").write_text("OK = True\n")
+            lines.append(f"import {PROBE_MODULE}")
+        code_dir = probe_dir or Path(__file__).resolve().parent
+        argv = bwrap_argv(
+            bwrap,
+            settings,
+            code_dir,
+            network=False,
+            tmp_bytes=max(settings.spare_memory_mb, 16) * MB,
+            drop_uid=drop_uid,
+        )
         result = subprocess.run(
-            [*argv, settings.python, "-c", script],
+            [*argv, settings.python, "-c", "\n".join([*lines, "print('ok')", ""])],
             capture_output=True,
             text=True,
             timeout=PROBE_TIMEOUT_S,
@@ -164,14 +219,18 @@ def _probe(bwrap: str | None, settings: RuntimeSettings) -> SandboxStatus:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return SandboxStatus(None, f"{bwrap} could not run: {exc}", seccomp, drop_uid)
+        return SandboxStatus(None, f"{bwrap} could not run: {exc}", seccomp, drop_uid, True)
+    finally:
+        if probe_dir is not None:
+            shutil.rmtree(probe_dir, ignore_errors=True)
     if result.returncode != 0 or result.stdout.strip() != "ok":
-        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        last = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
         return SandboxStatus(
             None,
-            f"{bwrap} failed (exit {result.returncode}): {lines[-1][:200]}",
+            f"{bwrap} failed (exit {result.returncode}): {last[-1][:200]}",
             seccomp,
             drop_uid,
+            True,
         )
     return SandboxStatus(bwrap, "", seccomp, drop_uid)
 
@@ -275,7 +334,9 @@ def bwrap_argv(
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         for cap in extra_caps:
             argv += ["--cap-add", cap]
-    size = str(max(tmp_bytes, 16 * MB))
+    # /tmp and /dev/shm together hold at most the function's memory: their pages are
+    # charged to its control group (cgroups.py), and without one they are still bounded.
+    size = str(max(tmp_bytes // 2, 8 * MB))
     argv += ["--dev", "/dev", "--proc", "/proc"]
     argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]  # noqa: S108 - inside the sandbox
     # Empty tmpfs over: /tmp (private, writable), every directory other users cannot
@@ -340,22 +401,60 @@ def _uid_range_mapped(first: int, count: int) -> bool:
 
 
 class UidPool:
-    """Private uids for the zygotes of a root gateway: one per live zygote."""
+    """Private uids for the zygotes of a root gateway: one per live zygote.
+
+    Each platform on the host claims a range of its own (`claim`: range k is
+    UID_BASE + k*slots … + slots-1, held by an flock on /run/cumulo/uids/k.lock for the
+    gateway's lifetime, released by the kernel even on SIGKILL), so two platforms never
+    share a uid: neither RLIMIT_NPROC counts nor signals cross between them."""
 
     def __init__(self, base: int = UID_BASE, slots: int = UID_SLOTS) -> None:
-        self.base = base if _uid_range_mapped(base, slots) else None
+        self.first = base
+        self.base: int | None = None
         self.slots = slots
         self.used: set[int] = set()
+        self.claimed = False
+        self.lock_fd: int | None = None
+        self.reason = ""
+
+    def claim(self, lock_dir: Path = UID_LOCK_DIR) -> int | None:
+        """Claim this platform's range (idempotent); None when no range is free or mapped."""
+        if self.claimed:
+            return self.base
+        self.claimed = True
+        try:
+            lock_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            self.reason = f"cannot create {lock_dir}: {exc.strerror}"
+            return None
+        for k in range(UID_RANGES):
+            first = self.first + k * self.slots
+            if not _uid_range_mapped(first, self.slots):
+                break
+            fd = os.open(lock_dir / f"{k}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self.lock_fd, self.base = fd, first
+            return first
+        self.reason = "no free uid range (every range is claimed or not mapped)"
+        return None
 
     def acquire(self) -> int:
+        if not self.claimed:
+            self.claim()
         if self.base is None:
-            return NOBODY
-        for slot in range(self.slots):
+            raise OSError(errno.EAGAIN, f"no private uid for the zygote: {self.reason}")
+        for slot in range(self.slots - 1):  # the last one is the probe's
             uid = self.base + slot
             if uid not in self.used:
                 self.used.add(uid)
                 return uid
-        return NOBODY  # 4096 live zygotes: they share nobody; the pid namespaces still part them
+        raise OSError(errno.EAGAIN, f"all {self.slots - 1} private uids of this platform in use")
 
     def release(self, uid: int) -> None:
         self.used.discard(uid)
@@ -365,7 +464,8 @@ uids = UidPool()
 
 
 def probe_uid() -> int:
-    return uids.base + uids.slots - 1 if uids.base is not None else NOBODY
+    base = uids.claim()
+    return base + uids.slots - 1 if base is not None else NOBODY
 
 
 # ---------------------------------------------------------------- seccomp (libseccomp)
@@ -385,6 +485,7 @@ DENIED_SYSCALLS = (
     "ptrace",
     "process_vm_readv",
     "process_vm_writev",
+    "pidfd_getfd",
     "mount",
     "umount2",
     "pivot_root",
@@ -631,6 +732,39 @@ def reachable_path(path: str, keep: list[int]) -> str:
         keep.append(fd)
         return f"/proc/self/fd/{fd}"
     return path
+
+
+def reroute_imports(keep: list[int]) -> None:
+    """Before a uid drop without bubblewrap: every import path, and the `__path__` of every
+    package already imported, through descriptors the new uid can use.
+
+    Rewriting sys.path alone is not enough: a submodule imported later (importlib.metadata
+    when a model loads, encodings.*) is looked up in its package's `__path__`, which still
+    names the unreachable directory (an interpreter under a 0700 /root/.pyenv)."""
+    mapping: dict[str, str] = {}
+    rerouted = []
+    for entry in sys.path:
+        moved = reachable_path(entry, keep)
+        if moved != entry:
+            mapping[os.path.normpath(entry)] = moved
+        rerouted.append(moved)
+    sys.path[:] = rerouted
+    if not mapping:
+        return
+    prefixes = sorted(mapping, key=len, reverse=True)
+
+    def rebase(path: str) -> str:
+        normal = os.path.normpath(path)
+        for prefix in prefixes:
+            if normal == prefix or normal.startswith(prefix + os.sep):
+                return mapping[prefix] + normal[len(prefix) :]
+        return path
+
+    for module in list(sys.modules.values()):
+        package_path = getattr(module, "__path__", None)
+        if isinstance(package_path, list):
+            package_path[:] = [rebase(p) if isinstance(p, str) else p for p in package_path]
+    sys.path_importer_cache.clear()
 
 
 # ---------------------------------------------------------------- mounts for spare zygotes

@@ -21,8 +21,9 @@ class RuntimeSettings:
     reap_interval_s: float = 0.5
     # Frames a busy concurrency-1 worker may hold queued behind the running one.
     prefetch: int = 1
-    # "strict": refuse to start without the sandbox; "auto": sandbox when bubblewrap works,
-    # else process isolation with a loud warning.
+    # "strict": refuse to start without bubblewrap; "auto": bubblewrap when installed (a
+    # bwrap that is installed but fails refuses to start), else process isolation under a
+    # private uid; "process": never bubblewrap (docs/sandbox.md, "Start-up").
     isolation: str = "auto"
     # Hidden from every worker (the sandbox mounts an empty tmpfs over it).
     data_dir: Path | None = None
@@ -31,3 +32,12 @@ class RuntimeSettings:
     spare_zygotes: int = 1
     # The function memory (= /tmp size) spares are started for; others take the old path.
     spare_memory_mb: int = 256
+    # Operator ceilings (`cumulo up --max-…`): a deploy asking for more is a 400, whatever
+    # its bundle says (control/limits.py).
+    max_memory_mb: int = 2048
+    max_instances: int = 100
+    max_concurrency: int = 1000
+    max_timeout_s: float = 900.0
+    # Processes and threads one version's whole tree may hold (its control group's pids.max
+    # and RLIMIT_NPROC), whatever max_instances x concurrency would allow.
+    max_pids: int = 2048

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cumulo.runtime import sandbox
+from cumulo import fds
+from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger("cumulo.spares")
@@ -69,10 +70,13 @@ def base_env(home: str) -> dict[str, str]:
 
 @dataclass(slots=True)
 class Spare:
-    proc: asyncio.subprocess.Process
+    proc: fds.Child
     ctl: socket.socket  # the gateway's end, SO_PASSCRED set
+    output: fds.Output  # its fds 1 and 2; the adopting version's logs once adopted
     started_at: float  # time.time() at launch
     ready: bool = False  # the interpreter has imported cumulo and waits for a spec
+    # Its own control group until adopted (then moved to the version's; cgroups.py).
+    group: cgroups.Group | None = None
 
 
 class SparePool:
@@ -139,7 +143,7 @@ class SparePool:
     def code_tree(self, code_dir: Path) -> int:
         """The code dir as a detached read-only mount for a spare, -1 when none can be made
         (spares are then turned off: the same call would fail for every function)."""
-        if not any(s.proc.returncode is None for s in self.spares):
+        if not any(s.proc.poll() is None for s in self.spares):
             return -1
         try:
             return sandbox.detached_tree(code_dir)
@@ -148,10 +152,15 @@ class SparePool:
             log.warning("spare zygotes turned off: cannot clone the code dir's mount: %s", exc)
             return -1
 
-    def take(self) -> Spare | None:
+    def take(self, in_group: bool = False) -> Spare | None:
         """A live spare, ready ones first (one still starting beats a new interpreter);
-        its control socket is the caller's from now on. A replacement starts now."""
-        live = [s for s in self.spares if s.proc.returncode is None]
+        its control socket is the caller's from now on. A replacement starts now.
+        `in_group`: only a spare in a control group of its own (to move to the version's)."""
+        live = [
+            s
+            for s in self.spares
+            if s.proc.poll() is None and (s.group is not None or not in_group)
+        ]
         if not live:
             return None
         spare = max(live, key=lambda s: s.ready)
@@ -203,22 +212,33 @@ class SparePool:
             str(theirs.fileno()),
             "--spare",
         ]
+        # Until adopted it has run only platform code: what it prints is the platform's.
+        output = fds.Output(_platform_output)
+        group = None
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                pass_fds=[theirs.fileno()],
+            if cgroups.current is not None:
+                group = cgroups.current.new_group("s", cgroups.SPARE_LIMITS)
+                if group is not None:
+                    argv = group.wrap(argv)
+            proc = fds.spawn(
+                argv,
+                keep=[theirs.fileno()],
                 env=base_env("/"),
                 cwd="/",
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+                stdout=output.child_fds[0],
+                stderr=output.child_fds[1],
             )
         except BaseException:
             ours.close()
+            output.close()
+            if cgroups.current is not None:
+                cgroups.current.release(group)
             raise
         finally:
             theirs.close()
+        output.start()
         ours.setblocking(False)
-        return Spare(proc, ours, time.time())
+        return Spare(proc, ours, output, time.time(), group=group)
 
     def _on_readable(self, spare: Spare) -> None:
         try:
@@ -269,6 +289,10 @@ class SparePool:
         }
 
 
+def _platform_output(stream: str, line: str) -> None:
+    log.warning("spare zygote %s: %r", stream, line)
+
+
 def kill(spare: Spare) -> None:
     """Stop a spare (bwrap's process group) and close the gateway's end."""
     # bwrap's process group: its pid namespace, and the spare in it, die with it.
@@ -276,6 +300,8 @@ def kill(spare: Spare) -> None:
         os.killpg(spare.proc.pid, 9)
     with contextlib.suppress(OSError):
         spare.ctl.close()
+    if cgroups.current is not None:
+        cgroups.current.release(spare.group)
 
 
 # The executor's pool, for zygote handles made elsewhere (deploy-time validation).

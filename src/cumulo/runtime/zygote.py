@@ -41,7 +41,8 @@ from typing import Any
 import msgpack
 import orjson
 
-from cumulo.runtime import limits, sandbox
+from cumulo import fds
+from cumulo.runtime import cgroups, limits, sandbox
 from cumulo.runtime.loader import KIND_MODEL, FoundHandler, UserCodeError, resolve
 from cumulo.runtime.validate import validate
 from cumulo.runtime.wire import BlockingChannel
@@ -52,10 +53,10 @@ from cumulo.sdk.spec import FunctionConfig
 SPEC_MAX = 1 << 20
 
 
-def _send(ctl: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+def _send(ctl: socket.socket, message: dict[str, Any], passed: list[int] | None = None) -> None:
     data = msgpack.packb(message, use_bin_type=True)
-    if fds:
-        socket.send_fds(ctl, [data], fds)
+    if passed:
+        socket.send_fds(ctl, [data], passed)
     else:
         ctl.send(data)
 
@@ -202,13 +203,15 @@ def confine(spec: dict[str, Any], code_dir: Path) -> tuple[Path, bytes | None]:
         # Without bubblewrap the interpreter or the code may lie where the new uid cannot
         # reach (/root, the 0700 data dir): keep a descriptor to each such directory.
         if not spec.get("sandboxed"):
-            sys.path[:] = [sandbox.reachable_path(p, keep) for p in sys.path]
+            sandbox.reroute_imports(keep)
             code_dir = Path(sandbox.reachable_path(str(code_dir), keep))
         sandbox.drop_privileges(int(uid), int(uid))
     # Credentials changed: the parent-death signal was reset with them.
     limits.die_with_parent(os.getppid())
     limits.limit_processes(
-        int(config.get("max_instances") or 1), int(config.get("concurrency") or 1)
+        int(config.get("max_instances") or 1),
+        int(config.get("concurrency") or 1),
+        int(spec.get("max_pids") or 0),
     )
     sandbox.no_new_privs()
     worker_filter = None
@@ -230,19 +233,19 @@ def wait_for_adoption(ctl: socket.socket) -> dict[str, Any]:
         del sys.path[0]
     limits.die_with_parent(os.getppid())
     _send(ctl, {"op": "spare"})
-    data, fds, _flags, _addr = socket.recv_fds(ctl, SPEC_MAX, 1)
-    if not data or not fds:
+    data, tree, _sender = fds.recv_with_fds(ctl, SPEC_MAX, socket.CMSG_SPACE(4))
+    if not data or not tree:
         os._exit(0)
     try:
         spec: dict[str, Any] = orjson.loads(data)
         if spec.get("uid") is None:
             raise OSError(errno.EPERM, "a spare needs a uid to drop to")
-        sandbox.attach_tree(fds[0], Path(spec["code_dir"]))
+        sandbox.attach_tree(tree[0], Path(spec["code_dir"]))
     except OSError as exc:
         _send(ctl, {"op": "error", "message": f"the sandbox could not be set up: {exc}"})
         os._exit(1)
     finally:
-        for fd in fds:
+        for fd in tree:
             os.close(fd)
     os.environ.clear()
     os.environ.update(spec["env"])
@@ -250,7 +253,11 @@ def wait_for_adoption(ctl: socket.socket) -> dict[str, Any]:
 
 
 def main() -> None:
-    ctl = socket.socket(fileno=int(sys.argv[1]))
+    ctl_fd = int(sys.argv[1])
+    # Before anything else: this process keeps its stdio (/dev/null and the gateway's
+    # output pipes) and its control socket, and nothing a launcher passed on by mistake.
+    fds.keep_only([ctl_fd])
+    ctl = socket.socket(fileno=ctl_fd)
     spare = "--spare" in sys.argv[2:]
     if spare:
         spec = wait_for_adoption(ctl)
@@ -261,6 +268,8 @@ def main() -> None:
     code_dir = Path(spec["code_dir"])
     os.chdir(code_dir)
     try:
+        # The version's control group (cgroups.py) holds us before any user code runs.
+        cgroups.verify_member(list(spec.get("cgroup") or []))
         code_dir, worker_filter = confine(spec, code_dir)
         if spare and sandbox.capabilities_left():
             # The mount needed CAP_SYS_ADMIN; user code must never run with it.

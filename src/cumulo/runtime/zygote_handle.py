@@ -21,8 +21,9 @@ from typing import Any
 import msgpack
 import orjson
 
+from cumulo import fds
 from cumulo.errors import FunctionCrashed
-from cumulo.runtime import sandbox, spares
+from cumulo.runtime import cgroups, sandbox, spares
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import ENV_ALLOWLIST, base_env
 from cumulo.runtime.spec import VersionSpec
@@ -54,19 +55,9 @@ _ANCILLARY = socket.CMSG_SPACE(4 * 4) + socket.CMSG_SPACE(struct.calcsize("iII")
 
 
 def recv_packet(sock: socket.socket) -> tuple[bytes, list[int], int | None]:
-    """One control packet: data, the fds it carried, and the sender's pid (ours)."""
-    data, ancdata, _flags, _addr = sock.recvmsg(65536, _ANCILLARY)
-    fds: list[int] = []
-    pid = None
-    for level, kind, payload in ancdata:
-        if level != socket.SOL_SOCKET:
-            continue
-        if kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
-        elif kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
-            pid = struct.unpack("iII", payload[:12])[0]
-    return data, fds, pid
+    """One control packet: data, the fds it carried (close-on-exec: another tenant's worker
+    socket must never reach a later child), and the sender's pid (ours)."""
+    return fds.recv_with_fds(sock, 65536, _ANCILLARY)
 
 
 class ZygoteHandle:
@@ -76,13 +67,18 @@ class ZygoteHandle:
         settings: RuntimeSettings,
         on_worker_exit: Callable[[int, ExitInfo], None],
         on_death: Callable[[ZygoteHandle], None],
+        on_output: fds.OutputSink | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self._on_worker_exit = on_worker_exit
         self._on_death = on_death
         self.pid: int | None = None
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: fds.Child | None = None
+        # The zygote's (and so its workers') fds 1 and 2: pipes we read into the function's
+        # logs, never an fd of the gateway's.
+        self._on_output = on_output
+        self.output: fds.Output | None = None
         self._ctl: socket.socket | None = None
         self._ready: asyncio.Future[None] | None = None
         self._forks: dict[str, asyncio.Future[tuple[int, socket.socket]]] = {}
@@ -96,6 +92,10 @@ class ZygoteHandle:
         self.validated: list[dict[str, Any]] = []
         # When the adopted spare was started (time.time()); None: started for this version.
         self.prestarted_at: float | None = None
+        # The control group holding this zygote's whole tree (set by whoever starts it;
+        # cgroups.py), and its memory once ready (what its workers share).
+        self.group: cgroups.Group | None = None
+        self.baseline = 0
 
     async def validate(self) -> list[dict[str, Any]]:
         """Import the bundle in a throwaway zygote (same sandbox, uid and filters as a real
@@ -133,7 +133,7 @@ class ZygoteHandle:
             and spare_pool.matches(settings, memory, spec.config.env, spec.python(settings.python))
         ):
             tree = spare_pool.code_tree(spec.code_dir)
-            spare = spare_pool.take() if tree >= 0 else None
+            spare = spare_pool.take(self.group is not None) if tree >= 0 else None
             if spare is None and tree >= 0:
                 os.close(tree)
         spec_message: dict[str, Any] = {
@@ -151,6 +151,8 @@ class ZygoteHandle:
             "seccomp": status.seccomp,
             "fsize_bytes": memory,
             "validate": self._validate_only,
+            "cgroup": self.group.procs_files if self.group is not None else [],
+            "max_pids": settings.max_pids,
         }
         self._ready = loop.create_future()
         if spare is not None:
@@ -182,22 +184,28 @@ class ZygoteHandle:
                     ),
                     *argv,
                 ]
+            output = fds.Output(self._on_output)
             try:
                 ours.send(orjson.dumps(spec_message))
-                self.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    pass_fds=[theirs.fileno()],
+                if self.group is not None:
+                    argv = self.group.wrap(argv)  # in its group from the first instruction
+                self.proc = fds.spawn(
+                    argv,
+                    keep=[theirs.fileno()],
                     env=zygote_env(spec),
                     cwd=str(spec.code_dir),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    start_new_session=True,
+                    stdout=output.child_fds[0],
+                    stderr=output.child_fds[1],
                 )
             except BaseException:
                 ours.close()
+                output.close()
                 self._release_uid()
                 raise
             finally:
                 theirs.close()
+            self.output = output
+            output.start()
             ours.setblocking(False)
         # Until `ready` names the zygote itself: the launcher (bwrap), our process group.
         assert self.proc is not None
@@ -220,8 +228,16 @@ class ZygoteHandle:
         detached read-only mount (the spare's sandbox was built without it)."""
         self.proc = spare.proc
         self.prestarted_at = spare.started_at
+        # The spare's output is the function's from now on.
+        self.output = spare.output
+        spare.output.rebind(self._on_output)
         message = {**spec_message, "env": zygote_env(self.spec)}
         try:
+            if self.group is not None and spare.group is not None:
+                # Before the spec: the spare runs no user code until it has it.
+                self.group.take_from(spare.group)
+                if cgroups.current is not None:
+                    cgroups.current.release(spare.group)
             socket.send_fds(spare.ctl, [orjson.dumps(message)], [tree])
         except OSError:
             spares.kill(spare)
@@ -233,13 +249,13 @@ class ZygoteHandle:
         assert self._ctl is not None
         while True:
             try:
-                data, fds, sender = recv_packet(self._ctl)
+                data, passed, sender = recv_packet(self._ctl)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data, fds, sender = b"", [], None
+                data, passed, sender = b"", [], None
             if not data:
-                for fd in fds:
+                for fd in passed:
                     os.close(fd)
                 self._closed()
                 return
@@ -247,18 +263,18 @@ class ZygoteHandle:
                 message = msgpack.unpackb(data, raw=False)
                 if not isinstance(message, dict):
                     raise TypeError("not a map")
-                self._handle(message, fds, sender)
+                self._handle(message, passed, sender)
             except Exception:
-                for fd in fds:
+                for fd in passed:
                     with contextlib.suppress(OSError):
                         os.close(fd)
 
-    def _handle(self, message: dict[str, Any], fds: list[int], sender: int | None) -> None:
+    def _handle(self, message: dict[str, Any], passed: list[int], sender: int | None) -> None:
         op = message.get("op")
         if op == "forked":
             fut = self._forks.pop(str(message.get("wid")), None)
-            sock = socket.socket(fileno=fds.pop(0)) if fds else None
-            for fd in fds:
+            sock = socket.socket(fileno=passed.pop(0)) if passed else None
+            for fd in passed:
                 os.close(fd)
             if fut is not None and not fut.done() and sock is not None and sender:
                 self._host_pids[int(message["pid"])] = sender
@@ -293,7 +309,7 @@ class ZygoteHandle:
                     )
                 )
         else:
-            for fd in fds:
+            for fd in passed:
                 os.close(fd)
 
     def _closed(self) -> None:
@@ -314,6 +330,8 @@ class ZygoteHandle:
                 fut.set_exception(error)
         self._forks.clear()
         self._release_uid()
+        if cgroups.current is not None:
+            cgroups.current.release(self.group)  # whatever the zygote left running dies
         self._on_death(self)
 
     async def fork(self) -> tuple[int, socket.socket]:
@@ -351,6 +369,8 @@ class ZygoteHandle:
         self._host_pids.clear()
         if self.alive:
             self._closed()
+        elif cgroups.current is not None:
+            cgroups.current.release(self.group)  # it never came up
 
     def _release_uid(self) -> None:
         if self._uid is not None:

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (namespace, function, version));
 CREATE TABLE IF NOT EXISTS state (
     namespace TEXT NOT NULL, function TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-    version INTEGER NOT NULL, updated_at REAL NOT NULL,
+    version INTEGER NOT NULL, updated_at REAL NOT NULL, key_sealed BLOB,
     PRIMARY KEY (namespace, function, key));
 CREATE TABLE IF NOT EXISTS secrets (
     namespace TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, updated_at REAL NOT NULL,
@@ -85,8 +85,8 @@ def _traffic_from_json(raw: str) -> dict[int, int]:
 
 
 class ValueCipher(Protocol):
-    """Encrypts state values and secrets at rest (security.crypto.Encryptor). `item` names
-    the row (function and key, or secret name) and is bound to the ciphertext."""
+    """Encrypts values at rest (security.crypto.Encryptor): state values and key names,
+    secrets, log lines, job bodies. `item` names the row and is bound to the ciphertext."""
 
     def prepare(self, store: SQLiteStore, namespace: str) -> None: ...
 
@@ -97,6 +97,8 @@ class ValueCipher(Protocol):
     def decrypt(
         self, store: SQLiteStore, namespace: str, purpose: str, item: tuple[str, ...], blob: bytes
     ) -> bytes: ...
+
+    def keyed_hash(self, store: SQLiteStore, namespace: str, purpose: str, *parts: str) -> str: ...
 
 
 class SQLiteStore:
@@ -118,6 +120,9 @@ class SQLiteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA cache_size=-65536")
         conn.executescript(SCHEMA)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(state)")}
+        if "key_sealed" not in columns:  # a database from before state key names were sealed
+            conn.execute("ALTER TABLE state ADD COLUMN key_sealed BLOB")
         self._conn = conn
 
     def close(self) -> None:
@@ -262,6 +267,15 @@ class SQLiteStore:
         found = (self.get_version(namespace, name, int(r[0])) for r in rows)
         return [v for v in found if v is not None]
 
+    def bundle_shas(self) -> list[str]:
+        """Every bundle a version references (what bundle collection keeps)."""
+        rows = self.db.execute("SELECT DISTINCT bundle_sha FROM versions").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def bundle_in_use(self, sha: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM versions WHERE bundle_sha = ? LIMIT 1", (sha,))
+        return row.fetchone() is not None
+
     def _set_traffic(
         self,
         db: sqlite3.Connection,
@@ -324,14 +338,27 @@ class SQLiteStore:
         return cur.rowcount > 0
 
     # ------------------------------------------------------------ state
+    # A row's `key` is a keyed hash of (function, name) under the namespace's index key
+    # (plain name without an encryptor); the name itself is sealed in `key_sealed`. The
+    # value's AAD binds the plain (function, name), so values cannot be swapped between keys.
+    def state_id(self, namespace: str, function: str, key: str) -> str:
+        if self.encryptor is None:
+            return key
+        return self.encryptor.keyed_hash(self, namespace, "state-key", function, key)
+
     def state_get(self, namespace: str, function: str, key: str) -> StateRecord | None:
         row = self.db.execute(
             "SELECT value, version FROM state WHERE namespace = ? AND function = ? AND key = ?",
-            (namespace, function, key),
+            (namespace, function, self.state_id(namespace, function, key)),
         ).fetchone()
         if row is None:
             return None
         return StateRecord(self._open_value(namespace, "state", (function, key), row[0]), row[1])
+
+    def _sealed_name(self, namespace: str, function: str, sid: str, key: str) -> bytes | None:
+        if self.encryptor is None:
+            return None
+        return self._seal_value(namespace, "state-key", (function, sid), key.encode())
 
     def state_put(
         self,
@@ -346,38 +373,63 @@ class SQLiteStore:
         version comes back."""
         # Encrypted before the transaction: a data key created inside one could roll back.
         stored = self._seal_value(namespace, "state", (function, key), value)
+        sid = self.state_id(namespace, function, key)
         with self._tx() as db:
             # The version alone: the old value needs no decrypting to be overwritten.
-            version = self._state_version(namespace, function, key) or 0
+            version = self._state_version(namespace, function, sid) or 0
             if expected_version is not None and expected_version != version:
                 return False, version
-            db.execute(
-                "INSERT INTO state VALUES (?,?,?,?,?,?) ON CONFLICT (namespace, function, key) "
-                "DO UPDATE SET value = excluded.value, version = excluded.version, "
-                "updated_at = excluded.updated_at",
-                (namespace, function, key, stored, version + 1, now),
-            )
+            self._state_write(db, namespace, function, sid, key, stored, version + 1, now)
         return True, version + 1
+
+    def _state_write(
+        self,
+        db: sqlite3.Connection,
+        namespace: str,
+        function: str,
+        sid: str,
+        key: str,
+        stored: bytes,
+        version: int,
+        now: float,
+    ) -> None:
+        # The sealed name is written with the row only when it is new (rows from before
+        # names were sealed are sealed at start: seal_legacy_state_keys).
+        db.execute(
+            "INSERT INTO state VALUES (?,?,?,?,?,?,?) ON CONFLICT (namespace, function, key) "
+            "DO UPDATE SET value = excluded.value, version = excluded.version, "
+            "updated_at = excluded.updated_at",
+            (
+                namespace,
+                function,
+                sid,
+                stored,
+                version,
+                now,
+                self._sealed_name(namespace, function, sid, key) if version == 1 else None,
+            ),
+        )
 
     def state_delete(
         self, namespace: str, function: str, key: str, expected_version: int | None
     ) -> tuple[bool, int]:
+        sid = self.state_id(namespace, function, key)
         with self._tx() as db:
             # The version alone: a value that no longer decrypts can still be deleted.
-            found = self._state_version(namespace, function, key)
+            found = self._state_version(namespace, function, sid)
             version = found or 0
             if expected_version is not None and expected_version != version:
                 return False, version
             db.execute(
                 "DELETE FROM state WHERE namespace = ? AND function = ? AND key = ?",
-                (namespace, function, key),
+                (namespace, function, sid),
             )
         return found is not None, version
 
-    def _state_version(self, namespace: str, function: str, key: str) -> int | None:
+    def _state_version(self, namespace: str, function: str, sid: str) -> int | None:
         row = self.db.execute(
             "SELECT version FROM state WHERE namespace = ? AND function = ? AND key = ?",
-            (namespace, function, key),
+            (namespace, function, sid),
         ).fetchone()
         return int(row[0]) if row else None
 
@@ -388,28 +440,44 @@ class SQLiteStore:
         if self.encryptor is not None:
             # The data key must exist before the transaction (see state_put).
             self.encryptor.prepare(self, namespace)
+        sid = self.state_id(namespace, function, key)
         with self._tx() as db:
             current = self.state_get(namespace, function, key)
             value = int(orjson.loads(current.value)) if current else 0
             value += by
             version = (current.version if current else 0) + 1
             stored = self._seal_value(namespace, "state", (function, key), orjson.dumps(value))
-            db.execute(
-                "INSERT INTO state VALUES (?,?,?,?,?,?) ON CONFLICT (namespace, function, key) "
-                "DO UPDATE SET value = excluded.value, version = excluded.version, "
-                "updated_at = excluded.updated_at",
-                (namespace, function, key, stored, version, now),
-            )
+            self._state_write(db, namespace, function, sid, key, stored, version, now)
         return value, version
 
-    def state_list(self, namespace: str, function: str, prefix: str, limit: int) -> list[str]:
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    def _state_names(self, namespace: str, function: str) -> list[tuple[str, str]]:
+        """(name, stored key) of every state row of a function."""
         rows = self.db.execute(
-            "SELECT key FROM state WHERE namespace = ? AND function = ? AND key LIKE ? "
-            "ESCAPE '\\' ORDER BY key LIMIT ?",
-            (namespace, function, escaped + "%", limit),
+            "SELECT key, key_sealed FROM state WHERE namespace = ? AND function = ?",
+            (namespace, function),
         ).fetchall()
-        return [r[0] for r in rows]
+        out = []
+        for sid, sealed in rows:
+            if sealed is None:
+                out.append((str(sid), str(sid)))  # no encryptor, or not migrated yet
+            else:
+                name = self._open_value(namespace, "state-key", (function, sid), sealed)
+                out.append((name.decode(), str(sid)))
+        return out
+
+    def state_list(self, namespace: str, function: str, prefix: str, limit: int) -> list[str]:
+        if self.encryptor is None:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self.db.execute(
+                "SELECT key FROM state WHERE namespace = ? AND function = ? AND key LIKE ? "
+                "ESCAPE '\\' ORDER BY key LIMIT ?",
+                (namespace, function, escaped + "%", limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+        # Names are sealed: the function's rows are opened and filtered here (a scan of
+        # that one function's keys; no index can serve a prefix of a ciphertext).
+        names = sorted(n for n, _ in self._state_names(namespace, function) if n.startswith(prefix))
+        return names[:limit]
 
     # ------------------------------------------------------------ secrets
     def secret_set(self, namespace: str, name: str, value: bytes, now: float) -> None:
@@ -444,25 +512,97 @@ class SQLiteStore:
         return cur.rowcount > 0
 
     # ------------------------------------------------------------ logs and invocations
-    def append_logs(self, records: list[LogRecord]) -> None:
+    # A line's message and fields are sealed together into `message` (`fields` stays ''),
+    # bound to (function, version, invocation id): a row moved to another function or
+    # namespace does not open. Rows from before sealing are read as they are.
+    def _seal_log(self, r: LogRecord) -> tuple[bytes | str, str]:
+        if self.encryptor is None:
+            return r.message, orjson.dumps(r.fields).decode()
+        data = orjson.dumps([r.message, r.fields])
+        item = (r.function, str(r.version), r.invocation_id)
+        return self.encryptor.encrypt(self, r.namespace, "log", item, data), ""
+
+    def append_logs(
+        self,
+        records: list[LogRecord],
+        *,
+        retain_rows: int | None = None,
+        retain_bytes: int | None = None,
+    ) -> None:
+        """Append lines; then, per function written to, drop its oldest lines past
+        `retain_rows` lines or `retain_bytes` stored bytes."""
+        if self.encryptor is not None:
+            for namespace in {r.namespace for r in records}:
+                self.encryptor.prepare(self, namespace)
+        rows = []
+        for r in records:
+            message, fields = self._seal_log(r)
+            rows.append(
+                (
+                    r.namespace,
+                    r.function,
+                    r.version,
+                    r.invocation_id,
+                    r.ts,
+                    r.level,
+                    message,
+                    fields,
+                )
+            )
         with self._tx() as db:
             db.executemany(
                 "INSERT INTO logs (namespace, function, version, invocation_id, ts, level, "
                 "message, fields) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.namespace,
-                        r.function,
-                        r.version,
-                        r.invocation_id,
-                        r.ts,
-                        r.level,
-                        r.message,
-                        orjson.dumps(r.fields).decode(),
-                    )
-                    for r in records
-                ],
+                rows,
             )
+            for namespace, function in {(r.namespace, r.function) for r in records}:
+                self._trim_logs(db, namespace, function, retain_rows, retain_bytes)
+
+    @staticmethod
+    def _trim_logs(
+        db: sqlite3.Connection,
+        namespace: str,
+        function: str,
+        retain_rows: int | None,
+        retain_bytes: int | None,
+    ) -> None:
+        if retain_rows is not None:
+            db.execute(
+                "DELETE FROM logs WHERE namespace = ?1 AND function = ?2 AND seq <= ("
+                "SELECT seq FROM logs WHERE namespace = ?1 AND function = ?2 "
+                "ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+                (namespace, function, retain_rows),
+            )
+        if retain_bytes is not None:
+            # The newest line whose running total (newest first) passes the budget, and
+            # everything older, goes.
+            db.execute(
+                "DELETE FROM logs WHERE namespace = ?1 AND function = ?2 AND seq <= ("
+                "SELECT seq FROM (SELECT seq, SUM(length(message) + length(fields) + 64) "
+                "OVER (ORDER BY seq DESC) AS total FROM logs "
+                "WHERE namespace = ?1 AND function = ?2) WHERE total > ?3 LIMIT 1)",
+                (namespace, function, retain_bytes),
+            )
+
+    def log_stats(self, namespace: str, function: str) -> tuple[int, int]:
+        """(lines, stored bytes) of a function's logs."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(message) + length(fields)), 0) FROM logs "
+            "WHERE namespace = ? AND function = ?",
+            (namespace, function),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def _open_log(
+        self, namespace: str, function: str, version: int, iid: str, message: Any, fields: str
+    ) -> tuple[str, dict[str, Any]]:
+        if isinstance(message, bytes) and self.encryptor is not None:
+            item = (function, str(version), iid)
+            text, data = orjson.loads(self.encryptor.decrypt(self, namespace, "log", item, message))
+            return str(text), dict(data)
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        return str(message), orjson.loads(fields) if fields else {}
 
     def query_logs(
         self, namespace: str, function: str, *, after_seq: int = 0, limit: int = 100
@@ -473,10 +613,11 @@ class SQLiteStore:
             "WHERE namespace = ? AND function = ? AND seq > ? ORDER BY seq DESC LIMIT ?",
             (namespace, function, after_seq, limit),
         ).fetchall()
-        return [
-            (r[0], LogRecord(namespace, function, r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6])))
-            for r in reversed(rows)
-        ]
+        out = []
+        for seq, version, iid, ts, level, message, fields in reversed(rows):
+            text, data = self._open_log(namespace, function, version, iid, message, fields)
+            out.append((seq, LogRecord(namespace, function, version, iid, ts, level, text, data)))
+        return out
 
     def append_invocations(self, records: list[InvocationRecord]) -> None:
         # One JSON parameter that SQLite unpacks itself: binding thousands of rows from
@@ -544,6 +685,115 @@ class SQLiteStore:
             return blob
         return self.encryptor.decrypt(self, namespace, purpose, item, blob)
 
+    # ------------------------------------------------------------ rows from older builds
+    def seal_legacy_state_keys(self) -> int:
+        """Replace plain state key names by their keyed hash, the name sealed beside it.
+        Idempotent: only rows without a sealed name are touched. Store thread, at start."""
+        if self.encryptor is None:
+            return 0
+        rows = self.db.execute(
+            "SELECT namespace, function, key FROM state WHERE key_sealed IS NULL"
+        ).fetchall()
+        for namespace in {r[0] for r in rows}:
+            self.encryptor.prepare(self, namespace)
+        with self._tx() as db:
+            for namespace, function, key in rows:
+                sid = self.state_id(namespace, function, key)
+                db.execute(
+                    "UPDATE state SET key = ?, key_sealed = ? WHERE namespace = ? AND "
+                    "function = ? AND key = ?",
+                    (
+                        sid,
+                        self._sealed_name(namespace, function, sid, key),
+                        namespace,
+                        function,
+                        key,
+                    ),
+                )
+        return len(rows)
+
+    def seal_legacy_rows(self, batch: int = 5000) -> dict[str, int]:
+        """Seal what older builds stored in clear: state key names, log lines, and the
+        events queue's job bodies, results and errors. Idempotent (sealed rows are skipped)
+        and done in batches; counts per kind."""
+        counts = {"state_keys": self.seal_legacy_state_keys(), "logs": 0, "jobs": 0}
+        if self.encryptor is None:
+            return counts
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, namespace, function, version, invocation_id, ts, level, message, "
+                "fields FROM logs WHERE typeof(message) = 'text' LIMIT ?",
+                (batch,),
+            ).fetchall()
+            if not rows:
+                break
+            records = [
+                (r[0], LogRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], orjson.loads(r[8])))
+                for r in rows
+            ]
+            for namespace in {r.namespace for _, r in records}:
+                self.encryptor.prepare(self, namespace)
+            with self._tx() as db:
+                for seq, record in records:
+                    message, fields = self._seal_log(record)
+                    db.execute(
+                        "UPDATE logs SET message = ?, fields = ? WHERE seq = ?",
+                        (message, fields, seq),
+                    )
+            counts["logs"] += len(rows)
+        counts["jobs"] = self._seal_legacy_jobs(batch)
+        return counts
+
+    def _seal_legacy_jobs(self, batch: int) -> int:
+        exists = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_jobs'"
+        ).fetchone()
+        if exists is None or self.encryptor is None:
+            return 0
+        sealed = 0
+        # Bodies not yet sealed (nor sealed to a data subject), results likewise, errors text.
+        where = (
+            "(substr(body, 1, 3) NOT IN (x'ff434d', x'ff434a')) OR (result IS NOT NULL AND "
+            "substr(result, 1, 3) NOT IN (x'ff434d', x'ff434a')) OR typeof(error) = 'text'"
+        )
+        while True:
+            rows = self.db.execute(
+                f"SELECT id, namespace, function, body, result, error FROM event_jobs "  # noqa: S608
+                f"WHERE {where} LIMIT ?",
+                (batch,),
+            ).fetchall()
+            if not rows:
+                return sealed
+            for namespace in {r[1] for r in rows}:
+                self.encryptor.prepare(self, namespace)
+            with self._tx() as db:
+                for job_id, namespace, function, body, result, error in rows:
+                    item = (function, job_id)
+                    db.execute(
+                        "UPDATE event_jobs SET body = ?, result = ?, error = ? WHERE id = ?",
+                        (
+                            self._seal_job(namespace, "job-body", item, body),
+                            self._seal_job(namespace, "job-result", item, result),
+                            self._seal_job(namespace, "job-error", item, error),
+                            job_id,
+                        ),
+                    )
+            sealed += len(rows)
+
+    def _seal_job(
+        self, namespace: str, purpose: str, item: tuple[str, str], data: bytes | str | None
+    ) -> bytes | None:
+        if data is None:
+            return None
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if raw[:3] in (b"\xffCM", b"\xffCJ") or self.encryptor is None:
+            return raw
+        return self.encryptor.encrypt(self, namespace, purpose, item, raw)
+
+    def shrink_memory(self) -> None:
+        """Give SQLite's page cache back (after a burst of writes)."""
+        self.db.execute("PRAGMA shrink_memory")
+
     def transaction(self) -> _Transaction:
         """BEGIN IMMEDIATE ... COMMIT for the security modules' multi-statement writes."""
         return self._tx()
@@ -597,20 +847,29 @@ class SQLiteStore:
         )
 
     def encrypted_rows(self) -> list[EncryptedRow]:
-        """Every stored value that is encrypted at rest, as stored (tests, migration)."""
-        state = self.db.execute("SELECT namespace, function, key, value FROM state").fetchall()
+        """Every stored value that is encrypted at rest, as stored (tests, migration); a
+        state row's item is (function, its name), the name opened from `key_sealed`."""
+        state = []
+        for namespace, function in self.db.execute(
+            "SELECT DISTINCT namespace, function FROM state"
+        ).fetchall():
+            for name, sid in self._state_names(namespace, function):
+                value = self.db.execute(
+                    "SELECT value FROM state WHERE namespace = ? AND function = ? AND key = ?",
+                    (namespace, function, sid),
+                ).fetchone()[0]
+                state.append(EncryptedRow("state", namespace, (function, name), value))
         secrets = self.db.execute("SELECT namespace, name, value FROM secrets").fetchall()
-        return [EncryptedRow("state", r[0], (r[1], r[2]), r[3]) for r in state] + [
-            EncryptedRow("secrets", r[0], (r[1],), r[2]) for r in secrets
-        ]
+        return state + [EncryptedRow("secrets", r[0], (r[1],), r[2]) for r in secrets]
 
     def replace_encrypted_value(
         self, table: str, namespace: str, item: tuple[str, ...], value: bytes
     ) -> None:
         if table == "state":
+            function, name = item
             self.db.execute(
                 "UPDATE state SET value = ? WHERE namespace = ? AND function = ? AND key = ?",
-                (value, namespace, *item),
+                (value, namespace, function, self.state_id(namespace, function, name)),
             )
         elif table == "secrets":
             self.db.execute(
