@@ -105,6 +105,14 @@ def up(
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(help="Open HTTP connections, in all.")] = 10_000,
+    max_connections_per_client: Annotated[
+        int, typer.Option(help="Open HTTP connections from one client address.")
+    ] = 1_000,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a connection has to send a request head.")
+    ] = 10.0,
+    max_header_kb: Annotated[int, typer.Option(help="Request head size limit (KiB).")] = 64,
     isolation: Annotated[
         str,
         typer.Option(
@@ -175,6 +183,7 @@ def up(
 ) -> None:
     """Start the platform in the foreground (gateway, workers)."""
     from cumulo.cli.serve import serve
+    from cumulo.gateway.edge import EdgeLimits
 
     if sys.version_info < MIN_PYTHON:
         # tarfile's extraction filters (every deploy unpacks with one) came in 3.11.4.
@@ -220,6 +229,14 @@ def up(
     for name, value in (("--idle-timeout", idle_timeout), ("--grace", grace)):
         if value < 0:
             fail(f"{name} must not be negative")
+    edge = EdgeLimits(
+        max_header_bytes=max_header_kb * 1024,
+        header_timeout_s=header_timeout,
+        max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
+    )
+    if edge.problems():
+        fail(edge.problems()[0])
     serve(
         host=host,
         port=port,
@@ -251,6 +268,7 @@ def up(
         pricing=pricing,
         prewarm=prewarm,
         bundle_limits=(max_unpacked_mb, max_bundle_files),
+        edge=edge,
     )
 
 

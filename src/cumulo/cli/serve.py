@@ -13,6 +13,7 @@ import uvicorn
 from cumulo.control.bundle import MAX_FILE_BYTES, MiB, UnpackLimits
 from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
+from cumulo.gateway.edge import EdgeLimits, edge_protocol, fit_to_fds, raise_fd_limit
 from cumulo.gateway.platform import Platform, PlatformOptions
 from cumulo.observability.tracing import TracingSettings
 from cumulo.privacy.service import PrivacySettings
@@ -49,6 +50,7 @@ def serve(
     pricing: Path | None = None,
     prewarm: bool = True,
     bundle_limits: tuple[int, int] = (256, 10_000),  # (unpacked MB, files)
+    edge: EdgeLimits | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url_host = f"[{host}]" if ":" in host else host
@@ -97,12 +99,15 @@ def serve(
     except CumuloError as exc:
         _refuse(exc)
     platform.announce = _announce
+    # Connections are capped below the fd limit, so a flood never starves the platform's
+    # own sockets and pipes; see docs/auth.md "HTTP edge limits".
+    limits = fit_to_fds(edge or EdgeLimits(), raise_fd_limit())
     config = uvicorn.Config(
         create_app(platform),
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=edge_protocol(limits),
         lifespan="on",
         access_log=False,
         log_level="warning",
