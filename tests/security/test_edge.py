@@ -157,7 +157,9 @@ def test_idle_keep_alive_connection_is_closed(edge: RunningPlatform) -> None:
     assert time.monotonic() - started < 8, "an idle keep-alive connection stayed open"
 
 
-def open_flood(running: RunningPlatform, sources: list[str], per_source: int) -> list[socket.socket]:
+def open_flood(
+    running: RunningPlatform, sources: list[str], per_source: int
+) -> list[socket.socket]:
     """Connections that each send half a request head and then nothing."""
     flood = []
     for source in sources:
