@@ -2,7 +2,8 @@
 
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
-                                          #   memory, auth, app, async, quantum (comma-separated)
+                                          #   memory, auth, app, async, quantum, ..., reliability
+                                          #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
 
@@ -40,6 +41,7 @@ EXTRAS = {
     "batching": "bench.batching_bench",
     "prewarm": "bench.prewarm_bench",
     "anomaly": "bench.anomaly_bench",
+    "reliability": "bench.reliability_bench",
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 
