@@ -12,6 +12,7 @@ PLOTS = {
     "throughput": "bench-throughput.png",
     "coldstart": "bench-coldstart.png",
     "memory": "bench-memory.png",
+    "reliability": "bench-reliability.png",
 }
 
 
@@ -53,7 +54,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
-    return rows
+    return rows + _reliability_rows(r)
 
 
 def _summary_rows(r: dict[str, Any]) -> list[list[str]]:
@@ -264,6 +265,40 @@ def _later_issue_rows(r: dict[str, Any]) -> list[list[str]]:
                 _f(me["ratio_median_of_rounds"], ".3f", "×"),
                 "≥ 0.97×",
                 _verdict(me.get("pass")),
+            ]
+        )
+    return rows
+
+
+def _reliability_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 15: RSS flat over a soak, a healthy client's p99 under a connection flood."""
+    rows: list[list[str]] = []
+    soak = _get(r, "reliability", "soak") or {}
+    if _ok(soak.get("growth_after_warmup_pct")):
+        rows.append(
+            [
+                f"15a. Gateway RSS over a {_f(soak.get('seconds'), '.0f')} s soak at "
+                f"{_f(soak.get('rate_per_s'), '.0f')} req/s, after "
+                f"{_f(soak.get('warmup_s'), '.0f')} s warm-up",
+                f"{_f(soak.get('slope_mb_per_min'), '+.3f', ' MB/min')}",
+                f"RSS {_f(soak.get('rss_after_warmup_mb'), '.1f')} → "
+                f"{_f(soak.get('rss_last_mb'), '.1f')} MB",
+                _f(soak["growth_after_warmup_pct"], "+.2f", " %"),
+                "within 5 %",
+                _verdict(soak.get("pass")),
+            ]
+        )
+    fl = _get(r, "reliability", "flood") or {}
+    if _ok(_get(fl, "under_flood", "p99_ms")):
+        rows.append(
+            [
+                f"15b. Healthy client p99 during a flood of {fl.get('connections')} idle "
+                "connections",
+                _f(fl["under_flood"]["p99_ms"], ".1f", " ms"),
+                f"no flood: {_f(_get(fl, 'baseline', 'p99_ms'), '.1f', ' ms')}",
+                _f(fl.get("p99_ratio"), ".2f", "×"),
+                "< 50 ms",
+                _verdict(fl.get("pass")),
             ]
         )
     return rows
@@ -631,6 +666,47 @@ def plot(r: dict[str, Any], docs: Path) -> dict[str, str]:
         made["memory"] = PLOTS["memory"]
         _save(fig, docs / PLOTS["memory"], plt)
 
+    rel = r.get("reliability") or {}
+    samples = _get(rel, "soak", "samples") or []
+    fl = rel.get("flood") or {}
+    if samples or _ok(_get(fl, "under_flood", "p99_ms")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+        ax = axes[0]
+        if samples:
+            soak = rel["soak"]
+            xs = [s["t_s"] / 60 for s in samples]
+            ax.plot(xs, [s["rss_mb"] for s in samples], marker="o", markersize=3)
+            ax.axvspan(0, soak["warmup_s"] / 60, color="#dddddd", label="warm-up")
+            x0 = soak["warmup_s"] / 60
+            y0 = soak["rss_after_warmup_mb"]
+            ax.plot(
+                [x0, xs[-1]],
+                [y0, y0 + soak["slope_mb_per_min"] * (xs[-1] - x0)],
+                color="red",
+                linestyle="--",
+                linewidth=1,
+                label=f"slope {soak['slope_mb_per_min']:+.3f} MB/min",
+            )
+            ax.set_xlabel("minutes")
+            ax.set_ylabel("gateway RSS (MB)")
+            ax.set_title(f"Soak at {soak['rate_per_s']:.0f} req/s (goal: flat within 5 %)")
+            ax.legend(fontsize=8)
+        ax = axes[1]
+        if _ok(_get(fl, "under_flood", "p99_ms")):
+            labels = ["p50", "p90", "p99"]
+            base = [_get(fl, "baseline", f"{k}_ms") for k in labels]
+            under = [_get(fl, "under_flood", f"{k}_ms") for k in labels]
+            xs2 = range(len(labels))
+            ax.bar([x - 0.2 for x in xs2], base, width=0.4, label="no flood", color="#888888")
+            ax.bar([x + 0.2 for x in xs2], under, width=0.4, label="flood", color="#1f77b4")
+            ax.set_xticks(list(xs2), labels)
+            ax.axhline(50, color="red", linestyle="--", linewidth=1)
+            ax.set_ylabel("healthy client latency (ms)")
+            ax.set_title(f"{fl.get('connections')} idle connections (goal: p99 < 50 ms)")
+            ax.legend(fontsize=8)
+        made["reliability"] = PLOTS["reliability"]
+        _save(fig, docs / PLOTS["reliability"], plt)
+
     for key, name in PLOTS.items():
         if key not in made and key in r:  # this section ran but has nothing to draw
             (docs / name).unlink(missing_ok=True)
@@ -777,6 +853,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
         ("prewarm", "Predictive pre-warming (issue 6: ≥ 80 % fewer cold starts, ≤ +20 %)"),
         ("anomaly", "Anomaly detection (issue 6: recall ≥ 0.9 at ≤ 5 % FPR)"),
         ("metering", "Metering overhead (issue 8: ≥ 0.97× throughput)"),
+        ("reliability", "Reliability (issue 15: RSS flat in a soak, p99 < 50 ms in a flood)"),
     ):
         extra = r.get(key)
         lines += [f"## {title}", ""]
@@ -786,6 +863,8 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
             lines += [f"Skipped: {extra['skipped']}", ""]
         else:
             lines += [*_generic(extra), ""]
+        if key in plots:
+            lines += [f"![{title}]({plots[key]})", ""]
     lines += [
         "## How to run",
         "",

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(ALL)})")
         return 2
     opts = Options.quick() if args.quick else Options()
+    if args.quick:
+        os.environ.setdefault("CUMULO_BENCH_SOAK_S", "60")  # bench.reliability_bench
     if args.no_ray:
         opts.ray = False
     if args.duration:
