@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 
+from cumulo.cli.demo import examples_dir
 from cumulo.control.bundle import MAX_FILE_BYTES, MiB, UnpackLimits
 from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
@@ -53,6 +54,9 @@ def serve(
     edge: EdgeLimits | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
+    for noisy in ("qiskit", "stevedore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if tls_cert else "http"
     try:
@@ -85,7 +89,7 @@ def serve(
             data_dir=data_dir.resolve(),
             **(ceilings or {}),
         ),
-        demo_dir=Path("examples").resolve() if demo else None,
+        demo_dir=examples_dir() if demo else None,
         bundle_limits=UnpackLimits(
             max_bytes=bundle_limits[0] * MiB,
             max_files=bundle_limits[1],

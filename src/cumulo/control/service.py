@@ -17,11 +17,11 @@ from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound
 from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.executor import LocalExecutor
-from cumulo.runtime.loader import KIND_EVENT, KIND_PROCESS
+from cumulo.runtime.loader import KIND_EVENT, KIND_LAMBDA, KIND_PROCESS
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.zygote_handle import ZygoteHandle
-from cumulo.sdk.spec import FunctionConfig, validate_name
+from cumulo.sdk.spec import FunctionConfig, default_name, validate_name
 from cumulo.store.base import FunctionRecord, VersionRecord
 from cumulo.store.sqlite import SQLiteStore
 
@@ -145,10 +145,27 @@ class ControlPlane:
             env_dir = self.deps.env_dir(env_hash) if env_hash else None
             handlers = await self._validate(code_dir, module, attr, env_dir)
             chosen = self._choose(handlers, req.name, module, attr)
-        name = validate_name(req.name or chosen["name"])
+        fallback = chosen["name"]
+        if chosen["kind"] == KIND_LAMBDA:
+            # An undecorated Lambda handler is named after its module (`lam.handler` → lam),
+            # as every Lambda file's function is called `handler`.
+            fallback = default_name(module.rpartition(".")[2])
+        name = validate_name(req.name or fallback)
         base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
         config = base.merged({**(req.overrides or {}), "env": req.env or {}})
         check_ceilings(config, self.executor.settings)
+        version_config = {
+            **config.to_dict(),
+            "schedules": list(chosen.get("schedules", [])),
+            "topics": list(chosen.get("topics", [])),
+            "requirements": env_hash or "",
+            "command": command,
+        }
+        same = await self._same_as_newest(
+            req, name, (sha, module, chosen["attr"], chosen["kind"], version_config)
+        )
+        if same is not None:
+            return same
         record = await self.store.call(
             self.store.add_version,
             req.namespace,
@@ -157,19 +174,35 @@ class ControlPlane:
             module=module,
             attr=chosen["attr"],
             kind=chosen["kind"],
-            config={
-                **config.to_dict(),
-                "schedules": list(chosen.get("schedules", [])),
-                "topics": list(chosen.get("topics", [])),
-                "requirements": env_hash or "",
-                "command": command,
-            },
+            config=version_config,
             promote=req.promote,
             now=time.time(),
         )
         self.routes.invalidate(req.namespace, name)
         await self._after_traffic_change(req.namespace, name)
         return record
+
+    async def _same_as_newest(
+        self, req: DeployRequest, name: str, identity: tuple[str, str, str, str, dict[str, Any]]
+    ) -> VersionRecord | None:
+        """Deploys are idempotent: the same bundle bytes with the same handler and config as
+        the newest version are that version (a restart of `--demo`, a CI re-run), not a new
+        one. With promote, `live` still ends up on it; the caller tells "unchanged" by the
+        record's created_at being older than its request."""
+        versions = await self.store.call(self.store.list_versions, req.namespace, name)
+        if not versions:
+            return None
+        newest = max(versions, key=lambda v: v.version)
+        if (newest.bundle_sha, newest.module, newest.attr, newest.kind, newest.config) != identity:
+            return None
+        if req.promote:
+            function = await self.function(req.namespace, name)
+            if function.traffic != {newest.version: 100}:
+                await self.store.call(
+                    self.store.set_traffic, req.namespace, name, {newest.version: 100}
+                )
+                await self._after_traffic_change(req.namespace, name)
+        return newest
 
     async def _validate(
         self, code_dir: Path, module: str, attr: str | None, env_dir: Path | None = None

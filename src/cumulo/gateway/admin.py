@@ -106,6 +106,7 @@ def build_router() -> APIRouter:
             bundle = base64.b64decode(body.bundle, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("bundle must be base64", code="bad_bundle") from None
+        asked_at = time.time()
         record = await p.control.deploy(
             DeployRequest(
                 namespace=namespace,
@@ -118,7 +119,14 @@ def build_router() -> APIRouter:
             )
         )
         function = await p.control.function(namespace, record.function)
-        return {"function": record.function, **record.public(), "traffic": _traffic(function)}
+        # An identical redeploy answers the version it already was (ControlPlane.deploy).
+        unchanged = record.created_at < asked_at
+        return {
+            "function": record.function,
+            **record.public(),
+            "traffic": _traffic(function),
+            "unchanged": unchanged,
+        }
 
     @router.get("/namespaces/{namespace}/functions", dependencies=[Read])
     async def list_functions(namespace: str, p: P) -> dict[str, Any]:

@@ -406,9 +406,19 @@ class Platform:
         self.auth.load(await self.store.call(self.store.all_keys))
 
     async def deploy_demo(self, demo_dir: Path) -> list[str]:
-        """Deploy every @cumulo.function in each example file (one bundle per file)."""
+        """Deploy every @cumulo.function in each example file (one bundle per file).
+
+        Only functions the demo created are ever touched again: `<data-dir>/demo.json`
+        records each one with the version the demo made; a function of that name that the
+        demo did not create, or that has a newer version since, is left as it is. An
+        unchanged example redeploys to the same version (deploys are idempotent)."""
         from cumulo.control.bundle import pack
 
+        ledger_path = self.options.data_dir / "demo.json"
+        try:
+            ledger: dict[str, int] = dict(orjson.loads(ledger_path.read_bytes()))
+        except (FileNotFoundError, orjson.JSONDecodeError, TypeError, ValueError):
+            ledger = {}
         deployed = []
         for path in sorted(demo_dir.glob("*.py")):  # noqa: ASYNC240 - once, at start-up
             bundle = pack(path)
@@ -417,17 +427,27 @@ class Platform:
                     self.bundles.add(bundle)[1], path.stem, None
                 )
                 for handler in handlers:
+                    name = handler["name"]
+                    versions = await self.store.call(
+                        self.store.list_versions, DEFAULT_NAMESPACE, name
+                    )
+                    newest = max((v.version for v in versions), default=None)
+                    if newest is not None and ledger.get(name) != newest:
+                        log.info("demo %s left alone: the function is not the demo's", name)
+                        continue
                     record = await self.control.deploy(
                         DeployRequest(
                             namespace=DEFAULT_NAMESPACE,
                             bundle=bundle,
                             handler=f"{path.stem}.{handler['attr']}",
-                            name=handler["name"],
+                            name=name,
                         )
                     )
+                    ledger[name] = record.version
                     deployed.append(record.function)
             except BadRequest as exc:
                 log.warning("demo %s skipped: %s", path.name, exc.message)
+        ledger_path.write_bytes(orjson.dumps(ledger))
         return deployed
 
     # ------------------------------------------------------------ worker requests
