@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import orjson
 
-from cumulo.config import Credentials, load_credentials
+from cumulo.config import Credentials
 from cumulo.control.bundle import pack
-from cumulo.errors import ApiError, TransportError, api_error_for
+from cumulo.errors import ApiError, ConfigError, TransportError, api_error_for
 
 
 class Client:
@@ -25,8 +25,13 @@ class Client:
         timeout: float = 60.0,
     ) -> None:
         if url is None or api_key is None:
-            creds = load_credentials()
-            url, api_key = url or creds.url, api_key or creds.api_key
+            from cumulo.cli.profiles import ProfileError, resolve
+
+            try:
+                target = resolve()
+            except ProfileError as exc:
+                raise ConfigError(str(exc)) from None
+            url, api_key = url or target.url, api_key or target.api_key
         self.credentials = Credentials(url.rstrip("/"), api_key)
         self.namespace = namespace
         self._http = httpx.Client(

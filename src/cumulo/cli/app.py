@@ -1,4 +1,5 @@
-"""The `cumulo` command. Thin: every command but `up` only calls cumulo.client."""
+"""The full `cumulo` CLI (typer). Thin: every command but `up` only calls cumulo.client.
+Loaded by cumulo.cli.main for everything its fast path does not answer."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from cumulo.cli import profiles, render
 from cumulo.cli.alerts import register as register_alerts
 from cumulo.cli.privacy import app as privacy_app
 from cumulo.cli.privacy import privacy_settings
@@ -48,6 +49,48 @@ T = TypeVar("T")
 MIN_PYTHON = (3, 11, 4)
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace (tenant).")]
+Output = Annotated[
+    str, typer.Option("--output", "-o", help="table (aligned columns) or json.", metavar="FORMAT")
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+@app.callback(invoke_without_command=True)
+def _global(
+    ctx: typer.Context,
+    context: Annotated[
+        str | None, typer.Option("--context", help="The saved context to use.", metavar="NAME")
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = (
+        False
+    ),
+) -> None:
+    if version:
+        from cumulo import __version__
+
+        out.print(f"cumulo {__version__}", highlight=False)
+        raise typer.Exit(0)
+    profiles.FLAG_CONTEXT = context
+    if ctx.invoked_subcommand is None:
+        from cumulo.cli.main import HELP
+
+        sys.stdout.write(HELP)
+
+
+def check_output(output: str) -> str:
+    if output not in render.OUTPUTS:
+        fail(f"-o takes table or json, not {output!r}")
+    return output
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Destructive commands ask first; --yes (or no terminal to ask on) needs the flag."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question} Pass --yes to confirm (stdin is not a terminal)")
+    if not typer.confirm(question, default=False):
+        fail("cancelled")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -72,7 +115,12 @@ def client(namespace: str) -> Client:
     # Imported here: `cumulo up` never loads httpx (~3 MB of gateway memory).
     from cumulo.client import Client
 
-    return run(lambda: Client(namespace=namespace))
+    try:
+        target = profiles.resolve()
+    except profiles.ProfileError as exc:
+        fail(str(exc))
+        raise
+    return run(lambda: Client(target.url, target.api_key, namespace=namespace))
 
 
 def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
@@ -97,7 +145,9 @@ def up(
         str | None, typer.Option(help="Database URL (default: SQLite in data dir).")
     ] = None,
     executor: Annotated[str, typer.Option(help="Where workers run: local.")] = "local",
-    demo: Annotated[bool, typer.Option(help="Deploy the functions in ./examples.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Deploy the example functions shipped with cumulo.")
+    ] = False,
     idle_timeout: Annotated[float, typer.Option(help="Seconds an idle worker lives.")] = 60.0,
     zygote_idle_timeout: Annotated[
         float, typer.Option(help="Seconds a zygote without workers lives.")
@@ -325,10 +375,10 @@ def deploy(
             )
         )
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())
-    out.print(
-        f"deployed [bold]{result['function']}[/bold] version {result['version']} "
-        f"(live: {live})\n{c.credentials.url}/fn/{namespace}/{result['function']}",
-        highlight=False,
+    what = "unchanged" if result.get("unchanged") else "deployed"
+    sys.stdout.write(
+        f"{what} {result['function']} version {result['version']} (live: {live or 'none'})\n"
+        f"{c.credentials.url}/fn/{namespace}/{result['function']}\n"
     )
 
 
@@ -349,7 +399,10 @@ def invoke(
         fail("--wait goes with --async")
     payload: Any = None
     if data is not None:
-        raw = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+        try:
+            raw = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+        except OSError as exc:
+            fail(f"cannot read {data[1:]}: {exc.strerror or exc}")
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -358,7 +411,19 @@ def invoke(
     if queued:
         _invoke_async(c, name, payload, wait)
         return
-    response = run(lambda: c.invoke_raw(name, payload))
+    from cumulo.errors import ApiError
+
+    try:
+        response = c.invoke_raw(name, payload)
+    except ApiError as exc:
+        body = orjson.dumps({"error": {"code": exc.code, "message": exc.message, **exc.details}})
+        iid = exc.details.get("invocation_id")
+        sys.stderr.write(render.failure(exc.status, body, iid if isinstance(iid, str) else None))
+        sys.stderr.write("\n")
+        raise typer.Exit(1) from None
+    except CumuloError as exc:
+        fail(str(exc))
+        raise
     sys.stdout.write(response.text + ("\n" if not response.text.endswith("\n") else ""))
 
 
@@ -384,33 +449,41 @@ def _invoke_async(c: Client, name: str, payload: Any, wait: bool) -> None:
 
 
 @app.command("ls")
-def list_functions(namespace: Namespace = "default") -> None:
+def list_functions(namespace: Namespace = "default", output: Output = "table") -> None:
     """List functions and where their traffic goes."""
+    check_output(output)
     functions = run(lambda: client(namespace).functions())
-    table = Table("NAME", "LIVE")
-    for f in functions:
-        table.add_row(f["name"], ", ".join(f"v{v}={w}%" for v, w in f["traffic"].items()))
-    out.print(table)
+    render.emit(
+        output,
+        functions,
+        ("NAME", "LIVE", "CREATED"),
+        lambda f: (
+            f["name"],
+            ", ".join(f"v{v}={w}%" for v, w in f["traffic"].items()),
+            render.when(f.get("created_at")),
+        ),
+    )
 
 
 @app.command()
-def versions(name: str, namespace: Namespace = "default") -> None:
+def versions(name: str, namespace: Namespace = "default", output: Output = "table") -> None:
     """List a function's versions."""
+    check_output(output)
     result = run(lambda: client(namespace).versions(name))
-    table = Table("VERSION", "TRAFFIC", "HANDLER", "BUNDLE", "CREATED")
-    import datetime as dt
 
-    for v in result["versions"]:
-        created = dt.datetime.fromtimestamp(v["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    def row(v: dict[str, Any]) -> tuple[str, ...]:
         weight = result["traffic"].get(str(v["version"]))
-        table.add_row(
+        return (
             str(v["version"]),
             f"{weight}%" if weight else "",
             v["handler"],
             v["bundle_sha256"][:12],
-            created,
+            render.when(v["created_at"]),
         )
-    out.print(table)
+
+    render.emit(
+        output, result["versions"], ("VERSION", "TRAFFIC", "HANDLER", "BUNDLE", "CREATED"), row
+    )
 
 
 @app.command()
@@ -438,8 +511,9 @@ def rollback(name: str, namespace: Namespace = "default") -> None:
 
 
 @app.command("rm")
-def remove(name: str, namespace: Namespace = "default") -> None:
+def remove(name: str, namespace: Namespace = "default", yes: Yes = False) -> None:
     """Remove a function with all its versions and state."""
+    confirm(f"Remove {name} with all its versions and state?", yes)
     run(lambda: client(namespace).remove(name))
     out.print(f"removed {name}")
 
@@ -487,18 +561,27 @@ def secrets_set(
     namespace: Namespace = "default",
 ) -> None:
     """Set a secret (VALUE, or - / nothing to read it from stdin)."""
-    if value is None or value == "-":
+    if value is None and sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value of {key} (not echoed): ")
+    elif value is None or value == "-":
         value = sys.stdin.read().rstrip("\n")
+    if not value:
+        fail(f"refusing an empty value for secret {key}")
     secret = value
     run(lambda: client(namespace).set_secret(key, secret))
     out.print(f"set secret {key}")
 
 
 @secrets_app.command("ls")
-def secrets_ls(namespace: Namespace = "default") -> None:
+def secrets_ls(namespace: Namespace = "default", output: Output = "table") -> None:
     """List secret names (never values)."""
-    for secret in run(lambda: client(namespace).secrets()):
-        out.print(secret["name"])
+    check_output(output)
+    found = run(lambda: client(namespace).secrets())
+    render.emit(
+        output, found, ("NAME", "UPDATED"), lambda s: (s["name"], render.when(s.get("updated_at")))
+    )
 
 
 @secrets_app.command("rm")
@@ -535,14 +618,23 @@ def keys_create(
 
 
 @keys_app.command("ls")
-def keys_ls(namespace: Namespace = "default") -> None:
+def keys_ls(namespace: Namespace = "default", output: Output = "table") -> None:
     """List API keys (ids and scopes, never the keys)."""
-    table = Table("ID", "NAMESPACE", "SCOPES", "NAME", "REVOKED")
-    for key in run(lambda: client(namespace).api_keys()):
-        table.add_row(
-            key["id"], key["namespace"], ",".join(key["scopes"]), key["name"], str(key["revoked"])
-        )
-    out.print(table)
+    check_output(output)
+    render.emit(
+        output,
+        run(lambda: client(namespace).api_keys()),
+        ("ID", "NAMESPACE", "SCOPES", "NAME", "CREATED", "EXPIRES", "REVOKED"),
+        lambda k: (
+            k["id"],
+            k["namespace"],
+            ",".join(k["scopes"]),
+            k["name"],
+            render.when(k.get("created_at")),
+            render.when(k.get("expires_at")) or "never",
+            "yes" if k["revoked"] else "no",
+        ),
+    )
 
 
 @keys_app.command("rotate-master")
@@ -583,6 +675,147 @@ def keys_revoke(key_id: str, namespace: Namespace = "default") -> None:
     """Revoke an API key by id."""
     run(lambda: client(namespace).revoke_key(key_id))
     out.print(f"revoked {key_id}")
+
+
+# ---------------------------------------------------------------- invocations
+invocations_app = typer.Typer(help="Past and queued invocations: `ls NAME`, `get ID`.")
+app.add_typer(invocations_app, name="invocations")
+
+
+@invocations_app.command("ls")
+def invocations_ls(
+    name: str,
+    limit: Annotated[int, typer.Option(help="How many recent invocations.")] = 20,
+    namespace: Namespace = "default",
+    output: Output = "table",
+) -> None:
+    """A function's recent invocations, newest first."""
+    check_output(output)
+    found = run(lambda: client(namespace).invocations(name, limit=limit))
+    render.emit(
+        output,
+        found,
+        ("ID", "VERSION", "STATUS", "CODE", "START", "DURATION", "WHEN"),
+        lambda i: (
+            i["id"],
+            str(i["version"]),
+            str(i["status"]),
+            i["code"],
+            i["start"],
+            f"{i['duration_ms']:.1f} ms",
+            render.when(i["started_at"]),
+        ),
+    )
+
+
+@invocations_app.command("get")
+def invocations_get(
+    invocation_id: str, namespace: Namespace = "default", output: Output = "table"
+) -> None:
+    """One invocation: an async one's status and result, or a past call's record and the
+    log lines it wrote (its error with the traceback among them)."""
+    check_output(output)
+    from cumulo.errors import NotFound
+
+    c = client(namespace)
+    try:
+        view: dict[str, Any] = c.async_invocation(invocation_id)
+    except NotFound:
+        view = run(lambda: c.invocation(invocation_id))
+        lines = run(lambda: c.logs(view["function"], limit=1000))
+        view["logs"] = [line for line in lines if line["invocation_id"] == invocation_id]
+    except CumuloError as exc:
+        fail(str(exc))
+        raise
+    if output == "json":
+        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for key, value in view.items():
+        if key == "logs":
+            continue
+        if key.endswith("_at") and isinstance(value, int | float):
+            value = render.when(value)
+        elif isinstance(value, dict | list):
+            value = orjson.dumps(value).decode()
+        sys.stdout.write(f"{key + ':':<14}{value}\n")
+    for line in view.get("logs", []):
+        _print_log(line)
+
+
+# ---------------------------------------------------------------- contexts
+context_app = typer.Typer(help="List the saved contexts or pick the current one.")
+app.add_typer(context_app, name="context")
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(help="The platform, e.g. https://cumulo.example.com.")],
+    name: Annotated[
+        str | None, typer.Option(help="Context name (default: the URL's host).")
+    ] = None,
+) -> None:
+    """Save a platform's URL and API key as a context (the key is read without echo)."""
+    from cumulo.cli.wire import WireError, request
+
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        fail(f"login takes an http:// or https:// URL, not {url!r}")
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key (not echoed): ").strip()
+    else:
+        key = sys.stdin.readline().strip()
+    if not key:
+        fail("no API key given (type it at the prompt or pipe it on stdin)")
+    try:
+        # Any scope proves the key: 403 (valid key, no read scope) is a yes, 401 a no.
+        reply = request("GET", url, "/v1/namespaces/default/functions", api_key=key, timeout=15)
+    except WireError as exc:
+        fail(str(exc))
+        raise
+    if reply.status == 401:
+        fail(f"{url} refused the key (401): check it, or create one with `cumulo keys create`")
+    if reply.status >= 500 or reply.status not in (200, 403, 404):
+        fail(f"{url} answered {reply.status}: is it a cumulo platform?")
+    context = name or url.split("://", 1)[1].split("/", 1)[0].replace(":", "-")
+    path = profiles.register(context, url, key, make_current=True)
+    sys.stdout.write(f"logged in to {url} as context {context} (saved in {path})\n")
+
+
+@context_app.command("ls")
+def context_ls(output: Output = "table") -> None:
+    """The saved contexts; * marks the current one."""
+    check_output(output)
+    try:
+        config = profiles.UserConfig.load()
+    except profiles.ProfileError as exc:
+        fail(str(exc))
+        raise
+    items = [
+        {"name": n, "url": c.get("url", ""), "current": n == config.current}
+        for n, c in sorted(config.contexts.items())
+    ]
+    render.emit(
+        output,
+        items,
+        ("CURRENT", "NAME", "URL"),
+        lambda i: ("*" if i["current"] else "", i["name"], i["url"]),
+    )
+
+
+@context_app.command("use")
+def context_use(name: str) -> None:
+    """Make NAME the current context."""
+    try:
+        config = profiles.UserConfig.load()
+        config.target(name, "not saved")
+    except profiles.ProfileError as exc:
+        fail(str(exc))
+        raise
+    config.current = name
+    config.save()
+    sys.stdout.write(f"current context: {name} ({config.contexts[name]['url']})\n")
 
 
 # After the core commands, so `cumulo --help` lists them in this order.

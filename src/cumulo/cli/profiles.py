@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# `--context` of the full CLI (cumulo.cli.app's callback sets it before any command runs).
+FLAG_CONTEXT: str | None = None
+
 
 class ProfileError(Exception):
     """A problem the user fixes (one line on stderr, exit 1)."""
@@ -90,6 +93,7 @@ class UserConfig:
 
 def resolve(context: str | None = None) -> Target:
     """The platform to talk to (see the module docstring for the order)."""
+    context = context or FLAG_CONTEXT
     if context:
         return UserConfig.load().target(context, "from --context")
     url, key = os.environ.get("CUMULO_URL"), os.environ.get("CUMULO_API_KEY")

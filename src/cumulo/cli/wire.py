@@ -38,7 +38,9 @@ def request(
     }
     target = (parts.path.rstrip("/") or "") + path
     if parts.scheme == "https":
-        return _https(method, parts.hostname or "", parts.port or 443, target, headers, body, timeout)
+        return _https(
+            method, parts.hostname or "", parts.port or 443, target, headers, body, timeout
+        )
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\nconnection: close\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"

@@ -32,6 +32,7 @@ from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import Principal
 from cumulo.security.ratelimit import RateLimiter
+from cumulo.store.base import LogRecord
 
 PREFIX = "/fn/"
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -191,13 +192,38 @@ class InvokeApp:
             query_string=scope["query_string"].decode("latin-1"),
         )
         principal = scope.get(PRINCIPAL)
-        result = await self.platform.invoke(
-            spec,
-            frame,
-            key_id=principal.key_id if principal is not None else None,
-            subject=subject_of(scope),
-        )
+        try:
+            result = await self.platform.invoke(
+                spec,
+                frame,
+                key_id=principal.key_id if principal is not None else None,
+                subject=subject_of(scope),
+            )
+        except ApiError as exc:
+            if exc.status >= 500:
+                self._log_failure(spec, invocation_id, exc)
+            raise
         await self._respond(send, result, spec.version, id_header)
+
+    def _log_failure(self, spec: VersionSpec, invocation_id: str, exc: ApiError) -> None:
+        """A failed invocation is a line in the function's log (`cumulo logs`), with the
+        user's traceback the caller got."""
+        trace = exc.details.get("traceback")
+        message = f"invocation failed: {exc.status} {exc.code}: {exc.message}"
+        if isinstance(trace, str) and trace:
+            message += "\n" + trace.rstrip()
+        self.platform.recorder.log(
+            LogRecord(
+                spec.namespace,
+                spec.function,
+                spec.version,
+                invocation_id,
+                time.time(),
+                "error",
+                message,
+                {},
+            )
+        )
 
     async def _predict(
         self, send: Send, spec: VersionSpec, body: bytes, principal: Principal | None
