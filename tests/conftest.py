@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ import pytest
 from cumulo.client import Client
 
 FUNCTIONS = Path(__file__).parent / "functions"
+# `cumulo up` saves a context in the per-user config (cumulo.cli.profiles): the suite's
+# platforms write to a throwaway one, never to the real ~/.config/cumulo.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="cumulo-test-config-")
 CUMULO = str(Path(sys.executable).parent / "cumulo")
 
 

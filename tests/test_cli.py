@@ -37,7 +37,7 @@ def test_deploy_invoke_versions_traffic_rollback_rm(
     assert unique_name in listed.stdout
     rolled = platform.cli("rollback", unique_name)
     assert rolled.stdout.strip() == f"{unique_name}: v1=100%"
-    removed = platform.cli("rm", unique_name)
+    removed = platform.cli("rm", unique_name, "--yes")
     assert removed.returncode == 0
     assert platform.cli("versions", unique_name).returncode == 1
 

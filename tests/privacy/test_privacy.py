@@ -333,7 +333,7 @@ def test_cli_privacy_commands(h: httpx.Client, plat: tuple[RunningPlatform, Path
     rid = json.loads(made.stdout)["id"]
     exported = p.cli("privacy", "export", rid)
     assert json.loads(exported.stdout)["manifest"]["consent"] == 1
-    erased = p.cli("privacy", "erase", "user:gina")
+    erased = p.cli("privacy", "erase", "user:gina", "--yes")
     assert erased.returncode == 0
     assert "consent=1" in erased.stdout
     assert p.cli("privacy", "status").returncode == 0

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from cumulo.cli import render
 from cumulo.errors import CumuloError
 
 out = Console()
@@ -42,6 +41,7 @@ def alerts(
     since: Annotated[str | None, typer.Option(help="Only newer ones, e.g. 1h or 2d.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (1-1000).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
     """List anomaly alerts (unusual rates, errors, auth failures, scraping)."""
     params: dict[str, Any] = {"limit": limit}
@@ -57,26 +57,28 @@ def alerts(
     except CumuloError as exc:
         _fail(str(exc))
         return
-    if as_json:
+    if as_json or output == "json":
         print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
     if not found:
         out.print("no alerts")
         return
-    table = Table("TIME", "NAMESPACE", "KIND", "ENTITY", "REASONS", "REQ", "ERR", "DENIED")
+    rows = []
     for a in found:
         seen = a.get("observed", {})
-        table.add_row(
-            dt.datetime.fromtimestamp(a["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-            a["namespace"],
-            a["kind"],
-            a["entity"],
-            ", ".join(a["reasons"]),
-            str(seen.get("requests", "")),
-            str(seen.get("errors", "")),
-            str(seen.get("denials", "")),
+        rows.append(
+            (
+                render.when(a["ts"]),
+                a["namespace"],
+                a["kind"],
+                a["entity"],
+                ", ".join(a["reasons"]),
+                str(seen.get("requests", "")),
+                str(seen.get("errors", "")),
+                str(seen.get("denials", "")),
+            )
         )
-    out.print(table)
+    render.table(("TIME", "NAMESPACE", "KIND", "ENTITY", "REASONS", "REQ", "ERR", "DENIED"), rows)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,14 +27,17 @@ if TYPE_CHECKING:
     from cumulo.client import Client
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="cumulo: deploy Python functions, get endpoints that scale from zero.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-secrets_app = typer.Typer(help="Manage secrets (functions read the ones they declare).")
-keys_app = typer.Typer(help="Manage API keys.")
-audit_app = typer.Typer(help="The tamper-evident audit log.")
+secrets_app = typer.Typer(
+    rich_markup_mode=None, help="Manage secrets (functions read the ones they declare)."
+)
+keys_app = typer.Typer(rich_markup_mode=None, help="Manage API keys.")
+audit_app = typer.Typer(rich_markup_mode=None, help="The tamper-evident audit log.")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(quantum_app, name="quantum")
 app.add_typer(keys_app, name="keys")
@@ -678,7 +681,9 @@ def keys_revoke(key_id: str, namespace: Namespace = "default") -> None:
 
 
 # ---------------------------------------------------------------- invocations
-invocations_app = typer.Typer(help="Past and queued invocations: `ls NAME`, `get ID`.")
+invocations_app = typer.Typer(
+    rich_markup_mode=None, help="Past and queued invocations: `ls NAME`, `get ID`."
+)
 app.add_typer(invocations_app, name="invocations")
 
 
@@ -743,7 +748,9 @@ def invocations_get(
 
 
 # ---------------------------------------------------------------- contexts
-context_app = typer.Typer(help="List the saved contexts or pick the current one.")
+context_app = typer.Typer(
+    rich_markup_mode=None, help="List the saved contexts or pick the current one."
+)
 app.add_typer(context_app, name="context")
 
 

@@ -10,20 +10,23 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from cumulo.cli import render
 from cumulo.errors import CumuloError
 
 if TYPE_CHECKING:
     from cumulo.privacy.service import PrivacySettings
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Privacy (GDPR/CCPA): subject requests, export, erasure, consent, retention.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-retention_app = typer.Typer(help="Retention of logs, records and subject data.")
+retention_app = typer.Typer(
+    rich_markup_mode=None, help="Retention of logs, records and subject data."
+)
 app.add_typer(retention_app, name="retention")
 
 out = Console()
@@ -70,18 +73,22 @@ def _print(data: Any) -> None:
 
 
 def _requests_table(rows: list[dict[str, Any]]) -> None:
-    table = Table("ID", "NAMESPACE", "TYPE", "REGIME", "STATUS", "DUE", "OVERDUE")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["namespace"],
-            r["type"],
-            r["regime"],
-            r["status"],
-            f"{r['due_at']:.0f}",
-            "yes" if r["overdue"] else "",
-        )
-    out.print(table)
+    # Full ids, never cut: they are what `privacy export ID` takes.
+    render.table(
+        ("ID", "NAMESPACE", "TYPE", "REGIME", "STATUS", "DUE", "OVERDUE"),
+        [
+            (
+                r["id"],
+                r["namespace"],
+                r["type"],
+                r["regime"],
+                r["status"],
+                render.when(r["due_at"]),
+                "yes" if r["overdue"] else "",
+            )
+            for r in rows
+        ],
+    )
 
 
 @app.command()
@@ -108,8 +115,14 @@ def erase(
     subject: Annotated[str, typer.Argument(help="The data subject, e.g. user:123.")],
     regime: Regime = "gdpr",
     namespace: Namespace = "default",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Erase a data subject now: rows deleted, its key destroyed (crypto-shredding)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"Erase {subject} for good? Pass --yes to confirm (stdin is not a terminal)")
+        if not typer.confirm(f"Erase {subject} for good?", default=False):
+            fail("cancelled")
     body = {"type": "erasure", "subject": subject, "regime": regime, "namespace": namespace}
     result = _call("POST", "/v1/privacy/requests", json=body)
     if result["status"] != "completed":
@@ -122,13 +135,20 @@ def erase(
 def status(
     request_id: Annotated[str | None, typer.Argument(help="One request (default: all).")] = None,
     as_json: JsonOut = False,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace.")
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
     """Requests and their status; overdue ones are flagged."""
+    if output not in render.OUTPUTS:
+        fail(f"-o takes table or json, not {output!r}")
     if request_id is not None:
         _print(_call("GET", f"/v1/privacy/requests/{request_id}"))
         return
-    rows = _call("GET", "/v1/privacy/requests")["requests"]
-    if as_json:
+    params = {"namespace": namespace} if namespace else {}
+    rows = _call("GET", "/v1/privacy/requests", params=params)["requests"]
+    if as_json or output == "json":
         _print(rows)
     else:
         _requests_table(rows)
@@ -138,9 +158,13 @@ def status(
 def export(
     request_id: str,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="The request's namespace.")
+    ] = None,
 ) -> None:
     """The JSON export of a completed access/portability request."""
-    data = _call("GET", f"/v1/privacy/requests/{request_id}/export")
+    params = {"namespace": namespace} if namespace else {}
+    data = _call("GET", f"/v1/privacy/requests/{request_id}/export", params=params)
     text = orjson.dumps(data, option=orjson.OPT_INDENT_2)
     if output is None:
         sys.stdout.write(text.decode() + "\n")

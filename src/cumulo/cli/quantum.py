@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     pass
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Run OpenQASM 2/3 circuits on the platform's Qiskit Aer simulators.",
     no_args_is_help=True,
     add_completion=False,
@@ -209,6 +210,12 @@ def run(
         _run(api, body, dry_run=dry_run, wait=wait, as_json=as_json)
 
 
+def _bytes(n: int) -> str:
+    from cumulo.cli.render import size
+
+    return f"{n} bytes" if n < 1024 else size(n)
+
+
 def _run(api: _Api, body: dict[str, Any], *, dry_run: bool, wait: bool, as_json: bool) -> None:
     if dry_run:
         report = api.call("POST", "/v1/quantum/jobs", params={"dry_run": "true"}, json=body)
@@ -217,8 +224,8 @@ def _run(api: _Api, body: dict[str, Any], *, dry_run: bool, wait: bool, as_json:
         else:
             out.print(
                 f"admitted: {report['method']} on {report['device']}, {report['num_qubits']} "
-                f"qubits, about {report['estimated_memory_bytes']} bytes of "
-                f"{report['available_memory_bytes']} available",
+                f"qubits, about {_bytes(report['estimated_memory_bytes'])} of "
+                f"{_bytes(report['available_memory_bytes'])} available",
                 highlight=False,
             )
         return

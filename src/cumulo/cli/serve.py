@@ -159,7 +159,21 @@ def _announce(platform: Platform) -> None:
             lines.append(f"saved for the CLI in {saved}")
         else:
             lines.append(f"admin API key saved in {saved} (mode 0600)")
+        lines.append(_register_context(options.url, platform.new_admin_key))
     if platform.demo_functions:
         lines.append("demo functions: " + ", ".join(platform.demo_functions))
     lines.append(f"dashboard: {options.url}/ui/  (log in with an API key)")
     print("\n".join(lines), flush=True)
+
+
+def _register_context(url: str, key: str) -> str:
+    """The new admin key also becomes a context in the per-user config of whoever runs
+    `cumulo up`, so the CLI finds this platform from any directory."""
+    from cumulo.cli.profiles import context_name_for, register
+
+    name = context_name_for(url)
+    try:
+        path = register(name, url, key, make_current=False)
+    except OSError as exc:
+        return f"could not save context {name}: {exc}"
+    return f"and as context {name} in {path} (pick it with `cumulo context use {name}`)"

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 out = Console()
 err = Console(stderr=True)
 
-quota_app = typer.Typer(help="Monthly quotas per namespace (GB-seconds, invocations).")
+quota_app = typer.Typer(
+    rich_markup_mode=None, help="Monthly quotas per namespace (GB-seconds, invocations)."
+)
 
-COLUMNS = ("INVOCATIONS", "ERRORS", "GB-S", "CPU-S", "IN", "OUT", "COST")
+COLUMNS = ("INVOCATIONS", "ERRORS", "GB-S", "CPU-S", "IN-BYTES", "OUT-BYTES", "COST")
 
 
 def _fail(message: str) -> None:
@@ -72,16 +74,24 @@ def usage(
     by: Annotated[str, typer.Option(help="Rows per function or per function and hour.")] = (
         "function"
     ),
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
     """Usage and cost per function (or hour), and the total cost."""
     if by not in ("function", "hour"):
         _fail(f"--by takes function or hour, not {by!r}")
+    if output not in ("table", "json"):
+        _fail(f"-o takes table or json, not {output!r}")
     from cumulo.client import Client  # lazily: `cumulo up` never loads httpx
 
     c: Client = _call(lambda: Client(namespace=namespace or "default"))
     report: dict[str, Any] = _call(
         lambda: c.usage(namespace=namespace, since=since, until=until, by=by)
     )
+    if output == "json":
+        import orjson
+
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
     plain = not out.is_terminal
     console = Console(width=250) if plain else out
     console.print(usage_table(report, plain), highlight=False, soft_wrap=plain)
@@ -90,11 +100,15 @@ def usage(
         f"total: {total['invocations']} invocations, {total['errors']} errors, "
         f"{total['gb_seconds']:.6f} GB-s, {total['cpu_seconds']:.6f} CPU-s, "
         f"cost {total['cost']:.6f} {report['currency']} "
-        f"({report['namespace']}, {_hour(report['since'])} to "
+        f"({_scope(report['namespace'])}, {_hour(report['since'])} to "
         f"{dt.datetime.fromtimestamp(report['until'], dt.UTC):%Y-%m-%dT%H:%M:%SZ})",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _scope(namespace: str) -> str:
+    return "all namespaces" if namespace == "*" else f"namespace {namespace}"
 
 
 def _show_quota(view: dict[str, Any]) -> None:
