@@ -61,7 +61,7 @@ typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(DEVSTAMP) $(UISTAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=15 $(PYTEST_ARGS)
 
 bench: $(BENCHSTAMP) sandbox
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.conftest import FUNCTIONS, RunningPlatform
 
@@ -66,11 +67,15 @@ def test_no_credentials_is_a_clear_error(tmp_path: object) -> None:
     from tests.conftest import CUMULO
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
+    env["XDG_CONFIG_HOME"] = str(Path(str(tmp_path)) / "config")  # no saved contexts
     result = subprocess.run(
         [CUMULO, "ls"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=30
     )
     assert result.returncode == 1
-    assert "no credentials" in result.stderr
+    assert result.stderr == (
+        "error: no credentials: run `cumulo login URL`, start `cumulo up` here, "
+        "or set CUMULO_URL and CUMULO_API_KEY\n"
+    )
 
 
 def test_secrets_and_keys(platform: RunningPlatform) -> None:

@@ -811,6 +811,34 @@ def context_ls(output: Output = "table") -> None:
     )
 
 
+@context_app.command("show")
+def context_show(
+    field: Annotated[
+        str | None, typer.Option(help="Print only this: url, api_key or source.", metavar="FIELD")
+    ] = None,
+    output: Output = "table",
+) -> None:
+    """The platform the CLI talks to now, and where that came from; `--field api_key`
+    prints the key alone, for scripts (KEY=$(cumulo context show --field api_key))."""
+    check_output(output)
+    try:
+        target = profiles.resolve()
+    except profiles.ProfileError as exc:
+        fail(str(exc))
+        raise
+    view = {"url": target.url, "api_key": target.api_key, "source": target.source}
+    if field is not None:
+        if field not in view:
+            fail(f"--field takes url, api_key or source, not {field!r}")
+        sys.stdout.write(view[field] + "\n")
+        return
+    if output == "json":
+        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    # The key stays off the screen unless asked for by name.
+    sys.stdout.write(f"url:     {target.url}\nsource:  {target.source}\n")
+
+
 @context_app.command("use")
 def context_use(name: str) -> None:
     """Make NAME the current context."""
