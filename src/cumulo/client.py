@@ -226,4 +226,7 @@ def _error_of(response: httpx.Response) -> ApiError:
         details = {k: v for k, v in error.items() if k not in ("code", "message")}
     except (ValueError, KeyError, TypeError):
         code, message, details = "http_error", response.text[:200] or response.reason_phrase, {}
+    invocation_id = response.headers.get("x-cumulo-invocation-id")
+    if invocation_id:
+        details.setdefault("invocation_id", invocation_id)
     return api_error_for(response.status_code, code, message, details)
