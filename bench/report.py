@@ -854,6 +854,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
         ("anomaly", "Anomaly detection (issue 6: recall ≥ 0.9 at ≤ 5 % FPR)"),
         ("metering", "Metering overhead (issue 8: ≥ 0.97× throughput)"),
         ("reliability", "Reliability (issue 15: RSS flat in a soak, p99 < 50 ms in a flood)"),
+        ("cli", "CLI start-up (issue 17: `cumulo --help` and `cumulo invoke` ≤ 150 ms)"),
     ):
         extra = r.get(key)
         lines += [f"## {title}", ""]

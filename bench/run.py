@@ -2,7 +2,7 @@
 
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
-                                          #   memory, auth, app, async, quantum, ..., reliability
+                                          #   memory, auth, app, async, quantum, cli, reliability
                                           #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
@@ -42,6 +42,7 @@ EXTRAS = {
     "prewarm": "bench.prewarm_bench",
     "anomaly": "bench.anomaly_bench",
     "reliability": "bench.reliability_bench",
+    "cli": "bench.cli_startup",  # issue 17: `cumulo --help` / `invoke` vs `python -c pass`
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 
