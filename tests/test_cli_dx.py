@@ -265,3 +265,31 @@ def test_up_registers_its_platform_as_a_context(
     listed = run_cli("context", "ls", "-o", "json", env=env, cwd=elsewhere)
     assert json.loads(listed.stdout) == [{"current": True, "name": name, "url": running.url}]
     assert run_cli("ls", env=env, cwd=elsewhere).returncode == 0
+
+
+# ---------------------------------------------------------------- progress
+def test_long_work_prints_plain_progress_lines_off_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cumulo.cli import progress
+    from tests.conftest import wait_until
+
+    monkeypatch.setattr(progress, "PLAIN_AFTER_S", 0.05)
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.05)
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False)
+    with progress.progress(console, "deploying x.py: building its environment") as update:
+        wait_until(lambda: "building" in buffer.getvalue(), 10, "a first progress line")
+        update("deploying x.py: validating")
+        wait_until(lambda: "validating" in buffer.getvalue(), 10, "the updated line")
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "deploying x.py: building its environment (0s)"
+    assert lines[-1] == "deploying x.py: validating (0s)"
+    quick = io.StringIO()
+    with progress.progress(Console(file=quick, force_terminal=False), "quick"):
+        pass
+    assert quick.getvalue() == ""  # short work prints nothing of its own

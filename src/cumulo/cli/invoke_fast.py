@@ -4,8 +4,10 @@ httpx: the command people run most starts in tens of milliseconds. Anything else
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from cumulo.cli.profiles import ProfileError, resolve
@@ -14,6 +16,7 @@ from cumulo.cli.wire import WireError, request
 
 VALUE_FLAGS = {"--data": "data", "-d": "data", "--namespace": "namespace", "-n": "namespace"}
 VALUE_FLAGS["--context"] = "context"
+WAIT_NOTE_S = 2.0
 
 
 def parse(args: list[str]) -> dict[str, str] | None:
@@ -53,7 +56,8 @@ def main(args: list[str]) -> int | None:
     try:
         target = resolve(opts.get("context"))
         path = f"/fn/{opts.get('namespace', 'default')}/{opts['name']}"
-        reply = request("POST", target.url, path, api_key=target.api_key, body=body)
+        with _explain_wait(opts["name"]):
+            reply = request("POST", target.url, path, api_key=target.api_key, body=body)
     except (ProfileError, WireError) as exc:
         return _fail(str(exc))
     if reply.status >= 400:
@@ -64,6 +68,25 @@ def main(args: list[str]) -> int | None:
     text = reply.text
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+@contextlib.contextmanager
+def _explain_wait(name: str) -> Iterator[None]:
+    """On a terminal, a call still waiting after WAIT_NOTE_S says why: a cold start (the
+    first call loads the code, and a model's weights: MiniLM takes ~14 s here)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    import threading
+
+    note = f"waiting for {name}: a cold start loads its code (and a model's weights) first…"
+    timer = threading.Timer(WAIT_NOTE_S, lambda: sys.stderr.write(note + "\n"))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _fail(message: str) -> int:

@@ -1,7 +1,9 @@
-"""Progress for long CLI operations: a rich spinner on a terminal, nothing otherwise.
+"""Progress for long CLI operations: a rich spinner on a terminal, plain lines otherwise.
 
 Scripts and tests read a command's plain output: when stderr is not a TTY, `progress`
-draws nothing and `update` does nothing, so only the command's own lines are printed.
+stays quiet for the first PLAIN_AFTER_S seconds (a quick command prints only its own
+lines) and then writes one plain line to stderr every PLAIN_EVERY_S seconds with the
+current message and the time so far.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 Update = Callable[[str], None]
-
-
-def _ignore(_: str) -> None:
-    return None
+PLAIN_AFTER_S = 5.0
+PLAIN_EVERY_S = 10.0
 
 
 @contextlib.contextmanager
@@ -26,7 +26,8 @@ def progress(console: Console, message: str) -> Iterator[Update]:
     """A spinner with `message` and the time elapsed; yields a function that changes the
     message. The spinner disappears when the block ends."""
     if not console.is_terminal:
-        yield _ignore
+        with _plain_lines(console, message) as plain:
+            yield plain
         return
     bar = Progress(
         SpinnerColumn(),
@@ -42,6 +43,33 @@ def progress(console: Console, message: str) -> Iterator[Update]:
 
     with bar:
         yield update
+
+
+@contextlib.contextmanager
+def _plain_lines(console: Console, message: str) -> Iterator[Update]:
+    import threading
+
+    current = [message]
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        wait = PLAIN_AFTER_S
+        while not done.wait(wait):
+            elapsed = time.monotonic() - started
+            console.print(f"{current[0]} ({elapsed:.0f}s)", highlight=False, markup=False)
+            wait = PLAIN_EVERY_S
+
+    def update(text: str) -> None:
+        current[0] = text
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    try:
+        yield update
+    finally:
+        done.set()
+        reporter.join(1)
 
 
 ASYNC_DONE = ("succeeded", "failed", "dead")
