@@ -1,4 +1,8 @@
-"""A raw HTTP handler: checks a shared secret header and answers with any status."""
+"""A raw HTTP handler: checks a shared secret header and answers with any status.
+
+It answers 401 until the secret exists: `cumulo secrets set WEBHOOK_TOKEN` (asks for the
+value without echoing it), then call it with the header `x-webhook-token: <that value>`.
+"""
 
 import hmac
 

@@ -287,8 +287,8 @@ def test_long_work_prints_plain_progress_lines_off_a_terminal(
         update("deploying x.py: validating")
         wait_until(lambda: "validating" in buffer.getvalue(), 10, "the updated line")
     lines = buffer.getvalue().splitlines()
-    assert lines[0] == "deploying x.py: building its environment (0s)"
-    assert lines[-1] == "deploying x.py: validating (0s)"
+    assert re.fullmatch(r"deploying x\.py: building its environment \(\d+s\)", lines[0])
+    assert re.fullmatch(r"deploying x\.py: validating \(\d+s\)", lines[-1])
     quick = io.StringIO()
     with progress.progress(Console(file=quick, force_terminal=False), "quick"):
         pass
