@@ -60,7 +60,8 @@ def test_state_survives_new_versions_and_is_not_shared(client: Client, unique_na
     client.deploy(KIT, name=other, handler="kit.counter")
     assert client.invoke(unique_name, {})["n"] == 1
     assert client.invoke(unique_name, {})["n"] == 2
-    client.deploy(KIT, name=unique_name, handler="kit.counter")
+    newer = client.deploy(KIT, name=unique_name, handler="kit.counter", env={"DEPLOY": "2"})
+    assert newer["version"] == 2
     assert client.invoke(unique_name, {})["n"] == 3
     assert client.invoke(other, {})["n"] == 1
 

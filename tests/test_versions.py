@@ -34,7 +34,7 @@ def test_no_promote_leaves_live_where_it_was(client: Client, unique_name: str) -
 def test_traffic_split_follows_the_weights(platform: RunningPlatform, unique_name: str) -> None:
     client = platform.client()
     client.deploy(KIT, name=unique_name, handler="kit.whoami", max_instances=2)
-    client.deploy(KIT, name=unique_name, handler="kit.whoami", max_instances=2)
+    client.deploy(KIT, name=unique_name, handler="kit.whoami", max_instances=2, env={"DEPLOY": "2"})
     assert client.set_traffic(unique_name, {1: 80, 2: 20})["traffic"] == {"1": 80, "2": 20}
     seen: Counter[str] = Counter()
     with platform.http() as http:
@@ -48,7 +48,7 @@ def test_traffic_split_follows_the_weights(platform: RunningPlatform, unique_nam
 
 def test_rollback_restores_the_previous_split(client: Client, unique_name: str) -> None:
     client.deploy(KIT, name=unique_name, handler="kit.whoami")
-    client.deploy(KIT, name=unique_name, handler="kit.whoami")
+    client.deploy(KIT, name=unique_name, handler="kit.whoami", env={"DEPLOY": "2"})
     client.set_traffic(unique_name, {1: 50, 2: 50})
     assert client.rollback(unique_name)["traffic"] == {"2": 100}
     assert client.invoke(unique_name, {})["version"] == "2"
@@ -81,7 +81,7 @@ def test_bad_traffic_is_400(
     client: Client, unique_name: str, weights: dict[int, int], message: str
 ) -> None:
     client.deploy(KIT, name=unique_name, handler="kit.echo")
-    client.deploy(KIT, name=unique_name, handler="kit.echo")
+    client.deploy(KIT, name=unique_name, handler="kit.echo", env={"DEPLOY": "2"})
     with pytest.raises(BadRequest, match=message):
         client.set_traffic(unique_name, weights)
     assert client.versions(unique_name)["traffic"] == {"2": 100}
