@@ -21,6 +21,7 @@ from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.audit import AuditMiddleware
 from cumulo.gateway.auth import AuthMiddleware, principal_of
+from cumulo.gateway.docs import add_docs_routes
 from cumulo.gateway.dashboard_api import build_dashboard_router
 from cumulo.gateway.debug import build_debug_router
 from cumulo.gateway.errors import error_headers, internal_error, one_line
@@ -65,7 +66,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
         title="cumulo",
         version=cumulo.__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served from the installed package by add_docs_routes
         redoc_url=None,
         # Once for every route: a lone surrogate in a parameter or body is a 400, not a
         # 500 wherever the text is first encoded.
@@ -110,6 +111,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
         principal.require("read")
         return metrics_response(platform, principal)
 
+    add_docs_routes(app, "cumulo")
     app.state.platform = platform
     app.include_router(build_router())
     app.include_router(build_dashboard_router())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cumulo.errors import ApiError, Forbidden, TooManyRequests
+from cumulo.gateway.docs import SWAGGER_ASSETS
 from cumulo.gateway.errors import send_error
 from cumulo.gateway.ui import SessionStore, csrf_ok, session_cookie
 from cumulo.security.auth import PRINCIPAL, Authenticator, principal_of
@@ -26,6 +27,7 @@ PUBLIC_PATHS = frozenset(
         "/readyz",
         "/openapi.json",
         "/docs",
+        *(f"/docs/{name}" for name in SWAGGER_ASSETS),
         "/redoc",
         "/v2/health/live",  # KServe V2 probes (ai/kserve.py)
         "/v2/health/ready",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from cumulo.fds import MAX_LINE, TRUNCATED
 from cumulo.store.base import LogRecord
 
 MiB = 1024 * 1024
@@ -29,7 +30,7 @@ class LogLimits:
     function_bytes: int = 8 * MiB  # per function per window
     function_lines: int = 50_000
     window_s: float = 60.0
-    line_bytes: int = 16 * 1024  # one message; longer ones are cut
+    line_bytes: int = MAX_LINE  # one message; longer ones are cut (and end with TRUNCATED)
     fields_bytes: int = 16 * 1024  # one record's fields (JSON); more: replaced by a note
     retain_rows: int = 10_000  # stored lines kept per function, oldest dropped
     retain_bytes: int = 16 * MiB
@@ -105,12 +106,14 @@ class LogLimiter:
     def _shrink(self, record: LogRecord) -> LogRecord:
         limits = self.limits
         message, fields = record.message, record.fields
+        # A line an output pipe already cut (fds.OutputPipe) ends with the same marker and
+        # is not cut twice.
+        body = message.removesuffix(TRUNCATED)
         if (
-            len(message) > limits.line_bytes // 4
-            and len(encoded := message.encode("utf-8", "surrogatepass")) > limits.line_bytes
+            len(body) > limits.line_bytes // 4
+            and len(encoded := body.encode("utf-8", "surrogatepass")) > limits.line_bytes
         ):
-            cut = encoded[: limits.line_bytes].decode("utf-8", "ignore")
-            message = f"{cut}… [cumulo: line cut at {limits.line_bytes} bytes]"
+            message = encoded[: limits.line_bytes].decode("utf-8", "ignore") + TRUNCATED
         if fields:
             try:
                 too_big = len(orjson.dumps(fields)) > limits.fields_bytes
