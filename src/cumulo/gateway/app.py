@@ -21,9 +21,9 @@ from cumulo.events.topics_api import build_topics_router
 from cumulo.gateway.admin import build_router, metrics_response, validate_namespace
 from cumulo.gateway.audit import AuditMiddleware
 from cumulo.gateway.auth import AuthMiddleware, principal_of
-from cumulo.gateway.docs import add_docs_routes
 from cumulo.gateway.dashboard_api import build_dashboard_router
 from cumulo.gateway.debug import build_debug_router
+from cumulo.gateway.docs import add_docs_routes
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
 from cumulo.gateway.invoke import PREFIX, InvokeApp

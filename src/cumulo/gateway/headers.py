@@ -16,9 +16,15 @@ API_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 )
-# The Swagger UI at /docs loads its script and styles from a CDN; every other API response
-# is data and may load nothing.
+# Every API response is data and may load nothing.
 STRICT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# Swagger UI at /docs (gateway/docs.py): its files come from the gateway itself; the page
+# FastAPI writes starts it with one inline script.
+DOCS_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
+)
 # The dashboard (/ui/, gateway/ui.py): its own bundled files only, no inline script or style.
 UI_CSP = (
     b"content-security-policy",
@@ -38,6 +44,7 @@ class SecurityHeaders:
         self.headers = [*API_SECURITY_HEADERS, *extra]
         self.strict = [*self.headers, STRICT_CSP]
         self.ui = [*self.headers, UI_CSP]
+        self.docs = [*self.headers, DOCS_CSP]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.skip_prefix):
@@ -45,7 +52,7 @@ class SecurityHeaders:
             return
         path = scope["path"]
         add = (
-            self.headers
+            self.docs
             if path.startswith("/docs")
             else self.ui
             if path.startswith("/ui")
