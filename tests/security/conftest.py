@@ -1,6 +1,7 @@
 """Platforms for the hostile-tenant corpus: as root and as an unprivileged user.
 
-`nonroot_platform(*extra)` starts `cumulo up` as `cumulo-tenant-test`, a system user the
+`nonroot_platform(*extra)` (and `platform_as("nonroot", …)`, for module fixtures that run
+the corpus on both paths) starts `cumulo up` as `cumulo-tenant-test`, a system user the
 fixture creates when the suite runs as root (as CI does). The interpreter may live under a
 directory that user cannot enter (pyenv under the 0700 `/root` here): the platform then runs
 in a private mount namespace where a 0755 tmpfs covers that directory and only the paths the
@@ -11,6 +12,7 @@ own user is the unprivileged one and the platform starts as it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shlex
@@ -110,10 +112,10 @@ def launcher_for(uid: int, gid: int, home: Path, hold: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture
-def nonroot_platform() -> Iterator[PlatformFactory]:
+@contextlib.contextmanager
+def nonroot_factory() -> Iterator[PlatformFactory]:
     """Start platforms as an unprivileged user, each with a data dir of its own that does not
-    exist yet (a first start)."""
+    exist yet (a first start); all of them are killed on exit."""
     if os.geteuid() != 0:
         # The suite already runs unprivileged: that is the path under test.
         base = Path(tempfile.mkdtemp(prefix="cumulo-nonroot-"))
@@ -137,10 +139,32 @@ def nonroot_platform() -> Iterator[PlatformFactory]:
         started.append(running)
         return running
 
-    yield make
-    for running in started:
-        running.stop(signal.SIGKILL)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.stop(signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def nonroot_platform() -> Iterator[PlatformFactory]:
+    with nonroot_factory() as make:
+        yield make
+
+
+@contextlib.contextmanager
+def platform_as(user: str, tmp: Path, *extra: str) -> Iterator[RunningPlatform]:
+    """One platform started as the suite's own user ("root") or an unprivileged one."""
+    if user == "nonroot":
+        with nonroot_factory() as make:
+            yield make(*extra)
+        return
+    running = start_platform(tmp, *extra)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(params=["root", "nonroot"])

@@ -198,11 +198,11 @@ def test_bundles_are_collected_after_rm_but_not_while_shared(capped: RunningPlat
     code, archive = capped.data_dir / "code" / sha, capped.data_dir / "bundles" / f"{sha}.tar.gz"
     assert code.is_dir()
     assert archive.is_file()
-    assert capped.cli("rm", "shared-a").returncode == 0
+    assert capped.cli("rm", "shared-a", "--yes").returncode == 0
     assert code.is_dir()
     assert archive.is_file()
     assert c.invoke("shared-b", {"seed": "s"}) == {"result": "s-RESULT"}
-    assert capped.cli("rm", "shared-b").returncode == 0
+    assert capped.cli("rm", "shared-b", "--yes").returncode == 0
     assert not code.exists()
     assert not archive.exists()
 

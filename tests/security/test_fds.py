@@ -30,18 +30,23 @@ import pytest
 from cumulo.client import Client
 from cumulo.runtime import sandbox
 from cumulo.runtime.settings import RuntimeSettings
-from tests.conftest import FUNCTIONS, RunningPlatform, start_platform, wait_until
+from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
+from tests.security.conftest import platform_as
 
 HOSTILE = FUNCTIONS / "hostile"
 STATUS = sandbox.status(RuntimeSettings())
 _ns = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    platform = start_platform(tmp_path_factory.mktemp("fds"), "--idle-timeout", "1")
-    yield platform
-    platform.stop()
+@pytest.fixture(scope="module", params=["root", "nonroot"])
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    """The corpus runs against a root gateway and an unprivileged one."""
+    with platform_as(
+        request.param, tmp_path_factory.mktemp("fds"), "--idle-timeout", "1"
+    ) as platform:
+        yield platform
 
 
 def _tenant(running: RunningPlatform, label: str) -> Client:

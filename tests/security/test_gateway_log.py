@@ -31,20 +31,22 @@ from tests.conftest import (
     FUNCTIONS,
     RunningPlatform,
     free_port,
-    start_platform,
     wait_until,
 )
+from tests.security.conftest import platform_as
 
 HOSTILE = FUNCTIONS / "hostile"
 STATUS = sandbox.status(RuntimeSettings())
 _ns = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    platform = start_platform(tmp_path_factory.mktemp("gwlog"))
-    yield platform
-    platform.stop()
+@pytest.fixture(scope="module", params=["root", "nonroot"])
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    """The corpus runs against a root gateway and an unprivileged one."""
+    with platform_as(request.param, tmp_path_factory.mktemp("gwlog")) as platform:
+        yield platform
 
 
 def _tenant(running: RunningPlatform) -> Client:

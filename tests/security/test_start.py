@@ -85,7 +85,7 @@ def test_a_python_without_extraction_filters_refuses_to_start(tmp_path: Path) ->
     """3.11.0-3.11.3 lack tarfile's filter=: every deploy was a 500. Played by raising the
     minimum above the running interpreter."""
     script = (
-        "import sys, cumulo.cli.main as m\n"
+        "import sys, cumulo.cli.app as m\n"
         "m.MIN_PYTHON = (sys.version_info[0], sys.version_info[1] + 1, 0)\n"
         f"m.app(['up', '--data-dir', {str(tmp_path / 'd')!r}])\n"
     )
