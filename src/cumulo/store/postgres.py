@@ -129,7 +129,8 @@ class PostgresStore:
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect (StoreUnavailable when the database cannot be reached within `timeout`),
-        then apply missing migrations unless `migrate` is false."""
+        then apply missing migrations unless `migrate` is false. A store whose open failed
+        is closed for good: retry with a new one."""
         try:
             await self.pool.open(wait=True, timeout=self.timeout)
         except psycopg.OperationalError as exc:  # PoolTimeout is one
