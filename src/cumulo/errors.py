@@ -16,7 +16,8 @@ The hierarchy::
     │   ├── FunctionError        500  the user's handler raised
     │   ├── FunctionCrashed      502  the worker died (crash, memory limit)
     │   ├── Unavailable          503
-    │   │   └── CircuitOpen      503  a service call's target is failing: not invoked
+    │   │   ├── CircuitOpen      503  a service call's target is failing: not invoked
+    │   │   └── StoreUnavailable 503  the database cannot be reached (store_unavailable)
     │   └── FunctionTimeout      504
     ├── TransportError               the platform could not be reached
     └── StateConflict                optimistic concurrency check failed (inside a function)
@@ -152,6 +153,14 @@ class CircuitOpen(Unavailable):
         return float(self.details.get("retry_after", 0.0))
 
 
+class StoreUnavailable(Unavailable):
+    """The platform's database cannot be reached (down, restarting, refusing connections,
+    no pooled connection within the timeout). Store backends raise it from the driver's
+    error; it is transient: the same call may succeed once the database is back."""
+
+    default_code = "store_unavailable"
+
+
 class FunctionTimeout(ApiError):
     status = 504
     default_code = "function_timeout"
@@ -177,7 +186,10 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 
 
 # Subclasses that share a status with a more general class are told apart by their code.
-_BY_CODE: dict[str, type[ApiError]] = {"circuit_open": CircuitOpen}
+_BY_CODE: dict[str, type[ApiError]] = {
+    "circuit_open": CircuitOpen,
+    "store_unavailable": StoreUnavailable,
+}
 
 
 def api_error_for(

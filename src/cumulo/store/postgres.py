@@ -1,0 +1,444 @@
+"""PostgreSQL backend: one psycopg 3 `AsyncConnectionPool` per process, a versioned schema,
+and the repositories over it (so far: `PostgresControlRepository`).
+
+Schema migrations live in `MIGRATIONS`, numbered from 1 and never edited once released (a
+change is a new migration). `PostgresStore.migrate()` applies the missing ones in one
+transaction under a transaction-scoped advisory lock, recording each in
+`schema_migrations`: gateways starting together against one database apply them once, and
+a start against a migrated database changes nothing.
+
+Connection failures (server down or restarting, sessions terminated, no pooled connection
+within `timeout`) surface as `cumulo.errors.StoreUnavailable`, raised from the driver's
+error. Pooled connections are checked before use, so a database that came back is used
+again without a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from cumulo.errors import ConfigError, Conflict, StoreUnavailable
+from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
+from cumulo.store.control import ControlRepository
+
+# pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
+MIGRATION_LOCK = 0x63756D756C6F
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "control room: API keys, functions, versions, traffic history",
+        """
+        CREATE TABLE api_keys (
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            name text NOT NULL,
+            key_hash bytea NOT NULL UNIQUE,
+            scopes text[] NOT NULL,
+            created_at double precision NOT NULL,
+            expires_at double precision,
+            revoked_at double precision);
+        CREATE TABLE functions (
+            namespace text NOT NULL,
+            name text NOT NULL,
+            created_at double precision NOT NULL,
+            traffic json NOT NULL,
+            next_version integer NOT NULL,
+            PRIMARY KEY (namespace, name));
+        CREATE TABLE versions (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            version integer NOT NULL,
+            bundle_sha text NOT NULL,
+            module text NOT NULL,
+            attr text NOT NULL,
+            kind text NOT NULL,
+            config json NOT NULL,
+            created_at double precision NOT NULL,
+            PRIMARY KEY (namespace, function, version));
+        CREATE INDEX versions_by_bundle ON versions (bundle_sha);
+        CREATE TABLE traffic_history (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            namespace text NOT NULL,
+            function text NOT NULL,
+            traffic json NOT NULL);
+        CREATE INDEX traffic_history_by_function ON traffic_history (namespace, function, seq);
+        """,
+    ),
+)
+
+
+def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreUnavailable(f"the database is unavailable: {first}")
+
+
+def _traffic_to_json(traffic: dict[int, int]) -> str:
+    return orjson.dumps({str(v): w for v, w in traffic.items()}).decode()
+
+
+def _traffic_from_json(raw: str) -> dict[int, int]:
+    return {int(v): int(w) for v, w in orjson.loads(raw).items()}
+
+
+class PostgresStore:
+    """The pool and the schema. `await open()` connects (and migrates); `await close()`.
+
+    `dsn` is a libpq connection string or `postgresql://` URL. `timeout` bounds how long a
+    call waits for a pooled connection before it fails with `StoreUnavailable`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self.pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
+            name="cumulo",
+        )
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect (StoreUnavailable when the database cannot be reached within `timeout`),
+        then apply missing migrations unless `migrate` is false. A store whose open failed
+        is closed for good: retry with a new one."""
+        try:
+            await self.pool.open(wait=True, timeout=self.timeout)
+        except psycopg.OperationalError as exc:  # PoolTimeout is one
+            await self.pool.close()
+            raise _unavailable(await self._why_not(exc)) from exc
+        if migrate:
+            await self.migrate()
+
+    async def _why_not(self, exc: psycopg.OperationalError) -> psycopg.OperationalError:
+        """The pool says only that it timed out: one direct attempt names the cause
+        (refused, unknown host, bad password)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=2)
+        except psycopg.OperationalError as cause:
+            return cause
+        await conn.close()
+        return exc
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
+        """A pooled connection (autocommit; use `conn.transaction()` for several
+        statements). Connection failures inside become StoreUnavailable."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    # ------------------------------------------------------------ migrations
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks, all in one transaction, under the
+        advisory lock; the versions applied ([] when it was up to date). A database with
+        a migration newer than this build knows is refused with ConfigError."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version integer PRIMARY KEY, description text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {int(r[0]) for r in await cur.fetchall()}
+            known = {m.version for m in MIGRATIONS}
+            if done - known:
+                raise ConfigError(
+                    f"the database's schema is at version {max(done)}, newer than this "
+                    f"cumulo knows ({max(known)}): upgrade cumulo"
+                )
+            applied = []
+            for migration in MIGRATIONS:
+                if migration.version in done:
+                    continue
+                await conn.execute(migration.sql.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                    (migration.version, migration.description),
+                )
+                applied.append(migration.version)
+            return applied
+
+    async def schema_version(self) -> int:
+        """The newest migration applied (0 for an empty database)."""
+        async with self.connection() as conn:
+            cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                return 0
+            cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    @property
+    def control(self) -> PostgresControlRepository:
+        return PostgresControlRepository(self)
+
+
+_KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
+_VERSION_COLUMNS = "version, bundle_sha, module, attr, kind, config::text, created_at"
+
+
+def _key(r: tuple[Any, ...]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=r[0],
+        namespace=r[1],
+        name=r[2],
+        scopes=tuple(r[3]),
+        created_at=r[4],
+        expires_at=r[5],
+        revoked_at=r[6],
+        key_hash=bytes(r[7]),
+    )
+
+
+def _version(namespace: str, name: str, r: tuple[Any, ...]) -> VersionRecord:
+    return VersionRecord(namespace, name, r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), r[6])
+
+
+class PostgresControlRepository(ControlRepository):
+    """The control room on PostgreSQL. Closing it leaves the store (the pool) open."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    # ------------------------------------------------------------ API keys
+    async def insert_key(self, record: ApiKeyRecord) -> None:
+        try:
+            async with self.store.connection() as conn:
+                await conn.execute(
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",  # noqa: S608
+                    (
+                        record.id,
+                        record.namespace,
+                        record.name,
+                        list(record.scopes),
+                        record.created_at,
+                        record.expires_at,
+                        record.revoked_at,
+                        record.key_hash,
+                    ),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise Conflict(f"API key {record.id!r} exists already", code="key_exists") from exc
+
+    async def all_keys(self) -> list[ApiKeyRecord]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, seq"  # noqa: S608
+            )
+            return [_key(r) for r in await cur.fetchall()]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (now, key_id),
+            )
+            return cur.rowcount > 0
+
+    # ------------------------------------------------------------ functions
+    async def get_function(self, namespace: str, name: str) -> FunctionRecord | None:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT created_at, traffic::text FROM functions "
+                "WHERE namespace = %s AND name = %s",
+                (namespace, name),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return FunctionRecord(namespace, name, row[0], _traffic_from_json(row[1]))
+
+    async def list_functions(self, namespace: str) -> list[FunctionRecord]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT name, created_at, traffic::text FROM functions WHERE namespace = %s "
+                'ORDER BY name COLLATE "C"',
+                (namespace,),
+            )
+            rows = await cur.fetchall()
+        return [FunctionRecord(namespace, r[0], r[1], _traffic_from_json(r[2])) for r in rows]
+
+    async def delete_function(self, namespace: str, name: str) -> bool:
+        async with self.store.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM functions WHERE namespace = %s AND name = %s", (namespace, name)
+            )
+            deleted = cur.rowcount > 0
+            for table in ("versions", "traffic_history"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE namespace = %s AND function = %s",  # noqa: S608
+                    (namespace, name),
+                )
+        return deleted
+
+    # ------------------------------------------------------------ versions
+    async def add_version(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        bundle_sha: str,
+        module: str,
+        attr: str,
+        kind: str,
+        config: dict[str, Any],
+        promote: bool,
+        now: float,
+    ) -> VersionRecord:
+        config_json = orjson.dumps(config).decode()
+        async with self.store.connection() as conn, conn.transaction():
+            # Creates the function or takes the next number; either way the row stays
+            # locked until commit, so concurrent deploys are numbered one after another.
+            cur = await conn.execute(
+                "INSERT INTO functions AS f (namespace, name, created_at, traffic, next_version) "
+                "VALUES (%s, %s, %s, '{}', 2) ON CONFLICT (namespace, name) "
+                "DO UPDATE SET next_version = f.next_version + 1 "
+                "RETURNING f.next_version - 1, f.traffic::text",
+                (namespace, name, now),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            version, traffic = int(row[0]), _traffic_from_json(row[1])
+            await conn.execute(
+                "INSERT INTO versions (namespace, function, version, bundle_sha, module, attr, "
+                "kind, config, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s::json,%s)",
+                (namespace, name, version, bundle_sha, module, attr, kind, config_json, now),
+            )
+            if promote or not traffic:
+                await self._move(conn, namespace, name, traffic, {version: 100})
+        return VersionRecord(
+            namespace, name, version, bundle_sha, module, attr, kind, orjson.loads(config_json), now
+        )
+
+    async def get_version(self, namespace: str, name: str, version: int) -> VersionRecord | None:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+                "WHERE namespace = %s AND function = %s AND version = %s",
+                (namespace, name, version),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _version(namespace, name, row)
+
+    async def list_versions(self, namespace: str, name: str) -> list[VersionRecord]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+                "WHERE namespace = %s AND function = %s ORDER BY version",
+                (namespace, name),
+            )
+            rows = await cur.fetchall()
+        return [_version(namespace, name, r) for r in rows]
+
+    async def bundle_shas(self) -> list[str]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute("SELECT DISTINCT bundle_sha FROM versions")
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def bundle_in_use(self, sha: str) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM versions WHERE bundle_sha = %s LIMIT 1", (sha,))
+            return await cur.fetchone() is not None
+
+    # ------------------------------------------------------------ traffic
+    @staticmethod
+    async def _move(
+        conn: AsyncConnection[tuple[Any, ...]],
+        namespace: str,
+        name: str,
+        old: dict[int, int],
+        new: dict[int, int],
+    ) -> None:
+        if old:
+            await conn.execute(
+                "INSERT INTO traffic_history (namespace, function, traffic) VALUES (%s,%s,%s)",
+                (namespace, name, _traffic_to_json(old)),
+            )
+        await conn.execute(
+            "UPDATE functions SET traffic = %s WHERE namespace = %s AND name = %s",
+            (_traffic_to_json(new), namespace, name),
+        )
+
+    async def _locked_traffic(
+        self, conn: AsyncConnection[tuple[Any, ...]], namespace: str, name: str
+    ) -> dict[int, int] | None:
+        cur = await conn.execute(
+            "SELECT traffic::text FROM functions WHERE namespace = %s AND name = %s FOR UPDATE",
+            (namespace, name),
+        )
+        row = await cur.fetchone()
+        return None if row is None else _traffic_from_json(row[0])
+
+    async def set_traffic(self, namespace: str, name: str, traffic: dict[int, int]) -> bool:
+        async with self.store.connection() as conn, conn.transaction():
+            current = await self._locked_traffic(conn, namespace, name)
+            if current is None:
+                return False
+            if current != traffic:
+                await self._move(conn, namespace, name, current, traffic)
+        return True
+
+    async def rollback(self, namespace: str, name: str) -> dict[int, int] | None:
+        async with self.store.connection() as conn, conn.transaction():
+            current = await self._locked_traffic(conn, namespace, name)
+            if current is None:
+                return None
+            cur = await conn.execute(
+                "SELECT seq, traffic::text FROM traffic_history "
+                "WHERE namespace = %s AND function = %s ORDER BY seq DESC",
+                (namespace, name),
+            )
+            for seq, raw in await cur.fetchall():
+                await conn.execute("DELETE FROM traffic_history WHERE seq = %s", (seq,))
+                previous = _traffic_from_json(raw)
+                if previous != current:
+                    await conn.execute(
+                        "UPDATE functions SET traffic = %s WHERE namespace = %s AND name = %s",
+                        (raw, namespace, name),
+                    )
+                    return previous
+        return None
