@@ -13,6 +13,9 @@ idle connections during which a healthy client's latency is measured.
     another address calls the echo function at PROBE_RATE a second on one keep-alive
     connection for PROBE_S seconds; the same probe without the flood is the baseline.
     Goal: p99 under the flood < 50 ms.
+(c) Idle: after the soak, IDLE_S seconds (CUMULO_BENCH_IDLE_S, default 120) with no
+    requests, RSS sampled every 10 s: the review saw the gateway keep growing when idle.
+    Reported like the soak (slope over the whole idle time); goal: within 5 %.
 
 python -m bench.reliability_bench            # both parts; JSON on stdout
 python -m bench.reliability_bench --flood-worker N SECONDS   (internal: the flood process)
@@ -51,6 +54,7 @@ RATE = float(os.environ.get("CUMULO_BENCH_SOAK_RATE", "100"))
 SAMPLE_S = 10.0
 WARMUP_S = 60.0
 SOAK_GOAL_PCT = 5.0
+IDLE_S = float(os.environ.get("CUMULO_BENCH_IDLE_S", "120"))
 FLOOD = int(os.environ.get("CUMULO_BENCH_FLOOD", "5000"))
 FLOOD_SOURCES = [f"127.0.0.{i}" for i in range(10, 20)]
 PROBE_SOURCE = "127.0.0.2"
@@ -149,6 +153,36 @@ def soak(plat: Platform, seconds: float, rate: float) -> dict[str, Any]:
         "goal_pct": SOAK_GOAL_PCT,
         "pass": abs(growth_pct) <= SOAK_GOAL_PCT,
         "samples": samples,
+    }
+
+
+def idle(plat: Platform, seconds: float) -> dict[str, Any]:
+    t0 = time.monotonic()
+    samples: list[tuple[float, float]] = []
+    while True:
+        kib = rss_kb(plat.pid)
+        elapsed = time.monotonic() - t0
+        if kib is not None:
+            samples.append((elapsed / 60, kib * 1024 / 1e6))
+        if elapsed >= seconds:
+            break
+        time.sleep(max(0.0, min(SAMPLE_S * len(samples), seconds) - elapsed))
+    if len(samples) < 2:
+        raise BenchError(f"idle time of {seconds:.0f} s left {len(samples)} samples")
+    slope = _slope(samples)
+    growth_pct = 100 * slope * (samples[-1][0] - samples[0][0]) / samples[0][1]
+    log(
+        f"idle: RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB, slope {slope:+.3f} MB/min "
+        f"({growth_pct:+.2f} %)"
+    )
+    return {
+        "seconds": seconds,
+        "rss_first_mb": round(samples[0][1], 2),
+        "rss_last_mb": round(samples[-1][1], 2),
+        "slope_mb_per_min": round(slope, 4),
+        "growth_pct": round(growth_pct, 2),
+        "goal_pct": SOAK_GOAL_PCT,
+        "pass": abs(growth_pct) <= SOAK_GOAL_PCT,
     }
 
 
@@ -321,6 +355,10 @@ def main() -> dict[str, Any]:
             result["soak"] = soak(plat, SOAK_S, RATE)
         except BenchError as exc:
             result["soak"] = {"error": str(exc)}
+        try:
+            result["idle"] = idle(plat, IDLE_S)
+        except BenchError as exc:
+            result["idle"] = {"error": str(exc)}
         try:
             result["flood"] = flood(plat, FLOOD)
         except BenchError as exc:

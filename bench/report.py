@@ -288,6 +288,19 @@ def _reliability_rows(r: dict[str, Any]) -> list[list[str]]:
                 _verdict(soak.get("pass")),
             ]
         )
+    idle = _get(r, "reliability", "idle") or {}
+    if _ok(idle.get("growth_pct")):
+        rows.append(
+            [
+                f"15c. Gateway RSS idle for {_f(idle.get('seconds'), '.0f')} s after the soak",
+                f"{_f(idle.get('slope_mb_per_min'), '+.3f', ' MB/min')}",
+                f"RSS {_f(idle.get('rss_first_mb'), '.1f')} → "
+                f"{_f(idle.get('rss_last_mb'), '.1f')} MB",
+                _f(idle["growth_pct"], "+.2f", " %"),
+                "within 5 %",
+                _verdict(idle.get("pass")),
+            ]
+        )
     fl = _get(r, "reliability", "flood") or {}
     if _ok(_get(fl, "under_flood", "p99_ms")):
         rows.append(
