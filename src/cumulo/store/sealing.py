@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from cumulo.store.sqlite import DataKeyQueries
+
 SEALED_MAGIC = b"\xffCM"
 SUBJECT_MAGIC = b"\xffCJ"
 
@@ -38,7 +40,7 @@ def is_sealed(blob: bytes | str | None) -> bool:
     return isinstance(blob, bytes) and blob.startswith(SEALED_MAGIC)
 
 
-class DataKeyTable:
+class DataKeyTable(DataKeyQueries):
     """The `data_keys` table through another connection to the platform database."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -47,31 +49,6 @@ class DataKeyTable:
     @property
     def db(self) -> sqlite3.Connection:
         return self._conn
-
-    def data_key(self, namespace: str, version: int) -> Any:
-        from cumulo.store.sqlite import DataKeyRecord
-
-        row = self._conn.execute(
-            "SELECT master_id, wrapped, created_at FROM data_keys "
-            "WHERE namespace = ? AND version = ?",
-            (namespace, version),
-        ).fetchone()
-        return None if row is None else DataKeyRecord(namespace, version, row[0], row[1], row[2])
-
-    def latest_data_key_version(self, namespace: str) -> int | None:
-        row = self._conn.execute(
-            "SELECT MAX(version) FROM data_keys WHERE namespace = ?", (namespace,)
-        ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
-    def insert_data_key(
-        self, namespace: str, version: int, master_id: str, wrapped: bytes, now: float
-    ) -> bool:
-        cur = self._conn.execute(
-            "INSERT OR IGNORE INTO data_keys VALUES (?,?,?,?,?)",
-            (namespace, version, master_id, wrapped, now),
-        )
-        return cur.rowcount > 0
 
 
 class RowSealer:
