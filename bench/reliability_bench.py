@@ -70,16 +70,21 @@ HALF_HEAD = b"POST /fn/default/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:
 
 
 def _paced_calls(
-    plat: Platform, rate: float, until: float, latencies: list[float], errors: list[str]
+    conn: HttpConn,
+    auth: dict[str, str],
+    rate: float,
+    until: float,
+    latencies: list[float],
+    errors: list[str],
 ) -> None:
-    """One keep-alive connection calling the echo function at `rate` a second."""
-    conn = HttpConn(plat.url, timeout=10)
+    """Call the echo function on one keep-alive connection at `rate` a second until `until`;
+    a connection that failed is reopened for the next call."""
     next_at = time.monotonic()
     try:
         while next_at < until:
             time.sleep(max(0.0, next_at - time.monotonic()))
             try:
-                resp = conn.request("POST", "/fn/default/echo", BODY, plat.auth)
+                resp = conn.request("POST", "/fn/default/echo", BODY, auth)
                 if resp.status == 200:
                     latencies.append(resp.seconds * 1000)
                 else:
@@ -90,6 +95,29 @@ def _paced_calls(
             next_at += 1 / rate
     finally:
         conn.close()
+
+
+def _rss_samples(plat: Platform, seconds: float) -> list[tuple[float, float]]:
+    """(seconds since start, gateway RSS in MB) every SAMPLE_S for `seconds`."""
+    t0 = time.monotonic()
+    samples: list[tuple[float, float]] = []
+    while True:
+        kib = rss_kb(plat.pid)
+        elapsed = time.monotonic() - t0
+        if kib is not None:
+            samples.append((round(elapsed, 1), round(kib * 1024 / 1e6, 2)))
+        if elapsed >= seconds:
+            return samples
+        time.sleep(max(0.0, min(SAMPLE_S * len(samples), seconds) - elapsed))
+
+
+def _growth(points: list[tuple[float, float]], what: str) -> tuple[float, float]:
+    """Least-squares slope of (seconds, MB) points in MB/min, and the growth it makes over
+    their span in % of the first RSS."""
+    if len(points) < 2:
+        raise BenchError(f"{what} left {len(points)} RSS samples")
+    slope = _slope([(t / 60, mb) for t, mb in points])
+    return slope, 100 * slope * (points[-1][0] - points[0][0]) / 60 / points[0][1]
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -105,33 +133,31 @@ def soak(plat: Platform, seconds: float, rate: float) -> dict[str, Any]:
     workers = 4
     latencies: list[float] = []
     errors: list[str] = []
-    t0 = time.monotonic()
-    until = t0 + seconds
+    until = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=_paced_calls, args=(plat, rate / workers, until, latencies, errors))
+        threading.Thread(
+            target=_paced_calls,
+            args=(
+                HttpConn(plat.url, timeout=10),
+                plat.auth,
+                rate / workers,
+                until,
+                latencies,
+                errors,
+            ),
+        )
         for _ in range(workers)
     ]
     for t in threads:
         t.start()
-    samples: list[dict[str, float]] = []
-    while True:
-        kib = rss_kb(plat.pid)
-        elapsed = time.monotonic() - t0
-        if kib is not None:
-            samples.append({"t_s": round(elapsed, 1), "rss_mb": round(kib * 1024 / 1e6, 2)})
-        if elapsed >= seconds:
-            break
-        time.sleep(max(0.0, min(SAMPLE_S * len(samples), seconds) - (time.monotonic() - t0)))
+    points = _rss_samples(plat, seconds)
     for t in threads:
         t.join()
+    samples = [{"t_s": t_s, "rss_mb": mb} for t_s, mb in points]
     warmup = min(WARMUP_S, seconds / 3)
-    measured = [(s["t_s"] / 60, s["rss_mb"]) for s in samples if s["t_s"] >= warmup]
-    if len(measured) < 2:
-        raise BenchError(f"soak of {seconds:.0f} s left {len(measured)} samples after warm-up")
-    slope = _slope(measured)
+    measured = [p for p in points if p[0] >= warmup]
+    slope, growth_pct = _growth(measured, f"the soak of {seconds:.0f} s after warm-up")
     start_mb = measured[0][1]
-    span_min = measured[-1][0] - measured[0][0]
-    growth_pct = 100 * slope * span_min / start_mb
     log(
         f"soak: {len(latencies)} calls, {len(errors)} errors, RSS {samples[0]['rss_mb']} -> "
         f"{samples[-1]['rss_mb']} MB, slope after warm-up {slope:+.3f} MB/min ({growth_pct:+.2f} %)"
@@ -157,20 +183,8 @@ def soak(plat: Platform, seconds: float, rate: float) -> dict[str, Any]:
 
 
 def idle(plat: Platform, seconds: float) -> dict[str, Any]:
-    t0 = time.monotonic()
-    samples: list[tuple[float, float]] = []
-    while True:
-        kib = rss_kb(plat.pid)
-        elapsed = time.monotonic() - t0
-        if kib is not None:
-            samples.append((elapsed / 60, kib * 1024 / 1e6))
-        if elapsed >= seconds:
-            break
-        time.sleep(max(0.0, min(SAMPLE_S * len(samples), seconds) - elapsed))
-    if len(samples) < 2:
-        raise BenchError(f"idle time of {seconds:.0f} s left {len(samples)} samples")
-    slope = _slope(samples)
-    growth_pct = 100 * slope * (samples[-1][0] - samples[0][0]) / samples[0][1]
+    samples = _rss_samples(plat, seconds)
+    slope, growth_pct = _growth(samples, f"the idle time of {seconds:.0f} s")
     log(
         f"idle: RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB, slope {slope:+.3f} MB/min "
         f"({growth_pct:+.2f} %)"
@@ -210,25 +224,10 @@ class SourcedConn(HttpConn):
 
 def probe(plat: Platform, seconds: float) -> dict[str, Any]:
     """The healthy client: one keep-alive connection from PROBE_SOURCE at PROBE_RATE/s."""
-    conn = SourcedConn(plat.url, PROBE_SOURCE)
     latencies: list[float] = []
     errors: list[str] = []
-    next_at = time.monotonic()
-    until = next_at + seconds
-    try:
-        while next_at < until:
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            try:
-                resp = conn.request("POST", "/fn/default/echo", BODY, plat.auth)
-                if resp.status == 200:
-                    latencies.append(resp.seconds * 1000)
-                else:
-                    errors.append(f"HTTP {resp.status}")
-            except OSError as exc:
-                errors.append(type(exc).__name__)
-            next_at += 1 / PROBE_RATE
-    finally:
-        conn.close()
+    conn = SourcedConn(plat.url, PROBE_SOURCE)
+    _paced_calls(conn, plat.auth, PROBE_RATE, time.monotonic() + seconds, latencies, errors)
     return {
         "calls": len(latencies),
         "errors": len(errors),

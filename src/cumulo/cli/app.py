@@ -21,6 +21,7 @@ from cumulo.cli.progress import progress, wait_for_invocation
 from cumulo.cli.quantum import app as quantum_app
 from cumulo.cli.usage import register as register_usage
 from cumulo.errors import CumuloError
+from cumulo.runtime.settings import RuntimeSettings
 from cumulo.security.ratelimit import Rate
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ T = TypeVar("T")
 
 # tarfile.extractall(filter=…), which every deploy uses, arrived in 3.11.4.
 MIN_PYTHON = (3, 11, 4)
+# `cumulo up`'s ceilings default to the runtime's own: one place holds them.
+CEILINGS = RuntimeSettings()
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace (tenant).")]
 Output = Annotated[
@@ -174,19 +177,19 @@ def up(
     ] = "auto",
     max_memory_mb: Annotated[
         int, typer.Option(help="Ceiling on a function's memory_mb (a deploy above: 400).")
-    ] = 2048,
+    ] = CEILINGS.max_memory_mb,
     max_instances: Annotated[
         int, typer.Option(help="Ceiling on a function's max_instances.")
-    ] = 100,
+    ] = CEILINGS.max_instances,
     max_concurrency: Annotated[
         int, typer.Option(help="Ceiling on a function's concurrency.")
-    ] = 1000,
+    ] = CEILINGS.max_concurrency,
     max_timeout_s: Annotated[
         float, typer.Option(help="Ceiling on a function's timeout_s.")
-    ] = 900.0,
+    ] = CEILINGS.max_timeout_s,
     max_pids: Annotated[
         int, typer.Option(help="Processes and threads one version's tree may hold.")
-    ] = 2048,
+    ] = CEILINGS.max_pids,
     key_rate: Annotated[
         str, typer.Option(help="Rate limit per API key, e.g. 1000/s or 1000/s:2000.")
     ] = "",

@@ -71,7 +71,10 @@ def _parse(raw: bytes, base_url: str) -> Reply:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        rest = _dechunk(rest)
+        try:
+            rest = _dechunk(rest)
+        except ValueError:
+            raise WireError(f"{base_url} sent a malformed chunked body") from None
     return Reply(status, headers, rest)
 
 
