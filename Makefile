@@ -56,6 +56,7 @@ test: $(DEVSTAMP) sandbox lint typecheck pytest
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy

@@ -518,13 +518,18 @@ class Platform:
         start_timeout: float = 60.0,
         label: str = "cumulo",
         demo: bool = False,
+        extra: Sequence[str] = (),
+        data_dir: Path | None = None,
     ) -> None:
         self.demo = demo  # `--demo`: deploys ./examples, so it runs from the repository root
+        self.extra = tuple(extra)
+        # A data dir given is another gateway's: shared, and left for its owner to delete.
+        self.owns_data_dir = data_dir is None
         self.idle_timeout = idle_timeout
         self.zygote_idle_timeout = zygote_idle_timeout
         self.start_timeout = start_timeout
         self.label = label
-        self.data_dir = Path(tempfile.mkdtemp(prefix="cumulo-bench-"))
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="cumulo-bench-"))
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.api_key = ""
@@ -542,6 +547,7 @@ class Platform:
             argv += ["--zygote-idle-timeout", _num(self.zygote_idle_timeout)]
         if self.demo:
             argv.append("--demo")
+        argv += self.extra
         log(f"starting {' '.join(argv[1:])}")
         t0 = time.perf_counter()
         self.proc = Proc(
@@ -561,7 +567,9 @@ class Platform:
             if creds_path.exists():
                 try:
                     creds = json.loads(creds_path.read_text())
-                    self.url = str(creds["url"]).rstrip("/")
+                    url = str(creds["url"]).rstrip("/")
+                    # A shared data dir's credentials may name the other gateway.
+                    self.url = f"{url.rsplit(':', 1)[0]}:{self.port}"
                     self.api_key = str(creds["api_key"])
                     break
                 except (ValueError, KeyError):
@@ -584,7 +592,8 @@ class Platform:
                 for line in self.leftovers:
                     log(f"PLATFORM LEAK: {line}")
         finally:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self.owns_data_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
             if self.proc is not None:
                 with contextlib.suppress(OSError):
                     self.proc.log_path.unlink()

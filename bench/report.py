@@ -54,7 +54,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
-    return rows + _reliability_rows(r)
+    return rows + _reliability_rows(r) + _gateway_rows(r)
 
 
 def _summary_rows(r: dict[str, Any]) -> list[list[str]]:
@@ -315,6 +315,24 @@ def _reliability_rows(r: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _gateway_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 12: a control change made through one gateway, served by the other."""
+    prop = _get(r, "gateways", "propagation") or {}
+    if not _ok(prop.get("p99_ms")):
+        return []
+    return [
+        [
+            f"12c. Traffic change reaching the other gateway ({prop.get('backend')}, "
+            f"{prop.get('trials')} changes)",
+            _f(prop["p99_ms"], ".1f", " ms p99"),
+            f"p50 {_f(prop.get('p50_ms'), '.1f', ' ms')}, lost {prop.get('lost')}",
+            "—",
+            "p99 ≤ 200 ms",
+            _verdict(prop.get("pass")),
+        ]
+    ]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -868,6 +886,10 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
         ("metering", "Metering overhead (issue 8: ≥ 0.97× throughput)"),
         ("reliability", "Reliability (issue 15: RSS flat in a soak, p99 < 50 ms in a flood)"),
         ("cli", "CLI start-up (issue 17: `cumulo --help` and `cumulo invoke` ≤ 150 ms)"),
+        (
+            "gateways",
+            "Several gateways (issue 12: a change reaches the other gateway, p99 ≤ 200 ms)",
+        ),
     ):
         extra = r.get(key)
         lines += [f"## {title}", ""]

@@ -2,7 +2,8 @@
 
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
-                                          #   memory, auth, app, async, quantum, cli, reliability
+                                          #   memory, auth, app, async, quantum, cli, reliability,
+                                          #   gateways
                                           #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
@@ -43,6 +44,7 @@ EXTRAS = {
     "anomaly": "bench.anomaly_bench",
     "reliability": "bench.reliability_bench",
     "cli": "bench.cli_startup",  # issue 17: `cumulo --help` / `invoke` vs `python -c pass`
+    "gateways": "bench.gateways_bench",  # issue 12: a change reaching the other gateway
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 

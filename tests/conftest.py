@@ -94,11 +94,13 @@ def start_platform(
     verify: ssl.SSLContext | bool = True,
     launcher: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> RunningPlatform:
-    """Start `cumulo up` with its data in `tmp/data`; `launcher` is put before the command
-    (it must end by exec-ing it, so the process is the platform)."""
+    """Start `cumulo up` with its data in `data_dir` (default `tmp/data`); `launcher` is put
+    before the command (it must end by exec-ing it, so the process is the platform). A
+    second gateway on a shared data dir is ready when its own port answers."""
     port = free_port()
-    data_dir = tmp / "data"
+    data_dir = data_dir or tmp / "data"
     log_path = tmp / "platform.log"
     with log_path.open("wb") as logfile:
         proc = subprocess.Popen(
@@ -126,6 +128,7 @@ def start_platform(
         if not creds.exists():
             return False
         url = json.loads(creds.read_text())["url"]
+        url = f"{url.rsplit(':', 1)[0]}:{port}"  # the credentials may name another gateway
         try:
             return httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200
         except httpx.HTTPError:
@@ -140,7 +143,8 @@ def start_platform(
         raise
     saved = json.loads(creds.read_text())
     assert saved["url"].endswith(f":{port}")
-    return RunningPlatform(proc, saved["url"], data_dir, saved["api_key"], log_path, verify=verify)
+    url = f"{saved['url'].rsplit(':', 1)[0]}:{port}"
+    return RunningPlatform(proc, url, data_dir, saved["api_key"], log_path, verify=verify)
 
 
 @pytest.fixture(scope="session")

@@ -181,6 +181,19 @@ def test_functions_are_listed_by_code_point_within_their_namespace(backend: Back
     run(backend, body)
 
 
+def test_namespaces_are_those_holding_functions_listed_once(backend: Backend) -> None:
+    async def body(repo: ControlRepository) -> None:
+        assert await repo.namespaces() == []
+        for namespace in ["team", "B", NS, "a"]:
+            await deploy(repo, "one", namespace=namespace)
+        await deploy(repo, "two", namespace="team")
+        assert await repo.namespaces() == sorted(["team", "B", NS, "a"])
+        await repo.delete_function("B", "one")
+        assert await repo.namespaces() == sorted(["team", NS, "a"])
+
+    run(backend, body)
+
+
 def test_returned_records_are_the_callers_own(backend: Backend) -> None:
     async def body(repo: ControlRepository) -> None:
         await deploy(repo, config={"env": {"A": "1"}})

@@ -158,6 +158,14 @@ def up(
     zygote_idle_timeout: Annotated[
         float, typer.Option(help="Seconds a zygote without workers lives.")
     ] = 600.0,
+    watch_changes: Annotated[
+        bool,
+        typer.Option(
+            "--watch-changes",
+            hidden=True,  # until `--gateways N` starts gateways that share a store safely
+            help="Follow control changes other gateways on this data dir make.",
+        ),
+    ] = False,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
@@ -325,6 +333,7 @@ def up(
         prewarm=prewarm,
         bundle_limits=(max_unpacked_mb, max_bundle_files),
         edge=edge,
+        watch_changes=watch_changes,
     )
 
 

@@ -52,6 +52,7 @@ def serve(
     prewarm: bool = True,
     bundle_limits: tuple[int, int] = (256, 10_000),  # (unpacked MB, files)
     edge: EdgeLimits | None = None,
+    watch_changes: bool = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
@@ -90,6 +91,7 @@ def serve(
             **(ceilings or {}),
         ),
         demo_dir=examples_dir() if demo else None,
+        watch_changes=watch_changes,
         bundle_limits=UnpackLimits(
             max_bytes=bundle_limits[0] * MiB,
             max_files=bundle_limits[1],

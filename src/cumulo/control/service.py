@@ -23,7 +23,8 @@ from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.zygote_handle import ZygoteHandle
 from cumulo.sdk.spec import FunctionConfig, default_name, validate_name
 from cumulo.store.base import FunctionRecord, VersionRecord
-from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.changes import Change, ChangeFeed
+from cumulo.store.control import ControlRepository
 
 VALIDATE_TIMEOUT_S = 60.0
 VALIDATE_MEMORY_MB = 4096
@@ -85,12 +86,12 @@ def split_handler(handler: str) -> tuple[str, str]:
 class ControlPlane:
     def __init__(
         self,
-        store: SQLiteStore,
+        repo: ControlRepository,
         bundles: BundleStore,
         executor: LocalExecutor,
         python: str = sys.executable,
     ) -> None:
-        self.store = store
+        self.repo = repo
         self.bundles = bundles
         self.executor = executor
         self.python = python
@@ -101,6 +102,8 @@ class ControlPlane:
         # moves (deploy, traffic, rollback; [] on removal), so both follow the same version.
         self.on_live_change: LiveChange | None = None
         self.on_live_topics: LiveChange | None = None
+        # Where other gateways hear of this one's changes (and it of theirs: apply_remote).
+        self.changes: ChangeFeed | None = None
 
     # ------------------------------------------------------------ deploy
     async def deploy(self, req: DeployRequest) -> VersionRecord:
@@ -112,7 +115,7 @@ class ControlPlane:
             try:
                 return await self._deploy(req, sha)
             finally:
-                if not await self.store.call(self.store.bundle_in_use, sha):
+                if not await self.repo.bundle_in_use(sha):
                     await self.collect_bundles()
 
     async def _deploy(self, req: DeployRequest, sha: str) -> VersionRecord:
@@ -166,8 +169,7 @@ class ControlPlane:
         )
         if same is not None:
             return same
-        record = await self.store.call(
-            self.store.add_version,
+        record = await self.repo.add_version(
             req.namespace,
             name,
             bundle_sha=sha,
@@ -189,7 +191,7 @@ class ControlPlane:
         the newest version are that version (a restart of `--demo`, a CI re-run), not a new
         one. With promote, `live` still ends up on it; the caller tells "unchanged" by the
         record's created_at being older than its request."""
-        versions = await self.store.call(self.store.list_versions, req.namespace, name)
+        versions = await self.repo.list_versions(req.namespace, name)
         if not versions:
             return None
         newest = max(versions, key=lambda v: v.version)
@@ -198,9 +200,7 @@ class ControlPlane:
         if req.promote:
             function = await self.function(req.namespace, name)
             if function.traffic != {newest.version: 100}:
-                await self.store.call(
-                    self.store.set_traffic, req.namespace, name, {newest.version: 100}
-                )
+                await self.repo.set_traffic(req.namespace, name, {newest.version: 100})
                 await self._after_traffic_change(req.namespace, name)
         return newest
 
@@ -268,17 +268,17 @@ class ControlPlane:
 
     # ------------------------------------------------------------ reads
     async def function(self, namespace: str, name: str) -> FunctionRecord:
-        record = await self.store.call(self.store.get_function, namespace, name)
+        record = await self.repo.get_function(namespace, name)
         if record is None:
             raise NotFound(f"function {name!r} not found", code="function_not_found")
         return record
 
     async def functions(self, namespace: str) -> list[FunctionRecord]:
-        return await self.store.call(self.store.list_functions, namespace)
+        return await self.repo.list_functions(namespace)
 
     async def versions(self, namespace: str, name: str) -> list[VersionRecord]:
         await self.function(namespace, name)
-        return await self.store.call(self.store.list_versions, namespace, name)
+        return await self.repo.list_versions(namespace, name)
 
     # ------------------------------------------------------------ traffic
     async def set_traffic(self, namespace: str, name: str, weights: dict[int, int]) -> None:
@@ -298,12 +298,12 @@ class ControlPlane:
                 f"{name} has no version {', '.join(map(str, unknown))}", code="unknown_version"
             )
         weights = {v: w for v, w in weights.items() if w > 0}
-        await self.store.call(self.store.set_traffic, namespace, name, weights)
+        await self.repo.set_traffic(namespace, name, weights)
         await self._after_traffic_change(namespace, name)
 
     async def rollback(self, namespace: str, name: str) -> dict[int, int]:
         await self.function(namespace, name)
-        previous = await self.store.call(self.store.rollback, namespace, name)
+        previous = await self.repo.rollback(namespace, name)
         if previous is None:
             raise Conflict(
                 f"{name} has no earlier traffic split to roll back to", code="no_history"
@@ -312,24 +312,55 @@ class ControlPlane:
         return previous
 
     async def remove(self, namespace: str, name: str) -> None:
-        if not await self.store.call(self.store.delete_function, namespace, name):
+        if not await self.repo.delete_function(namespace, name):
             raise NotFound(f"function {name!r} not found", code="function_not_found")
+        await self._forget(namespace, name)
+        await self._announce(namespace, name)
+        await self.collect_bundles()
+
+    async def _forget(self, namespace: str, name: str) -> None:
         self.routes.invalidate(namespace, name)
         await self.executor.retire(namespace, name)
         if self.on_live_change is not None:
             await self.on_live_change(namespace, name, [])
         if self.on_live_topics is not None:
             await self.on_live_topics(namespace, name, [])
-        await self.collect_bundles()
+
+    async def _announce(self, namespace: str, name: str) -> None:
+        if self.changes is not None:
+            await self.changes.publish(Change("function", namespace, name))
+
+    async def apply_remote(self, namespace: str, name: str) -> None:
+        """Another gateway deployed, moved traffic, rolled back or removed the function:
+        follow it here as if it had been done here (routes, schedules, topics, pools)."""
+        if await self.repo.get_function(namespace, name) is None:
+            await self._forget(namespace, name)
+        else:
+            await self._follow_live(namespace, name)
+
+    async def resync(self) -> None:
+        """Changes may have been missed: reload every function's routing from the store."""
+        self.routes.clear()
+        known = {key[:2] for key in self.executor.pools}
+        for namespace in await self.repo.namespaces():
+            for function in await self.functions(namespace):
+                known.discard((namespace, function.name))
+                await self._follow_live(namespace, function.name)
+        for namespace, name in known:  # pools of functions removed meanwhile
+            await self._forget(namespace, name)
 
     async def collect_bundles(self) -> list[str]:
         """Delete bundles no version references and no running pool uses (after a removal,
         a failed deploy, and at start for what a crash left behind)."""
-        keep = set(await self.store.call(self.store.bundle_shas))
+        keep = set(await self.repo.bundle_shas())
         keep |= {pool.spec.code_dir.name for pool in self.executor.pools.values()}
         return self.bundles.collect(keep)
 
     async def _after_traffic_change(self, namespace: str, name: str) -> None:
+        await self._follow_live(namespace, name)
+        await self._announce(namespace, name)
+
+    async def _follow_live(self, namespace: str, name: str) -> None:
         self.routes.invalidate(namespace, name)
         route = await self.routes.get(namespace, name)
         live = {spec.version for spec in route.specs} if route else set()
@@ -361,12 +392,12 @@ class ControlPlane:
         )
 
     async def _load_route(self, namespace: str, name: str) -> Route | None:
-        function = await self.store.call(self.store.get_function, namespace, name)
+        function = await self.repo.get_function(namespace, name)
         if function is None or not function.traffic:
             return None
         weighted = []
         for version, weight in sorted(function.traffic.items()):
-            record = await self.store.call(self.store.get_version, namespace, name, version)
+            record = await self.repo.get_version(namespace, name, version)
             if record is not None:
                 spec = self.spec_for(record)
                 if spec.env_dir is not None and not spec.env_dir.is_dir():
@@ -378,11 +409,11 @@ class ControlPlane:
 
     async def _live_list(self, namespace: str, name: str, key: str) -> list[str]:
         """`config[key]` of the newest version that has traffic ([] when none has)."""
-        function = await self.store.call(self.store.get_function, namespace, name)
+        function = await self.repo.get_function(namespace, name)
         if function is None or not function.traffic:
             return []
         newest = max(function.traffic)
-        record = await self.store.call(self.store.get_version, namespace, name, newest)
+        record = await self.repo.get_version(namespace, name, newest)
         return list(record.config.get(key, [])) if record else []
 
     async def _live_schedules(self, namespace: str, name: str) -> list[str]:
@@ -393,7 +424,7 @@ class ControlPlane:
 
     async def _all_live(self, key: str) -> list[tuple[str, str, list[str]]]:
         found = []
-        for namespace in await self.store.call(self._namespaces):
+        for namespace in await self.repo.namespaces():
             for function in await self.functions(namespace):
                 values = await self._live_list(namespace, function.name, key)
                 if values:
@@ -409,13 +440,9 @@ class ControlPlane:
 
     async def warm_all(self) -> None:
         """At start-up: bring live versions with min_instances up."""
-        namespaces = await self.store.call(self._namespaces)
+        namespaces = await self.repo.namespaces()
         for namespace in namespaces:
             for function in await self.functions(namespace):
                 route = await self.routes.get(namespace, function.name)
                 for spec in route.specs if route else ():
                     self.executor.prewarm(spec)
-
-    def _namespaces(self) -> list[str]:
-        rows = self.store.db.execute("SELECT DISTINCT namespace FROM functions").fetchall()
-        return [r[0] for r in rows]

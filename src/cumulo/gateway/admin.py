@@ -22,6 +22,7 @@ from cumulo.security.auth import ALL_NAMESPACES, Principal
 from cumulo.security.crypto import rotate_master
 from cumulo.security.keys import SCOPES, generate_key, key_id
 from cumulo.store.base import ApiKeyRecord
+from cumulo.store.changes import Change
 
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -217,6 +218,7 @@ def build_router() -> APIRouter:
         if len(body.value.encode()) > MAX_SECRET_BYTES:
             raise BadRequest(f"secret values are limited to {MAX_SECRET_BYTES} bytes")
         await p.store.call(p.store.secret_set, namespace, secret, body.value.encode(), time.time())
+        await p.changes.publish(Change("secrets", namespace, secret))
         return {"name": secret}
 
     @router.delete("/namespaces/{namespace}/secrets/{secret}", dependencies=[Deploy])
@@ -224,6 +226,7 @@ def build_router() -> APIRouter:
         _check_secret_name(secret)
         if not await p.store.call(p.store.secret_delete, namespace, secret):
             raise NotFound(f"secret {secret!r} not found", code="secret_not_found")
+        await p.changes.publish(Change("secrets", namespace, secret))
         return {"removed": secret}
 
     @router.post("/keys", status_code=201)
@@ -249,22 +252,22 @@ def build_router() -> APIRouter:
             revoked_at=None,
             key_hash=p.hasher.hash(key),
         )
-        await p.store.call(p.store.insert_key, record)
-        await p.reload_keys()
+        await p.control_repo.insert_key(record)
+        await p.keys_changed()
         return {**record.public(), "key": key}
 
     @router.get("/keys")
     async def list_keys(p: P, principal: AdminPrincipal) -> dict[str, Any]:
-        keys = await p.store.call(p.store.all_keys)
+        keys = await p.control_repo.all_keys()
         return {"keys": [k.public() for k in keys if principal.can_see(k.namespace)]}
 
     @router.delete("/keys/{key}")
     async def revoke_key(key: str, p: P, principal: AdminPrincipal) -> dict[str, Any]:
-        keys = await p.store.call(p.store.all_keys)
+        keys = await p.control_repo.all_keys()
         target = next((k for k in keys if k.id == key and principal.can_see(k.namespace)), None)
-        if target is None or not await p.store.call(p.store.revoke_key, key, time.time()):
+        if target is None or not await p.control_repo.revoke_key(key, time.time()):
             raise NotFound(f"key {key!r} not found or already revoked", code="key_not_found")
-        await p.reload_keys()
+        await p.keys_changed()
         return {"revoked": key}
 
     _audit_routes(router)

@@ -46,7 +46,11 @@ from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
+from cumulo.store.changes import Change, Subscription
+from cumulo.store.control import ControlRepository
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.sqlite_changes import SQLiteChangeFeed
+from cumulo.store.sqlite_control import SQLiteControlRepository
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -79,6 +83,9 @@ class PlatformOptions:
     pricing: Path | None = None  # a TOML price table; None: Lambda-like prices
     clock: Callable[[], float] = time.time  # metering's hours and quota months (tests fake it)
     bundle_limits: UnpackLimits = field(default_factory=UnpackLimits)  # what a bundle unpacks to
+    # Follow the changes other gateways on the same store make (store/changes.py); off
+    # for the embedded default, where this gateway is the only writer.
+    watch_changes: bool = False
 
 
 class Platform:
@@ -93,6 +100,8 @@ class Platform:
         check_master_key(data_dir / "cumulo.db", master)
         self.encryptor = Encryptor(master)
         self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self.encryptor)
+        # The control room's data (functions, versions, traffic, keys) through its seam.
+        self.control_repo: ControlRepository = SQLiteControlRepository(self.store)
         self.audit = AuditLog(self.store, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
         self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
@@ -112,7 +121,13 @@ class Platform:
         )
         self.recorder.guard = self.privacy
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
-        self.control = ControlPlane(self.store, self.bundles, self.executor, options.runtime.python)
+        self.control = ControlPlane(
+            self.control_repo, self.bundles, self.executor, options.runtime.python
+        )
+        self.changes = SQLiteChangeFeed(data_dir / "cumulo.db")
+        self.control.changes = self.changes
+        self._subscription: Subscription | None = None
+        self._change_follower: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: list(self.executor.pools.values()))
         self.quota = ConcurrencyQuota(options.namespace_concurrency)
         self.tracing = make_tracing(options.tracing or TracingSettings.from_env())
@@ -167,6 +182,10 @@ class Platform:
         self.store.open()
         # Finishes an interrupted master rotation; encrypts values from before encryption.
         await self.store.call(self.encryptor.open, self.store)
+        if self.options.watch_changes:
+            # Before any cache is filled: no change can fall between the two.
+            self._subscription = await self.changes.subscribe()
+            log.info("following the changes other gateways make to this store")
         await self._ensure_admin_key()
         await self.reload_keys()
         if self.jwt is not None:
@@ -190,6 +209,10 @@ class Platform:
             self.quantum_service_task()
         if self.options.demo_dir is not None:
             self.demo_functions = await self.deploy_demo(self.options.demo_dir)
+        if self._subscription is not None:
+            self._change_follower = asyncio.get_running_loop().create_task(
+                self._follow_changes(self._subscription)
+            )
         self.ready = True
         if self.announce is not None:
             self.announce(self)
@@ -197,6 +220,10 @@ class Platform:
     async def stop(self) -> None:
         self.ready = False
         await cancel_and_wait(self._jwt_refresher)
+        await cancel_and_wait(self._change_follower)
+        if self._subscription is not None:
+            await self._subscription.aclose()
+        self.changes.close()
         await self.events.stop(drain_s=EVENTS_DRAIN_S)
         if self._quantum is not None:
             with contextlib.suppress(BaseException):
@@ -374,7 +401,7 @@ class Platform:
         return service
 
     async def _ensure_admin_key(self) -> None:
-        keys = await self.store.call(self.store.all_keys)
+        keys = await self.control_repo.all_keys()
         if any("admin" in k.scopes and k.revoked_at is None for k in keys):
             self._refresh_credentials_url()
             return
@@ -389,7 +416,7 @@ class Platform:
             revoked_at=None,
             key_hash=self.hasher.hash(key),
         )
-        await self.store.call(self.store.insert_key, record)
+        await self.control_repo.insert_key(record)
         write_credentials(self.options.data_dir, Credentials(self.options.url, key))
         self.new_admin_key = key
 
@@ -403,7 +430,29 @@ class Platform:
             write_credentials(self.options.data_dir, Credentials(self.options.url, saved.api_key))
 
     async def reload_keys(self) -> None:
-        self.auth.load(await self.store.call(self.store.all_keys))
+        self.auth.load(await self.control_repo.all_keys())
+
+    async def keys_changed(self) -> None:
+        """After a key was created or revoked here: here at once, elsewhere by the feed."""
+        await self.reload_keys()
+        await self.changes.publish(Change("keys"))
+
+    async def _follow_changes(self, subscription: Subscription) -> None:
+        async for change in subscription:
+            try:
+                await self.apply_change(change)
+            except Exception:  # a store hiccup must not end following: the next RESYNC mends
+                log.exception("could not apply %s from another gateway", change)
+
+    async def apply_change(self, change: Change) -> None:
+        """What another gateway changed, followed here (store/changes.py)."""
+        if change.topic == "function":
+            await self.control.apply_remote(change.namespace, change.name)
+        elif change.topic == "keys":
+            await self.reload_keys()
+        elif change.topic == "resync":
+            await self.reload_keys()
+            await self.control.resync()
 
     async def deploy_demo(self, demo_dir: Path) -> list[str]:
         """Deploy every @cumulo.function in each example file (one bundle per file).
@@ -428,9 +477,7 @@ class Platform:
                 )
                 for handler in handlers:
                     name = handler["name"]
-                    versions = await self.store.call(
-                        self.store.list_versions, DEFAULT_NAMESPACE, name
-                    )
+                    versions = await self.control_repo.list_versions(DEFAULT_NAMESPACE, name)
                     newest = max((v.version for v in versions), default=None)
                     if newest is not None and ledger.get(name) != newest:
                         log.info("demo %s left alone: the function is not the demo's", name)

@@ -65,6 +65,11 @@ class ControlRepository(abc.ABC):
         """The namespace's functions ordered by name (code points, not a locale's order)."""
 
     @abc.abstractmethod
+    async def namespaces(self) -> list[str]:
+        """Every namespace that holds at least one function, each once, in code-point
+        order (what start-up walks to warm pools, schedules and topics)."""
+
+    @abc.abstractmethod
     async def delete_function(self, namespace: str, name: str) -> bool:
         """Remove the function with all its versions and its traffic history. False when
         there was no such function. A later deploy of that name starts again at version 1.

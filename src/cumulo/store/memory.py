@@ -64,6 +64,9 @@ class MemoryControlRepository(ControlRepository):
             if ns == namespace
         ]
 
+    async def namespaces(self) -> list[str]:
+        return sorted({ns for ns, _ in self._functions})
+
     async def delete_function(self, namespace: str, name: str) -> bool:
         return self._functions.pop((namespace, name), None) is not None
 

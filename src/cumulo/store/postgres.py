@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -28,6 +28,9 @@ from psycopg_pool import AsyncConnectionPool
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
+
+if TYPE_CHECKING:
+    from cumulo.store.postgres_changes import PostgresChangeFeed
 
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
@@ -80,6 +83,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             function text NOT NULL,
             traffic json NOT NULL);
         CREATE INDEX traffic_history_by_function ON traffic_history (namespace, function, seq);
+        """,
+    ),
+    Migration(
+        5,
+        "change feed: the control epoch NOTIFY carries (store/postgres_changes.py)",
+        """
+        CREATE TABLE control_epoch (
+            id boolean PRIMARY KEY DEFAULT true CHECK (id),
+            epoch bigint NOT NULL);
+        INSERT INTO control_epoch (id, epoch) VALUES (true, 0);
         """,
     ),
 )
@@ -216,6 +229,11 @@ class PostgresStore:
     def control(self) -> PostgresControlRepository:
         return PostgresControlRepository(self)
 
+    def changes(self, *, check_s: float = 2.0) -> PostgresChangeFeed:
+        from cumulo.store.postgres_changes import PostgresChangeFeed
+
+        return PostgresChangeFeed(self, check_s=check_s)
+
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
 _VERSION_COLUMNS = "version, bundle_sha, module, attr, kind, config::text, created_at"
@@ -301,6 +319,13 @@ class PostgresControlRepository(ControlRepository):
             )
             rows = await cur.fetchall()
         return [FunctionRecord(namespace, r[0], r[1], _traffic_from_json(r[2])) for r in rows]
+
+    async def namespaces(self) -> list[str]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                'SELECT namespace FROM functions GROUP BY namespace ORDER BY namespace COLLATE "C"'
+            )
+            return [str(r[0]) for r in await cur.fetchall()]
 
     async def delete_function(self, namespace: str, name: str) -> bool:
         async with self.store.connection() as conn, conn.transaction():

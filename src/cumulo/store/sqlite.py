@@ -235,6 +235,10 @@ class SQLiteStore(DataKeyQueries):
         ).fetchall()
         return [FunctionRecord(namespace, r[0], r[1], _traffic_from_json(r[2])) for r in rows]
 
+    def function_namespaces(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT namespace FROM functions").fetchall()
+        return sorted(r[0] for r in rows)
+
     def add_version(
         self,
         namespace: str,

@@ -36,6 +36,9 @@ class SQLiteControlRepository(ControlRepository):
     async def list_functions(self, namespace: str) -> list[FunctionRecord]:
         return await self.store.call(self.store.list_functions, namespace)
 
+    async def namespaces(self) -> list[str]:
+        return await self.store.call(self.store.function_namespaces)
+
     async def delete_function(self, namespace: str, name: str) -> bool:
         return await self.store.call(self.store.delete_function, namespace, name)
 

@@ -1,0 +1,91 @@
+"""Several gateways, one store (issue 12): how long a control change takes to reach the
+gateway that did not make it.
+
+Two `cumulo up --watch-changes` gateways share one data dir (the SQLite change feed,
+store/sqlite_changes.py). A function has versions 1 and 2; each trial moves all traffic to
+the other version through gateway A and, from the moment A answers, calls the function on
+gateway B back to back until B answers with the new version. The delay is that moment minus
+A's answer. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a gateway runs on
+PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import HttpConn, Platform, log, median, percentile
+
+TRIALS = 60
+GIVE_UP_S = 5.0  # a change not seen by then counts as lost
+TARGET_P99_MS = 200.0
+FUNCTION = """
+import cumulo
+
+
+@cumulo.function
+def who(event, ctx):
+    return {"version": ctx.function_version}
+"""
+
+
+def _version(conn: HttpConn, auth: dict[str, str]) -> str:
+    response = conn.request("POST", "/fn/default/who", b"{}", auth)
+    return response.headers.get("x-cumulo-version", "")
+
+
+def propagation(trials: int = TRIALS) -> dict[str, Any]:
+    one = Platform(label="gateway A", extra=["--watch-changes"])
+    with one, Platform(label="gateway B", extra=["--watch-changes"], data_dir=one.data_dir) as two:
+        src = Path(tempfile.mkdtemp(prefix="cumulo-bench-gw-")) / "who.py"
+        src.write_text(FUNCTION)
+        one.deploy(src, "who")
+        src.write_text(FUNCTION + "\n# version 2\n")
+        one.deploy(src, "who")
+        a, b = HttpConn(one.url), HttpConn(two.url)
+        delays_ms: list[float] = []
+        lost = 0
+        try:
+            for _ in range(20):  # both gateways route and have workers
+                _version(b, two.auth)
+            for trial in range(trials):
+                target = "1" if trial % 2 == 0 else "2"
+                body = json.dumps({"weights": {target: 100}}).encode()
+                response = a.request(
+                    "PUT", "/v1/namespaces/default/functions/who/traffic", body, one.auth
+                )
+                if response.status != 200:
+                    raise RuntimeError(f"traffic change answered {response.status}")
+                acked = time.perf_counter()
+                while _version(b, two.auth) != target:
+                    if time.perf_counter() - acked > GIVE_UP_S:
+                        lost += 1
+                        break
+                else:
+                    delays_ms.append((time.perf_counter() - acked) * 1000)
+        finally:
+            a.close()
+            b.close()
+    p99 = percentile(delays_ms, 99) if delays_ms else float("nan")
+    log(f"gateways: propagation p50 {median(delays_ms):.1f} ms, p99 {p99:.1f} ms, lost {lost}")
+    return {
+        "backend": "sqlite (two gateways, one data dir)",
+        "trials": trials,
+        "p50_ms": median(delays_ms) if delays_ms else None,
+        "p99_ms": p99,
+        "max_ms": max(delays_ms) if delays_ms else None,
+        "lost": lost,
+        "target_p99_ms": TARGET_P99_MS,
+        "pass": bool(delays_ms) and lost == 0 and p99 <= TARGET_P99_MS,
+    }
+
+
+def main() -> dict[str, Any]:
+    return {"propagation": propagation()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
