@@ -51,6 +51,7 @@ from cumulo.store.control import ControlRepository
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
+from cumulo.store.sqlite_metering import SQLiteMeteringRepository
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -163,7 +164,8 @@ class Platform:
         self._outcome_drainer: asyncio.Task[None] | None = None
         # Traffic forecasts, pre-warming and anomaly alerts (observers + a sidecar process).
         self.insights = Insights(self, data_dir, InsightSettings.from_env(prewarm=options.prewarm))
-        self.metering = make_metering(self.store, options) if options.metering else None
+        usage = SQLiteMeteringRepository(self.store)  # metering's tables, in the same database
+        self.metering = make_metering(usage, options) if options.metering else None
         if self.metering is not None:
             self.outcome_observers.append(self.metering.observe)
             self.metering.catch_up = self.drain_outcomes

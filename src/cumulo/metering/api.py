@@ -12,12 +12,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from cumulo.errors import BadRequest, Forbidden, Unavailable
-from cumulo.metering import store as usage_store
 from cumulo.metering.meter import HOUR
 from cumulo.metering.quota import parse_quota
 from cumulo.metering.service import Metering
 from cumulo.sdk.spec import validate_name
 from cumulo.security.auth import ALL_NAMESPACES, principal_of
+from cumulo.store.metering import INT64_MAX, UsageRow
 
 MeteringOf = Callable[[], Metering | None]
 
@@ -79,7 +79,7 @@ def _usage_namespace(request: Request, namespace: str | None) -> str | None:
     return namespace
 
 
-def _numbers(row: usage_store.UsageRow, metering: Metering) -> dict[str, Any]:
+def _numbers(row: UsageRow, metering: Metering) -> dict[str, Any]:
     cost = metering.prices.cost(row.invocations, row.gb_seconds, row.cpu_seconds)
     return {
         "invocations": row.invocations,
@@ -124,10 +124,12 @@ def build_router(metering_of: MeteringOf) -> APIRouter:
             raise BadRequest("since must be before until", code="invalid_query")
         first_hour = int(start // HOUR) * HOUR  # hours are the unit: since rounds down
         await m.flush()  # what was invoked before this request is in the answer
-        rows = await m.store.call(
-            usage_store.query_usage, m.store, scope, first_hour, end, by == "hour"
-        )
-        total = usage_store.UsageRow(
+        repository = m.repository
+        query = repository.usage_by_hour if by == "hour" else repository.usage_by_function
+        # Hours are whole seconds: h < end exactly when h < ceil(end); an `until` past what
+        # a 64-bit hour can hold means no upper bound.
+        rows = await query(first_hour, min(math.ceil(end), INT64_MAX), scope)
+        total = UsageRow(
             "*",
             "*",
             None,
@@ -137,6 +139,8 @@ def build_router(metering_of: MeteringOf) -> APIRouter:
             sum(r.cpu_seconds for r in rows),
             sum(r.bytes_in for r in rows),
             sum(r.bytes_out for r in rows),
+            sum(r.wall_seconds for r in rows),
+            max((r.peak_rss_mb for r in rows), default=0.0),
         )
         out_rows = []
         for row in rows:

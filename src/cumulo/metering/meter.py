@@ -8,11 +8,12 @@ from then on (swapping the dict is atomic on the event loop: nothing is added tw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cumulo.metering.quota import Quota, exceeded, month_bounds
 from cumulo.observability.outcomes import Outcome
+from cumulo.store.metering import MonthUsage
 
 Clock = Callable[[], float]
 HOUR = 3600
@@ -139,7 +140,7 @@ class Meter:
             else:
                 current.merge(delta)
 
-    def load_month(self, month_start: float, used: dict[str, MonthToDate]) -> None:
+    def load_month(self, month_start: float, used: Mapping[str, MonthUsage]) -> None:
         """Month-to-date counters read from the database at start."""
         if month_start == self.month_start:
             for namespace, counters in used.items():

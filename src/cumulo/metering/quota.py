@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from cumulo.errors import BadRequest, TooManyRequests
+from cumulo.store.metering import Quota
 
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """None: no limit on that measure."""
-
-    gb_seconds: float | None = None
-    invocations: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.gb_seconds is None and self.invocations is None
-
-    def public(self) -> dict[str, Any]:
-        return {"gb_seconds": self.gb_seconds, "invocations": self.invocations}
+__all__ = ["Quota", "exceeded", "iso", "month_bounds", "parse_quota"]
 
 
 def parse_quota(gb_seconds: Any, invocations: Any) -> Quota:

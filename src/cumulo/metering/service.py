@@ -8,11 +8,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from cumulo.metering import store as usage_store
-from cumulo.metering.meter import Clock, Meter
+from cumulo.metering.meter import Clock, Delta, DeltaKey, Meter
 from cumulo.metering.pricing import Prices, load_prices
 from cumulo.metering.quota import Quota
-from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.metering import MeteringRepository, UsageDelta
 from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.metering")
@@ -24,12 +23,12 @@ KB_PER_MB = 1024
 class Metering:
     def __init__(
         self,
-        store: SQLiteStore,
+        repository: MeteringRepository,
         prices: Prices,
         clock: Clock,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
-        self.store = store
+        self.repository = repository  # where usage and quotas are kept (cumulo.store)
         self.prices = prices
         self.meter = Meter(clock)
         self.observe = self.meter.observe  # the Outcome observer (a bound method, no wrapper)
@@ -44,11 +43,9 @@ class Metering:
         return self.meter.clock
 
     async def start(self) -> None:
-        store = self.store
-        await store.call(usage_store.create_tables, store)
-        self.meter.quotas = await store.call(usage_store.all_quotas, store)
+        self.meter.quotas = await self.repository.all_quotas()
         start = self.meter.month_start
-        used = await store.call(usage_store.month_to_date, store, start)
+        used = await self.repository.month_to_date(int(start))
         self.meter.load_month(start, used)
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())
 
@@ -71,7 +68,8 @@ class Metering:
         if not deltas:
             return
         try:
-            await self.store.call(usage_store.write_deltas, self.store, deltas)
+            # One transaction: on failure nothing was written, so the deltas go back whole.
+            await self.repository.add_usage(usage_deltas(deltas))
         except Exception:
             self.meter.give_back(deltas)
             raise
@@ -86,7 +84,7 @@ class Metering:
 
     # ------------------------------------------------------------ quotas
     async def set_quota(self, namespace: str, quota: Quota) -> None:
-        await self.store.call(usage_store.set_quota, self.store, namespace, quota, self.clock())
+        await self.repository.set_quota(namespace, quota, self.clock())
         if quota.empty:
             self.meter.quotas.pop(namespace, None)
         else:
@@ -109,6 +107,27 @@ class Metering:
         }
 
 
+def usage_deltas(deltas: dict[DeltaKey, Delta]) -> list[UsageDelta]:
+    """The meter's deltas as the repository's records (the meter keeps its own mutable
+    ones: the hot path adds into them in place)."""
+    return [
+        UsageDelta(
+            ns,
+            fn,
+            hour,
+            d.invocations,
+            d.errors,
+            d.gb_seconds,
+            d.cpu_seconds,
+            d.wall_seconds,
+            d.bytes_in,
+            d.bytes_out,
+            d.peak_rss_mb,
+        )
+        for (ns, fn, hour), d in deltas.items()
+    ]
+
+
 def invocation_usage(
     frame: dict[str, Any], body_out: bytes | None
 ) -> tuple[float, float, int, int]:
@@ -128,7 +147,7 @@ def invocation_usage(
     return cpu_s, rss_mb, len(body_in) if body_in else 0, len(body_out) if body_out else 0
 
 
-def make_metering(store: SQLiteStore, options: Any) -> Metering:
+def make_metering(repository: MeteringRepository, options: Any) -> Metering:
     """From PlatformOptions (`pricing`, `clock`); a bad pricing file is a ConfigError here,
     before anything starts."""
-    return Metering(store, load_prices(options.pricing), options.clock)
+    return Metering(repository, load_prices(options.pricing), options.clock)

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
+from cumulo.store.postgres_metering import PostgresMeteringRepository
 
 if TYPE_CHECKING:
     from cumulo.store.postgres_changes import PostgresChangeFeed
@@ -83,6 +84,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             function text NOT NULL,
             traffic json NOT NULL);
         CREATE INDEX traffic_history_by_function ON traffic_history (namespace, function, seq);
+        """,
+    ),
+    Migration(
+        2,
+        "metering: hourly usage per function, monthly quotas",
+        """
+        CREATE TABLE usage_hourly (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            hour bigint NOT NULL,
+            invocations bigint NOT NULL,
+            errors bigint NOT NULL,
+            gb_seconds double precision NOT NULL,
+            cpu_seconds double precision NOT NULL,
+            wall_seconds double precision NOT NULL,
+            bytes_in bigint NOT NULL,
+            bytes_out bigint NOT NULL,
+            peak_rss_mb double precision NOT NULL,
+            PRIMARY KEY (namespace, function, hour));
+        CREATE INDEX usage_hourly_by_hour ON usage_hourly (hour);
+        CREATE TABLE metering_quotas (
+            namespace text PRIMARY KEY,
+            gb_seconds double precision,
+            invocations bigint,
+            updated_at double precision NOT NULL);
         """,
     ),
     Migration(
@@ -228,6 +254,10 @@ class PostgresStore:
     @property
     def control(self) -> PostgresControlRepository:
         return PostgresControlRepository(self)
+
+    @property
+    def metering(self) -> PostgresMeteringRepository:
+        return PostgresMeteringRepository(self)
 
     def changes(self, *, check_s: float = 2.0) -> PostgresChangeFeed:
         from cumulo.store.postgres_changes import PostgresChangeFeed
