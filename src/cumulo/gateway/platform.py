@@ -47,6 +47,8 @@ from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.sqlite_alerts import SQLiteAlertRepository
+from cumulo.store.sqlite_control import SQLiteControlRepository
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -147,7 +149,12 @@ class Platform:
         self._outcomes: list[Outcome] = []
         self._outcome_drainer: asyncio.Task[None] | None = None
         # Traffic forecasts, pre-warming and anomaly alerts (observers + a sidecar process).
-        self.insights = Insights(self, data_dir, InsightSettings.from_env(prewarm=options.prewarm))
+        self.insights = Insights(
+            self,
+            InsightSettings.from_env(prewarm=options.prewarm),
+            alerts=SQLiteAlertRepository(data_dir / "insights.db"),
+            all_keys=SQLiteControlRepository(self.store).all_keys,
+        )
         self.metering = make_metering(self.store, options) if options.metering else None
         if self.metering is not None:
             self.outcome_observers.append(self.metering.observe)

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
+from cumulo.store.postgres_alerts import PostgresAlertRepository
 
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
@@ -80,6 +81,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             function text NOT NULL,
             traffic json NOT NULL);
         CREATE INDEX traffic_history_by_function ON traffic_history (namespace, function, seq);
+        """,
+    ),
+    Migration(
+        4,
+        "alerts room: anomaly alerts",
+        """
+        CREATE TABLE ai_alerts (
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+            id text PRIMARY KEY,
+            ts double precision NOT NULL,
+            namespace text NOT NULL,
+            kind text NOT NULL,
+            entity text NOT NULL,
+            reasons text[] NOT NULL,
+            score double precision NOT NULL,
+            window_start double precision NOT NULL,
+            window_s double precision NOT NULL,
+            observed json NOT NULL);
+        CREATE INDEX ai_alerts_by_namespace ON ai_alerts (namespace, ts DESC, seq DESC);
+        CREATE INDEX ai_alerts_by_ts ON ai_alerts (ts DESC, seq DESC);
         """,
     ),
 )
@@ -215,6 +236,10 @@ class PostgresStore:
     @property
     def control(self) -> PostgresControlRepository:
         return PostgresControlRepository(self)
+
+    @property
+    def alerts(self) -> PostgresAlertRepository:
+        return PostgresAlertRepository(self)
 
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
