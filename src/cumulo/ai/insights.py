@@ -13,21 +13,26 @@ import asyncio
 import logging
 import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from cumulo.ai.alerts import Alert, AlertStore
+from cumulo.ai.alerts import Alert, new_alert
 from cumulo.ai.insight_settings import InsightSettings
 from cumulo.ai.prewarm import Clock, Prewarmer, WallClock
 from cumulo.ai.sidecar_client import SidecarClient, SidecarError
 from cumulo.ai.windows import ArrivalWindows, UsageRow, UsageWindows
 from cumulo.observability.outcomes import DenialObserver, OutcomeObserver
 from cumulo.security.audit import AuditLog
+from cumulo.store.alerts import AlertRepository
+from cumulo.store.base import ApiKeyRecord
 from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.insights")
 
 MAX_BACKLOG = 5000  # usage rows kept while the detector has not trained yet
+
+# Every API key, revoked ones included: ControlRepository.all_keys (cumulo.store.control).
+KeyLister = Callable[[], Awaitable[Sequence[ApiKeyRecord]]]
 
 
 class Host(Protocol):
@@ -43,9 +48,6 @@ class Host(Protocol):
     def audit(self) -> AuditLog: ...
 
     @property
-    def store(self) -> Any: ...  # store.sqlite.SQLiteStore: all_keys through call()
-
-    @property
     def control(self) -> Any: ...  # control.service.ControlPlane: routes.get(ns, name)
 
     @property
@@ -53,18 +55,24 @@ class Host(Protocol):
 
 
 class Insights:
+    """`alerts` is where alerts are kept; `stop()` closes it. `all_keys` maps key ids seen
+    in usage windows to their namespaces."""
+
     def __init__(
         self,
         host: Host,
-        data_dir: Path,
         settings: InsightSettings,
+        *,
+        alerts: AlertRepository,
+        all_keys: KeyLister,
         clock: Clock | None = None,
     ) -> None:
         self.host = host
         self.settings = settings
         self.clock: Clock = clock or WallClock()
         self.sidecar = SidecarClient(settings.min_train)
-        self.alerts = AlertStore(data_dir / "insights.db")
+        self.alerts = alerts
+        self._all_keys = all_keys
         self.arrivals = ArrivalWindows(settings.bucket_s, settings.max_buckets)
         self.usage = UsageWindows()
         self.prewarmer: Prewarmer | None = None
@@ -99,7 +107,7 @@ class Insights:
         await cancel_and_wait(self._watcher)
         await cancel_and_wait(self._warming)
         await self.sidecar.stop()
-        self.alerts.close()
+        await self.alerts.aclose()
 
     # ------------------------------------------------------------ pre-warming
     async def _spec(self, namespace: str, function: str) -> Any:
@@ -134,8 +142,7 @@ class Insights:
     async def close_window(self, window_start: float) -> list[Alert]:
         unknown = [e for e in self.usage.callers if e.startswith("key_")]
         if any(e not in self._key_namespaces for e in unknown):
-            store = self.host.store
-            keys = await store.call(store.all_keys)
+            keys = await self._all_keys()
             self._key_namespaces = {k.id: k.namespace for k in keys}
         rows = self.usage.close(self._key_namespaces)
         if not rows:
@@ -206,7 +213,7 @@ class Insights:
             log.warning("insights sidecar did not start: %s", exc)
 
     def _alert(self, row: UsageRow, verdict: dict[str, Any], window_start: float) -> Alert:
-        return Alert.new(
+        return new_alert(
             ts=time.time(),
             namespace=row.namespace,
             kind=row.kind,

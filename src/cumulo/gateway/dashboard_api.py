@@ -12,7 +12,6 @@ from cumulo.gateway.admin import P, validate_namespace
 from cumulo.gateway.auth import principal_of
 from cumulo.observability.live_stats import WINDOW_S
 from cumulo.security.auth import ALL_NAMESPACES
-from cumulo.store.sqlite import SQLiteStore
 
 MAX_AUDIT_PAGE = 500
 
@@ -83,7 +82,20 @@ def build_dashboard_router() -> APIRouter:
         # Like /v1/audit/verify and /v1/keys: the audit trail is for admins.
         principal.require("admin", namespace)
         await p.audit.flush()
-        rows = await p.store.call(_audit_page, p.store, namespace, before, limit)
+        page = await p.store.call(p.store.audit_page, namespace, before, limit)
+        rows = [
+            {
+                "seq": r.seq,
+                "ts": r.ts,
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "result": r.result,
+                "source": r.source,
+                "details": _details(r.details),
+            }
+            for r in page
+        ]
         return {
             "namespace": namespace,
             "events": rows,
@@ -91,30 +103,6 @@ def build_dashboard_router() -> APIRouter:
         }
 
     return router
-
-
-def _audit_page(
-    store: SQLiteStore, namespace: str, before: int | None, limit: int
-) -> list[dict[str, Any]]:
-    """On the store thread: rows with seq < before, newest first."""
-    rows = store.db.execute(
-        "SELECT seq, ts, actor, action, target, result, source, details FROM audit_log "
-        "WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-        (namespace, before if before is not None else 2**62, limit),
-    ).fetchall()
-    return [
-        {
-            "seq": seq,
-            "ts": ts,
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "result": result,
-            "source": source,
-            "details": _details(details),
-        }
-        for seq, ts, actor, action, target, result, source, details in rows
-    ]
 
 
 def _details(text: str) -> Any:

@@ -49,6 +49,7 @@ from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.changes import Change, Subscription
 from cumulo.store.control import ControlRepository
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
@@ -163,7 +164,12 @@ class Platform:
         self._outcomes: list[Outcome] = []
         self._outcome_drainer: asyncio.Task[None] | None = None
         # Traffic forecasts, pre-warming and anomaly alerts (observers + a sidecar process).
-        self.insights = Insights(self, data_dir, InsightSettings.from_env(prewarm=options.prewarm))
+        self.insights = Insights(
+            self,
+            InsightSettings.from_env(prewarm=options.prewarm),
+            alerts=SQLiteAlertRepository(data_dir / "insights.db"),
+            all_keys=self.control_repo.all_keys,
+        )
         usage = SQLiteMeteringRepository(self.store)  # metering's tables, in the same database
         self.metering = make_metering(usage, options) if options.metering else None
         if self.metering is not None:

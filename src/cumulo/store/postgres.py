@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
+from cumulo.store.postgres_alerts import PostgresAlertRepository
 from cumulo.store.postgres_metering import PostgresMeteringRepository
 
 if TYPE_CHECKING:
@@ -109,6 +110,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             gb_seconds double precision,
             invocations bigint,
             updated_at double precision NOT NULL);
+        """,
+    ),
+    Migration(
+        4,
+        "alerts room: anomaly alerts",
+        """
+        CREATE TABLE ai_alerts (
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+            id text PRIMARY KEY,
+            ts double precision NOT NULL,
+            namespace text NOT NULL,
+            kind text NOT NULL,
+            entity text NOT NULL,
+            reasons text[] NOT NULL,
+            score double precision NOT NULL,
+            window_start double precision NOT NULL,
+            window_s double precision NOT NULL,
+            observed json NOT NULL);
+        CREATE INDEX ai_alerts_by_namespace ON ai_alerts (namespace, ts DESC, seq DESC);
+        CREATE INDEX ai_alerts_by_ts ON ai_alerts (ts DESC, seq DESC);
         """,
     ),
     Migration(
@@ -258,6 +279,10 @@ class PostgresStore:
     @property
     def metering(self) -> PostgresMeteringRepository:
         return PostgresMeteringRepository(self)
+
+    @property
+    def alerts(self) -> PostgresAlertRepository:
+        return PostgresAlertRepository(self)
 
     def changes(self, *, check_s: float = 2.0) -> PostgresChangeFeed:
         from cumulo.store.postgres_changes import PostgresChangeFeed

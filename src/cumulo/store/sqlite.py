@@ -938,6 +938,16 @@ class SQLiteStore(DataKeyQueries):
         ).fetchall()
         return [AuditRowRecord(namespace, *r) for r in rows]
 
+    def audit_page(self, namespace: str, before: int | None, limit: int) -> list[AuditRowRecord]:
+        """At most `limit` of the namespace's rows with seq < `before` (None: from the
+        newest), newest first: a page of the dashboard's audit view."""
+        rows = self.db.execute(
+            "SELECT seq, ts, actor, action, target, result, source, details, prev_hash, hash "
+            "FROM audit_log WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (namespace, before if before is not None else 2**62, limit),
+        ).fetchall()
+        return [AuditRowRecord(namespace, *r) for r in rows]
+
     def audit_seq_of_hash(self, namespace: str, row_hash: bytes) -> int | None:
         row = self.db.execute(
             "SELECT seq FROM audit_log WHERE namespace = ? AND hash = ? LIMIT 1",
