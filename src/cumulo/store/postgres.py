@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
+from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
@@ -80,6 +81,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             function text NOT NULL,
             traffic json NOT NULL);
         CREATE INDEX traffic_history_by_function ON traffic_history (namespace, function, seq);
+        """,
+    ),
+    Migration(
+        3,
+        "quantum room: quantum jobs",
+        """
+        CREATE TABLE quantum_jobs (
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            state text NOT NULL,
+            created_at double precision NOT NULL,
+            started_at double precision,
+            finished_at double precision,
+            idempotency_key text,
+            request_hash text NOT NULL,
+            request bytea NOT NULL,
+            method text,
+            device text,
+            estimated_bytes bigint,
+            num_pubs integer NOT NULL,
+            seed bigint NOT NULL,
+            timeout_s double precision NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            events json NOT NULL,
+            error json,
+            result bytea);
+        CREATE UNIQUE INDEX quantum_jobs_idempotency
+            ON quantum_jobs (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX quantum_jobs_namespace
+            ON quantum_jobs (namespace, created_at DESC, id COLLATE "C" DESC);
+        CREATE INDEX quantum_jobs_active ON quantum_jobs (created_at, id COLLATE "C")
+            WHERE state IN ('queued', 'running', 'cancelling');
         """,
     ),
 )
@@ -215,6 +248,10 @@ class PostgresStore:
     @property
     def control(self) -> PostgresControlRepository:
         return PostgresControlRepository(self)
+
+    @property
+    def quantum(self) -> PostgresQuantumJobRepository:
+        return PostgresQuantumJobRepository(self)
 
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
