@@ -403,8 +403,10 @@ class Platform:
 
     async def _start_quantum(self) -> QuantumService:
         from cumulo.quantum.service import QuantumService
+        from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 
-        service = QuantumService(self.quantum_dir)
+        jobs = SQLiteQuantumJobRepository(self.quantum_dir / "quantum.db")
+        service = QuantumService(jobs=jobs)
         await service.start()
         return service
 

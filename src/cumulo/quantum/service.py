@@ -5,7 +5,12 @@ Lifecycle of a job::
     queued → running → succeeded | failed | cancelled        (+ cancelling, while a kill lands)
 
 `running` starts when the worker reports it has begun simulating. Terminal states never
-change (guarded in SQL and in memory).
+change (guarded by the job repository and in memory).
+
+Job records live in a `cumulo.store.quantum.QuantumJobRepository` given to the service
+(`jobs=`; the platform gives it the SQLite one); given only a `data_dir`, the service uses
+the embedded default, `<data_dir>/quantum.db`. The service owns the repository from then
+on and closes it when it stops.
 
 Restart rule: a job that was queued or running when the platform stopped comes back *queued*
 and runs again, with the same seed, so it produces the result it would have produced. A job
@@ -17,18 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -53,9 +56,14 @@ from cumulo.quantum.spec import (
     Limits,
     parse_job_request,
 )
-from cumulo.quantum.store import ACTIVE, TERMINAL, DuplicateKey, JobRow, JobStore
+from cumulo.store.quantum import (
+    ACTIVE,
+    CONFLICT_IDEMPOTENCY_KEY,
+    TERMINAL,
+    JobRow,
+    QuantumJobRepository,
+)
 
-T = TypeVar("T")
 log = logging.getLogger("cumulo.quantum")
 
 MAX_ATTEMPTS = 3
@@ -97,8 +105,9 @@ class QuantumService:
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | None = None,
         *,
+        jobs: QuantumJobRepository | None = None,
         pool_size: int = 1,
         max_qubits_memory_bytes: int | None = None,
         job_timeout_s: float = 300,
@@ -106,15 +115,20 @@ class QuantumService:
         max_shots: int = 1_000_000,
         max_queued: int = 1000,
     ) -> None:
-        self._data_dir = Path(data_dir)
+        if jobs is None:
+            if data_dir is None:
+                raise TypeError("QuantumService needs a data_dir or a jobs repository")
+            # The embedded default, for callers that name only a directory (tests, benches).
+            from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
+
+            jobs = SQLiteQuantumJobRepository(Path(data_dir) / "quantum.db")
+        self._jobs = jobs
         self._pool = WorkerPool(pool_size)
         self._memory_cap = max_qubits_memory_bytes
         self._job_timeout_s = float(job_timeout_s)
         self._clock = clock
         self._limits = Limits(max_shots=max_shots, max_timeout_s=self._job_timeout_s)
         self._max_queued = max_queued
-        self._store: JobStore | None = None
-        self._db_thread: ThreadPoolExecutor | None = None
         self._active: dict[str, _Job] = {}
         self._queue: deque[_Job] = deque()
         self._cond = asyncio.Condition()
@@ -130,9 +144,6 @@ class QuantumService:
     async def start(self) -> None:
         if self._started:
             return
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cumulo-quantum-db")
-        self._store = await self._db(JobStore, self._data_dir / "quantum.db")
         # Import Qiskit here (off the loop) so the first submission does not pay for it.
         await asyncio.to_thread(_import_qiskit)
         await self._pool.start()
@@ -163,15 +174,13 @@ class QuantumService:
                 job.events.append(
                     self._event("queued", "the platform stopped; the job runs again on restart")
                 )
-                await self._db(self._store_.update, job.id, state="queued", events=job.events)
+                await self._jobs.update(job.id, state="queued", events=list(job.events))
         # Release long-polls now (they answer 503) rather than holding up the shutdown.
         for job in self._active.values():
             job.done.set()
         self._active.clear()
         await self._pool.stop()
-        await self._db(self._store_.close)
-        assert self._db_thread is not None
-        self._db_thread.shutdown(wait=True)
+        await self._jobs.aclose()
         self._started = False
 
     def worker_pids(self) -> list[int]:
@@ -212,7 +221,7 @@ class QuantumService:
                     f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
                     code="invalid_request",
                 )
-            existing = await self._db(self._store_.by_idempotency_key, namespace, idempotency_key)
+            existing = await self._jobs.by_idempotency_key(namespace, idempotency_key)
             if existing is not None:
                 return await self._replay(existing, digest)
         prepared = await self._prepare(body)
@@ -267,16 +276,17 @@ class QuantumService:
             seed=seed,
             timeout_s=timeout_s,
             attempts=0,
-            events=job.events,
+            events=list(job.events),
             error=None,
             result=None,
         )
         try:
-            await self._db(self._store_.insert, row)
-        except DuplicateKey:
+            await self._jobs.insert(row)
+        except Conflict as exc:
+            if exc.code != CONFLICT_IDEMPOTENCY_KEY or idempotency_key is None:
+                raise
             # A concurrent request with the same key won the insert.
-            assert idempotency_key is not None
-            existing = await self._db(self._store_.by_idempotency_key, namespace, idempotency_key)
+            existing = await self._jobs.by_idempotency_key(namespace, idempotency_key)
             assert existing is not None
             return await self._replay(existing, digest)
         self._active[job.id] = job
@@ -295,7 +305,7 @@ class QuantumService:
             if cached["namespace"] != namespace:
                 raise _not_found(job_id)
             return dict(cached)
-        row = await self._db(self._store_.get, job_id)
+        row = await self._jobs.get(job_id)
         if row is None or row.namespace != namespace:
             raise _not_found(job_id)
         return self._row_view(row, with_result=True)
@@ -359,7 +369,7 @@ class QuantumService:
             raise BadRequest(f"state must be one of {', '.join(ACTIVE + TERMINAL)}")
         if not 1 <= limit <= 500:
             raise BadRequest("limit must be between 1 and 500")
-        rows = await self._db(self._store_.list_jobs, namespace, state, limit)
+        rows = await self._jobs.list_jobs(namespace, state, limit)
         out = []
         for row in rows:
             job = self._active.get(row.id)
@@ -370,19 +380,9 @@ class QuantumService:
 
     # ------------------------------------------------------------------ internals
 
-    @property
-    def _store_(self) -> JobStore:
-        if self._store is None:
-            raise Unavailable("the quantum service is not running", code="quantum_unavailable")
-        return self._store
-
     def _require_started(self) -> None:
         if not self._started or self._stopping:
             raise Unavailable("the quantum service is not running", code="quantum_unavailable")
-
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
 
     async def _prepare(self, body: Any) -> PreparedJob:
         spec = parse_job_request(body, self._limits)
@@ -557,7 +557,7 @@ class QuantumService:
         if "started_at" in fields:
             job.started_at = fields["started_at"]
         job.events.append(self._event(state, message))
-        await self._db(self._store_.update, job.id, state=state, events=list(job.events), **fields)
+        await self._jobs.update(job.id, state=state, events=list(job.events), **fields)
 
     async def _finish(
         self,
@@ -573,21 +573,17 @@ class QuantumService:
         now = self._clock()
         job.state = state
         job.events.append(self._event(state, message, now))
-        events = list(job.events)
-
-        def write() -> int:
-            encoded = orjson.dumps(result) if result is not None else None
-            self._store_.update(
-                job.id,
-                state=state,
-                events=events,
-                finished_at=now,
-                error=error,
-                result=encoded,
-            )
-            return len(encoded) if encoded is not None else 0
-
-        size = await self._db(write)
+        # A result can be megabytes of JSON: encoded off the event loop.
+        encoded = await asyncio.to_thread(orjson.dumps, result) if result is not None else None
+        await self._jobs.update(
+            job.id,
+            state=state,
+            events=list(job.events),
+            finished_at=now,
+            error=error,
+            result=encoded,
+        )
+        size = len(encoded) if encoded is not None else 0
         if size <= _CACHE_RESULT_BYTES:
             # Recent small results answer GETs from memory; big ones are read back from disk.
             self._finished[job.id] = self._view(job, finished_at=now, error=error, result=result)
@@ -664,7 +660,7 @@ class QuantumService:
 
     async def _recover(self) -> None:
         """Bring back jobs the last run of the platform left unfinished (see module doc)."""
-        rows = await self._db(self._store_.active)
+        rows = await self._jobs.active()
         for row in rows:
             prepared: PreparedJob | None = None
             failure: str | None = None
@@ -681,13 +677,12 @@ class QuantumService:
                     text = failure or (
                         f"interrupted {row.attempts} times by platform restarts; not retried"
                     )
-                row.events.append(self._event(state, text))
+                events = [*row.events, self._event(state, text)]
                 error = None if state == "cancelled" else {"code": "interrupted", "message": text}
-                await self._db(
-                    self._store_.update,
+                await self._jobs.update(
                     row.id,
                     state=state,
-                    events=row.events,
+                    events=events,
                     finished_at=self._clock(),
                     error=error,
                 )
@@ -703,7 +698,7 @@ class QuantumService:
                 attempts=row.attempts,
             )
             job.events.append(self._event("queued", "re-queued after a platform restart"))
-            await self._db(self._store_.update, job.id, state="queued", events=job.events)
+            await self._jobs.update(job.id, state="queued", events=list(job.events))
             self._active[job.id] = job
             await self._enqueue(job)
 

@@ -30,6 +30,7 @@ from cumulo.store.base import ApiKeyRecord, FunctionRecord, VersionRecord
 from cumulo.store.control import ControlRepository
 from cumulo.store.postgres_alerts import PostgresAlertRepository
 from cumulo.store.postgres_metering import PostgresMeteringRepository
+from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 if TYPE_CHECKING:
     from cumulo.store.postgres_changes import PostgresChangeFeed
@@ -110,6 +111,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             gb_seconds double precision,
             invocations bigint,
             updated_at double precision NOT NULL);
+        """,
+    ),
+    Migration(
+        3,
+        "quantum room: quantum jobs",
+        """
+        CREATE TABLE quantum_jobs (
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            state text NOT NULL,
+            created_at double precision NOT NULL,
+            started_at double precision,
+            finished_at double precision,
+            idempotency_key text,
+            request_hash text NOT NULL,
+            request bytea NOT NULL,
+            method text,
+            device text,
+            estimated_bytes bigint,
+            num_pubs integer NOT NULL,
+            seed bigint NOT NULL,
+            timeout_s double precision NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            events json NOT NULL,
+            error json,
+            result bytea);
+        CREATE UNIQUE INDEX quantum_jobs_idempotency
+            ON quantum_jobs (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX quantum_jobs_namespace
+            ON quantum_jobs (namespace, created_at DESC, id COLLATE "C" DESC);
+        CREATE INDEX quantum_jobs_active ON quantum_jobs (created_at, id COLLATE "C")
+            WHERE state IN ('queued', 'running', 'cancelling');
         """,
     ),
     Migration(
@@ -288,6 +321,10 @@ class PostgresStore:
         from cumulo.store.postgres_changes import PostgresChangeFeed
 
         return PostgresChangeFeed(self, check_s=check_s)
+
+    @property
+    def quantum(self) -> PostgresQuantumJobRepository:
+        return PostgresQuantumJobRepository(self)
 
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
