@@ -37,6 +37,7 @@ from tests.quantum.circuits import BELL, ghz, quantum_volume
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
+from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 
 T = TypeVar("T")
 SEED = 7
@@ -47,7 +48,9 @@ class Server:
     """A QuantumService behind uvicorn on a free loopback port, in a background thread."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.service = QuantumService(data_dir, pool_size=1)
+        self.service = QuantumService(
+            SQLiteQuantumJobRepository(data_dir / "quantum.db"), pool_size=1
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         app = FastAPI(lifespan=self._lifespan)
 

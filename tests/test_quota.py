@@ -172,6 +172,13 @@ def test_gb_second_quota_and_who_may_set_quotas(clocked: Callable[[], InProcess]
     bad = set_quota(p, "team", invocations=-1)
     assert bad.status_code == 400
     assert bad.json()["error"]["code"] == "invalid_quota"
+    # Regression: past a 64-bit integer the store raised, and the client got a 500.
+    huge = set_quota(p, "team", invocations=2**63)
+    assert huge.status_code == 400
+    assert huge.json()["error"] == {
+        "code": "invalid_quota",
+        "message": f"invocations must be a whole number from 0 to {2**63 - 1} or null",
+    }
 
     # Both limits null: the quota is gone.
     assert set_quota(p, "team", gb_seconds=None, invocations=None).status_code == 200

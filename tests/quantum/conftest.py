@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
+from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 from tests.conftest import free_port, wait_until
 
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class RunningServer:
 
 
 def start_server(data_dir: Path, **options: Any) -> RunningServer:
-    service = QuantumService(data_dir, **options)
+    service = QuantumService(SQLiteQuantumJobRepository(data_dir / "quantum.db"), **options)
     loops: list[asyncio.AbstractEventLoop] = []
     port = free_port()
     config = uvicorn.Config(

@@ -167,9 +167,11 @@ CHILD = """
 import asyncio, sys
 from pathlib import Path
 from cumulo.quantum.service import QuantumService
+from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 
 async def main() -> None:
-    service = QuantumService(Path(sys.argv[1]), pool_size=1)
+    jobs = SQLiteQuantumJobRepository(Path(sys.argv[1]) / 'quantum.db')
+    service = QuantumService(jobs, pool_size=1)
     await service.start()
     job = await service.submit("default", {body!r})
     while (await service.get("default", job["id"]))["state"] != "running":

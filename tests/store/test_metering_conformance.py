@@ -594,7 +594,7 @@ def test_postgres_migration_2_makes_the_metering_tables(pg_dsn: str) -> None:
             async with store.connection() as conn:
                 cur = await conn.execute(
                     "SELECT to_regclass('usage_hourly') IS NOT NULL, "
-                    "to_regclass('quotas') IS NOT NULL, "
+                    "to_regclass('metering_quotas') IS NOT NULL, "
                     "(SELECT description FROM schema_migrations WHERE version = 2)"
                 )
                 assert await cur.fetchone() == (

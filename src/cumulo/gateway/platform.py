@@ -406,7 +406,7 @@ class Platform:
         from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 
         jobs = SQLiteQuantumJobRepository(self.quantum_dir / "quantum.db")
-        service = QuantumService(jobs=jobs)
+        service = QuantumService(jobs)
         await service.start()
         return service
 

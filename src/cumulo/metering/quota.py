@@ -11,6 +11,8 @@ from cumulo.store.metering import Quota
 
 __all__ = ["Quota", "exceeded", "iso", "month_bounds", "parse_quota"]
 
+MAX_INVOCATIONS = 2**63 - 1  # what every store's integer column holds
+
 
 def parse_quota(gb_seconds: Any, invocations: Any) -> Quota:
     """Validate a quota from the API (numbers >= 0, or null for no limit)."""
@@ -22,9 +24,14 @@ def parse_quota(gb_seconds: Any, invocations: Any) -> Quota:
     ):
         raise BadRequest("gb_seconds must be a number >= 0 or null", code="invalid_quota")
     if invocations is not None and (
-        isinstance(invocations, bool) or not isinstance(invocations, int) or invocations < 0
+        isinstance(invocations, bool)
+        or not isinstance(invocations, int)
+        or not 0 <= invocations <= MAX_INVOCATIONS
     ):
-        raise BadRequest("invocations must be a whole number >= 0 or null", code="invalid_quota")
+        raise BadRequest(
+            f"invocations must be a whole number from 0 to {MAX_INVOCATIONS} or null",
+            code="invalid_quota",
+        )
     return Quota(
         gb_seconds=float(gb_seconds) if gb_seconds is not None else None,
         invocations=invocations,

@@ -30,7 +30,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -105,9 +104,8 @@ class QuantumService:
 
     def __init__(
         self,
-        data_dir: Path | None = None,
+        jobs: QuantumJobRepository,
         *,
-        jobs: QuantumJobRepository | None = None,
         pool_size: int = 1,
         max_qubits_memory_bytes: int | None = None,
         job_timeout_s: float = 300,
@@ -115,13 +113,6 @@ class QuantumService:
         max_shots: int = 1_000_000,
         max_queued: int = 1000,
     ) -> None:
-        if jobs is None:
-            if data_dir is None:
-                raise TypeError("QuantumService needs a data_dir or a jobs repository")
-            # The embedded default, for callers that name only a directory (tests, benches).
-            from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
-
-            jobs = SQLiteQuantumJobRepository(Path(data_dir) / "quantum.db")
         self._jobs = jobs
         self._pool = WorkerPool(pool_size)
         self._memory_cap = max_qubits_memory_bytes

@@ -153,7 +153,9 @@ class PostgresMeteringRepository(MeteringRepository):
         try:
             async with self.store.connection() as conn:
                 if quota.empty:
-                    await conn.execute("DELETE FROM metering_quotas WHERE namespace = %s", (namespace,))
+                    await conn.execute(
+                        "DELETE FROM metering_quotas WHERE namespace = %s", (namespace,)
+                    )
                     return
                 await conn.execute(
                     "INSERT INTO metering_quotas (namespace, gb_seconds, invocations, updated_at) "
@@ -167,6 +169,8 @@ class PostgresMeteringRepository(MeteringRepository):
 
     async def all_quotas(self) -> dict[str, Quota]:
         async with self.store.connection() as conn:
-            cur = await conn.execute("SELECT namespace, gb_seconds, invocations FROM metering_quotas")
+            cur = await conn.execute(
+                "SELECT namespace, gb_seconds, invocations FROM metering_quotas"
+            )
             rows = await cur.fetchall()
         return {ns: Quota(gbs, None if inv is None else int(inv)) for ns, gbs, inv in rows}
