@@ -91,3 +91,21 @@ def test_a_key_revoked_on_one_gateway_is_refused_by_the_other(
     follows("the new key accepted on gateway two", lambda: status_on_two() == 200)
     admin.revoke_key(created["id"])
     follows("the revoked key refused on gateway two", lambda: status_on_two() == 401)
+
+
+def test_a_quota_set_on_one_gateway_is_enforced_by_the_other(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    tenant = one.client(namespace=unique_name)
+    tenant.deploy(KIT, name="metered", handler="kit.whoami")
+
+    def status_on_two() -> int:
+        with two.http() as http:
+            return http.post(f"/fn/{unique_name}/metered", json={}).status_code
+
+    assert status_on_two() == 200
+    tenant.set_quota(invocations=0)
+    follows("the quota enforced on gateway two", lambda: status_on_two() == 429)
+    tenant.set_quota(invocations=None)
+    follows("the quota lifted on gateway two", lambda: status_on_two() == 200)

@@ -173,6 +173,8 @@ class Platform:
         usage = SQLiteMeteringRepository(self.store)  # metering's tables, in the same database
         self.metering = make_metering(usage, options) if options.metering else None
         if self.metering is not None:
+            self.metering.changes = self.changes
+        if self.metering is not None:
             self.outcome_observers.append(self.metering.observe)
             self.metering.catch_up = self.drain_outcomes
         # @cumulo.model versions: concurrent requests become one batched invocation.
@@ -460,8 +462,12 @@ class Platform:
             await self.control.apply_remote(change.namespace, change.name)
         elif change.topic == "keys":
             await self.reload_keys()
+        elif change.topic == "quota" and self.metering is not None:
+            await self.metering.reload_quotas()
         elif change.topic == "resync":
             await self.reload_keys()
+            if self.metering is not None:
+                await self.metering.reload_quotas()
             await self.control.resync()
 
     async def deploy_demo(self, demo_dir: Path) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 from cumulo.metering.meter import Clock, Delta, DeltaKey, Meter
 from cumulo.metering.pricing import Prices, load_prices
 from cumulo.metering.quota import Quota
+from cumulo.store.changes import Change, ChangeFeed
 from cumulo.store.metering import MeteringRepository, UsageDelta
 from cumulo.tasks import cancel_and_wait
 
@@ -29,6 +30,7 @@ class Metering:
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
         self.repository = repository  # where usage and quotas are kept (cumulo.store)
+        self.changes: ChangeFeed | None = None  # told of quota changes, for other gateways
         self.prices = prices
         self.meter = Meter(clock)
         self.observe = self.meter.observe  # the Outcome observer (a bound method, no wrapper)
@@ -89,6 +91,12 @@ class Metering:
             self.meter.quotas.pop(namespace, None)
         else:
             self.meter.quotas[namespace] = quota
+        if self.changes is not None:
+            await self.changes.publish(Change("quota", namespace))
+
+    async def reload_quotas(self) -> None:
+        """Another gateway changed a quota (store/changes.py)."""
+        self.meter.quotas = await self.repository.all_quotas()
 
     def quota_view(self, namespace: str) -> dict[str, Any]:
         self.catch_up()
