@@ -523,12 +523,16 @@ def test_postgres_two_pools_claiming_concurrently_never_share_a_job(pg_dsn: str)
                     if not batch:
                         return got
                     got += [c.id for c in batch]
-                    assert await repo.finish(owner, [ok(c) for c in batch], now=0) == [
-                        True
-                    ] * len(batch)
+                    assert await repo.finish(owner, [ok(c) for c in batch], now=0) == [True] * len(
+                        batch
+                    )
 
             results = await asyncio.gather(
-                *(drain(repo, f"{name}{i}") for i in range(4) for name, repo in (("a", a), ("b", b)))
+                *(
+                    drain(repo, f"{name}{i}")
+                    for i in range(4)
+                    for name, repo in (("a", a), ("b", b))
+                )
             )
             taken = [job_id for got in results for job_id in got]
             assert sorted(taken) == sorted(ids)  # every job once: none lost, none twice

@@ -47,6 +47,7 @@ from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Platform:
         self.events = EventsService(
             data_dir / "cumulo.db",
             self.invoke_for_events,
+            jobs=SQLiteJobQueueRepository(data_dir / "cumulo.db", self.encryptor),
             config_of=self.function_config,
             load_schedules=self.all_schedules,
             load_topics=self.control.all_topics,

@@ -146,7 +146,11 @@ class MemoryJobQueueRepository(JobQueueRepository):
                 job.status, job.lease_owner, job.error = DEAD, None, error
                 job.updated_at = job.finished_at = now
         due = sorted(
-            (j for j in self.jobs.values() if j.status in (QUEUED, RUNNING) and j.visible_at <= now),
+            (
+                j
+                for j in self.jobs.values()
+                if j.status in (QUEUED, RUNNING) and j.visible_at <= now
+            ),
             key=lambda j: (j.visible_at, j.id),
         )[:limit]
         claimed = []
@@ -326,4 +330,3 @@ class MemoryJobQueueRepository(JobQueueRepository):
         for job_id in gone:
             del self._traces[job_id]
         return len(gone)
-

@@ -141,8 +141,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
             return Enqueued(job.id, created=True)
         # The key's holder committed (a racing insert waited for it): read it.
         cur = await conn.execute(
-            "SELECT id, request_hash FROM event_jobs WHERE namespace = %s"
-            " AND idempotency_key = %s",
+            "SELECT id, request_hash FROM event_jobs WHERE namespace = %s AND idempotency_key = %s",
             (job.namespace, job.idempotency_key),
         )
         row = await cur.fetchone()
@@ -186,9 +185,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
                 {"owner": owner, "until": now + lease_s, "now": now, "limit": limit},
             )
             rows = await cur.fetchall()
-        return [
-            Claimed(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in sorted(rows)
-        ]
+        return [Claimed(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in sorted(rows)]
 
     async def extend(self, owner: str, now: float, lease_s: float) -> int:
         async with self.store.connection() as conn, conn.transaction():

@@ -643,14 +643,15 @@ class SQLiteJobQueueRepository(JobQueueRepository):
         """The thread and the blocking queue, for SQLite tables kept beside the queue's (the
         topics: their writes and job inserts share one transaction)."""
         await self.open()
-        assert self._thread is not None and self._queue is not None
-        return self._thread, self._queue
+        thread, queue = self._thread, self._queue
+        if thread is None or queue is None:  # closed by a concurrent aclose()
+            raise RuntimeError("the job queue is closed")
+        return thread, queue
 
     async def _run(self, step: Callable[[SQLiteJobQueue], T]) -> T:
         """`step(queue)` on the database thread."""
         thread, queue = await self.parts()
         return await thread.call(step, queue)
-
 
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         return await self._run(lambda q: q.enqueue(list(jobs), now))
