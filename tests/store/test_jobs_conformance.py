@@ -1,4 +1,5 @@
-"""One behaviour for every `JobQueueRepository`: in memory, SQLite and PostgreSQL.
+"""One behaviour for every `JobQueueRepository` (and its `TopicRepository`): in memory,
+SQLite and PostgreSQL.
 
 Each test runs against each backend (`-k memory`, `-k sqlite`, `-k postgresql`), on a fake
 clock (PostgreSQL with `database_clock=False`), so leases and backoffs are exact. A backend
@@ -15,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 
 from cumulo.store.jobs import (
@@ -23,6 +25,7 @@ from cumulo.store.jobs import (
     MAX_INTERRUPTIONS,
     QUEUED,
     RUNNING,
+    SOURCE_TOPIC,
     STATUSES,
     SUCCEEDED,
     Claimed,
@@ -37,6 +40,7 @@ from cumulo.store.memory_jobs import MemoryJobQueueRepository
 from cumulo.store.postgres import PostgresStore
 from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
+from cumulo.store.topics import DEFAULT_MAX_ATTEMPTS, Published, Subscription
 
 LEASE = 10.0
 
@@ -504,6 +508,90 @@ def test_trace_contexts_are_kept_until_their_job_goes(backend: Backend) -> None:
     run(backend, body)
 
 
+# ---------------------------------------------------------------- topics
+EVENT = {"specversion": "1.0", "id": "e1", "source": "/src", "type": "t", "topic": "orders"}
+
+
+def test_subscriptions_are_set_listed_and_kept(backend: Backend) -> None:
+    async def body(q: JobQueueRepository) -> None:
+        topics = q.topics()
+        await topics.set_subscriptions("shop", "b", ["orders", "audit"], now=1)
+        await topics.set_subscriptions("shop", "a", ["orders"], now=1)
+        await topics.set_subscriptions("other", "a", ["orders"], now=1)
+        assert await topics.subscriptions("shop") == [
+            Subscription("shop", "audit", "b"),
+            Subscription("shop", "orders", "a"),
+            Subscription("shop", "orders", "b"),
+        ]
+        assert len(await topics.subscriptions()) == 4
+        assert await topics.subscribers("shop", "orders") == ["a", "b"]
+        await topics.set_subscriptions("shop", "b", ["audit"], now=2)
+        assert await topics.subscribers("shop", "orders") == ["a"]
+        await topics.set_subscriptions("shop", "b", [], now=3)
+        assert await topics.subscriptions("shop") == [Subscription("shop", "orders", "a")]
+        assert await topics.subscribers("nowhere", "orders") == []
+
+    run(backend, body)
+
+
+def test_publish_fans_out_once_per_subscriber_and_dedupes(backend: Backend) -> None:
+    async def body(q: JobQueueRepository) -> None:
+        topics = q.topics()
+        await topics.set_subscriptions("shop", "a", ["orders"], now=0)
+        await topics.set_subscriptions("shop", "b", ["orders"], now=0)
+        await topics.set_subscriptions("other", "c", ["orders"], now=0)
+        second = {**EVENT, "id": "e2"}
+        results = await topics.publish("shop", "orders", [EVENT, second, EVENT], {"a": 7}, now=5)
+        assert results == [Published("e1", 2), Published("e2", 2), Published("e1", 0, True)]
+        again = await topics.publish("shop", "orders", [EVENT], {}, now=6)
+        assert again == [Published("e1", 0, duplicate=True)]
+        assert await topics.publish("shop", "nobody", [{**EVENT, "id": "e3"}], {}, now=6) == [
+            Published("e3", 0)
+        ]
+        claims = await q.claim("w", 10, now=6, lease_s=LEASE)
+        got = sorted((c.namespace, c.function, c.max_attempts, c.body) for c in claims)
+        bodies = sorted([orjson.dumps(EVENT), orjson.dumps(second)])
+        assert got == sorted(
+            [("shop", "a", 7, b) for b in bodies]
+            + [("shop", "b", DEFAULT_MAX_ATTEMPTS, b) for b in bodies]
+        )
+        view = await q.get(claims[0].id)
+        assert view is not None
+        assert (view.source, view.created_at) == (SOURCE_TOPIC, 5)
+
+    run(backend, body)
+
+
+def test_published_ids_are_pruned_up_to_the_limit(backend: Backend) -> None:
+    async def body(q: JobQueueRepository) -> None:
+        topics = q.topics()
+        await topics.set_subscriptions("shop", "a", ["orders"], now=0)
+        events = [{**EVENT, "id": f"e{i}"} for i in range(3)]
+        await topics.publish("shop", "orders", events, {}, now=1)
+        await topics.publish("shop", "orders", [{**EVENT, "id": "late"}], {}, now=5)
+        assert await topics.prune(before=1) == 0
+        assert await topics.prune(before=2, limit=2) == 2
+        assert await topics.prune(before=2) == 1
+        [fresh, late] = await topics.publish(
+            "shop", "orders", [events[0], {**EVENT, "id": "late"}], {}, now=6
+        )
+        assert (fresh.deliveries, late.duplicate) == (1, True)
+
+    run(backend, body)
+
+
+def test_a_second_opening_sees_subscriptions(backend: Backend) -> None:
+    async def main() -> None:
+        async with backend.open() as q:
+            await q.topics().set_subscriptions("shop", "a", ["orders"], now=0)
+        async with backend.open() as again:
+            assert await again.topics().subscribers("shop", "orders") == ["a"]
+            [done] = await again.topics().publish("shop", "orders", [EVENT], {}, now=1)
+            assert done.deliveries == 1
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- PostgreSQL: two gateways
 def _two_pools(dsn: str) -> tuple[PostgresStore, PostgresStore]:
     return PostgresStore(dsn, max_size=4), PostgresStore(dsn, max_size=4)
@@ -606,5 +694,23 @@ def test_postgres_one_idempotency_key_from_two_pools_makes_one_job(pg_dsn: str) 
             assert len({o.id for o in outcomes}) == 1
             assert not any(o.conflict for o in outcomes)
             assert (await a.counts())[QUEUED] == 1
+
+    asyncio.run(main())
+
+
+def test_postgres_one_event_published_from_two_pools_is_delivered_once(pg_dsn: str) -> None:
+    async def main() -> None:
+        a_store, b_store = _two_pools(pg_dsn)
+        async with a_store, b_store:
+            a, b = a_store.jobs.topics(), b_store.jobs.topics()
+            await a.set_subscriptions("shop", "f", ["orders"], now=0)
+            await a.set_subscriptions("shop", "g", ["orders"], now=0)
+            results = await asyncio.gather(
+                *(t.publish("shop", "orders", [EVENT], {}, now=0) for _ in range(4) for t in (a, b))
+            )
+            firsts = [r for [r] in results]
+            assert [p.duplicate for p in firsts].count(False) == 1
+            assert sum(p.deliveries for p in firsts) == 2
+            assert (await b_store.jobs.counts())[QUEUED] == 2
 
     asyncio.run(main())
