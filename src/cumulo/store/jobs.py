@@ -30,6 +30,12 @@ Times are seconds since the epoch, passed in by the caller (`now`), so tests dri
 backend with a fake clock; a backend may take them from the database's own clock instead
 (PostgreSQL's `database_clock`, see there).
 
+At rest: the SQLite backend, given the platform's cipher, seals bodies, results and errors
+under the namespace data keys and keys the Idempotency-Key request hashes; the PostgreSQL
+backend stores the bytes it is given (its sealing awaits the data-key seam, see
+cumulo.store.postgres_jobs); the memory fake keeps what it is given. Either way a caller
+gets back the bytes it stored.
+
 Errors: a backend that cannot reach its database raises `cumulo.errors.StoreUnavailable`
 (PostgreSQL; SQLite's errors pass through as they always have, and the dispatcher and the
 scheduler retry either at their next pass). `NotDeadLetter` is the one rule error.

@@ -109,45 +109,64 @@ class PostgresJobQueueRepository(JobQueueRepository):
 
     # ------------------------------------------------------------ enqueue
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        if not jobs:
+            return []
         async with self.store.connection() as conn, conn.transaction():
             now = await self.db_now(conn, now)
-            return [await self.insert(conn, job, now) for job in jobs]
+            return await self.insert(conn, jobs, now)
 
     @staticmethod
-    async def insert(conn: Conn, job: NewJob, now: float) -> Enqueued:
-        """Insert one job inside the caller's transaction on `conn` (topics use it too)."""
-        digest = request_hash(job.function, job.body)
+    async def insert(conn: Conn, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        """Insert jobs inside the caller's transaction on `conn` (topics use it too): one
+        statement for the batch, then one read of the Idempotency-Keys it found taken."""
+        digests = [request_hash(job.function, job.body) for job in jobs]
+        # ORDER BY n: within the batch the first job with a key is the one that gets it.
         cur = await conn.execute(
             "INSERT INTO event_jobs (id, namespace, function, source, body, idempotency_key,"
             " request_hash, status, visible_at, max_attempts, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s)"
+            " SELECT id, ns, fn, source, body, key, digest, 'queued', %(now)s, attempts,"
+            " %(now)s, %(now)s"
+            " FROM unnest(%(ids)s::text[], %(nss)s::text[], %(fns)s::text[],"
+            "   %(sources)s::text[], %(bodies)s::bytea[], %(keys)s::text[], %(digests)s::text[],"
+            "   %(attempts)s::int[])"
+            "   WITH ORDINALITY AS j(id, ns, fn, source, body, key, digest, attempts, n)"
+            " ORDER BY n"
             " ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL"
-            " DO NOTHING",
-            (
-                job.id,
-                job.namespace,
-                job.function,
-                job.source,
-                job.body,
-                job.idempotency_key,
-                digest,
-                now,
-                job.max_attempts,
-                now,
-                now,
-            ),
+            " DO NOTHING RETURNING id",
+            {
+                "now": now,
+                "ids": [job.id for job in jobs],
+                "nss": [job.namespace for job in jobs],
+                "fns": [job.function for job in jobs],
+                "sources": [job.source for job in jobs],
+                "bodies": [job.body for job in jobs],
+                "keys": [job.idempotency_key for job in jobs],
+                "digests": digests,
+                "attempts": [job.max_attempts for job in jobs],
+            },
         )
-        if cur.rowcount == 1:
-            return Enqueued(job.id, created=True)
-        # The key's holder committed (a racing insert waited for it): read it.
-        cur = await conn.execute(
-            "SELECT id, request_hash FROM event_jobs WHERE namespace = %s AND idempotency_key = %s",
-            (job.namespace, job.idempotency_key),
-        )
-        row = await cur.fetchone()
-        if row is None:  # the holder went meanwhile (pruned): unreachable with a plain id clash
-            raise RuntimeError(f"job {job.id}: its Idempotency-Key holder vanished")
-        return Enqueued(row[0], created=False, conflict=row[1] != digest)
+        created = {str(r[0]) for r in await cur.fetchall()}
+        taken = [job for job in jobs if job.id not in created]
+        holders: dict[tuple[str, str], tuple[str, str]] = {}
+        if taken:
+            # The keys' holders committed (a racing insert waited for them) or are ours.
+            cur = await conn.execute(
+                "SELECT namespace, idempotency_key, id, request_hash FROM event_jobs"
+                " WHERE (namespace, idempotency_key) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([job.namespace for job in taken], [job.idempotency_key for job in taken]),
+            )
+            holders = {(r[0], r[1]): (r[2], r[3]) for r in await cur.fetchall()}
+        outcomes = []
+        for job, digest in zip(jobs, digests, strict=True):
+            if job.id in created:
+                outcomes.append(Enqueued(job.id, created=True))
+                continue
+            holder = holders.get((job.namespace, job.idempotency_key or ""))
+            if job.idempotency_key is None or holder is None:  # the holder was pruned meanwhile
+                raise RuntimeError(f"job {job.id} was not inserted and has no key holder")
+            outcomes.append(Enqueued(holder[0], created=False, conflict=holder[1] != digest))
+        return outcomes
 
     # ------------------------------------------------------------ claim and lease
     async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Claimed]:
@@ -234,37 +253,49 @@ class PostgresJobQueueRepository(JobQueueRepository):
             return [str(r[0]) for r in await cur.fetchall()]
 
     async def finish(self, owner: str, outcomes: Sequence[Outcome], now: float) -> list[bool]:
-        applied = []
+        if not outcomes:
+            return []
+        # One statement for the batch. A job named twice gets its first outcome only: one
+        # at a time, the second would find it finished already.
+        first: dict[str, int] = {}
+        for i, out in enumerate(outcomes):
+            first.setdefault(out.id, i)
+        batch = [outcomes[i] for i in sorted(first.values())]
         async with self.store.connection() as conn, conn.transaction():
             caller_now, now = now, await self.db_now(conn, now)
-            for out in outcomes:
-                finished = now if out.status != QUEUED else None
-                visible = now
-                if out.retry_at is not None:
-                    # A retry's due time moves with the clock its lease was judged on.
-                    visible = out.retry_at + (now - caller_now if self.database_clock else 0.0)
-                error = orjson.dumps(out.error).decode() if out.error is not None else None
-                cur = await conn.execute(
-                    "UPDATE event_jobs SET status = %s, result_status = %s, result = %s,"
-                    " error = %s, visible_at = %s, finished_at = %s, updated_at = %s,"
-                    " lease_owner = NULL"
-                    " WHERE id = %s AND status = 'running' AND lease_owner = %s"
-                    " AND deliveries = %s",
-                    (
-                        out.status,
-                        out.result_status,
-                        out.result,
-                        error,
-                        visible,
-                        finished,
-                        now,
-                        out.id,
-                        owner,
-                        out.deliveries,
-                    ),
-                )
-                applied.append(cur.rowcount == 1)
-        return applied
+            # A retry's due time moves with the clock its lease was judged on.
+            shift = now - caller_now if self.database_clock else 0.0
+            cur = await conn.execute(
+                "UPDATE event_jobs AS j SET status = o.status, result_status = o.result_status,"
+                " result = o.result, error = o.error, visible_at = o.visible,"
+                " finished_at = o.finished, updated_at = %(now)s, lease_owner = NULL"
+                " FROM unnest(%(ids)s::text[], %(tokens)s::int[], %(statuses)s::text[],"
+                "   %(codes)s::int[], %(results)s::bytea[], %(errors)s::text[],"
+                "   %(visible)s::float8[], %(finished)s::float8[])"
+                "   AS o(id, deliveries, status, result_status, result, error, visible, finished)"
+                " WHERE j.id = o.id AND j.status = 'running' AND j.lease_owner = %(owner)s"
+                " AND j.deliveries = o.deliveries"
+                " RETURNING j.id",
+                {
+                    "now": now,
+                    "owner": owner,
+                    "ids": [out.id for out in batch],
+                    "tokens": [out.deliveries for out in batch],
+                    "statuses": [out.status for out in batch],
+                    "codes": [out.result_status for out in batch],
+                    "results": [out.result for out in batch],
+                    "errors": [
+                        orjson.dumps(out.error).decode() if out.error is not None else None
+                        for out in batch
+                    ],
+                    "visible": [
+                        out.retry_at + shift if out.retry_at is not None else now for out in batch
+                    ],
+                    "finished": [now if out.status != QUEUED else None for out in batch],
+                },
+            )
+            done = {str(r[0]) for r in await cur.fetchall()}
+        return [first[out.id] == i and out.id in done for i, out in enumerate(outcomes)]
 
     # ------------------------------------------------------------ reading
     async def get(self, job_id: str) -> JobView | None:
@@ -406,7 +437,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
             )
             if cur.rowcount != 1:
                 return False
-            await self.insert(conn, job, now)
+            await self.insert(conn, [job], now)
             # Only the newest fire matters for the checks above; keep a short history.
             await conn.execute(
                 "DELETE FROM event_schedule_fires WHERE namespace = %(ns)s"

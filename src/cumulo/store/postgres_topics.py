@@ -90,19 +90,19 @@ class PostgresTopicRepository(TopicRepository):
                     results.append(Published(event["id"], 0, duplicate=True))
                     continue
                 body = orjson.dumps(event)
-                for function in subscribers:
-                    await self.jobs.insert(
-                        conn,
-                        NewJob(
-                            id=new_job_id(now),
-                            namespace=namespace,
-                            function=function,
-                            body=body,
-                            max_attempts=max_attempts.get(function, DEFAULT_MAX_ATTEMPTS),
-                            source=SOURCE_TOPIC,
-                        ),
-                        now,
+                jobs = [
+                    NewJob(
+                        id=new_job_id(now),
+                        namespace=namespace,
+                        function=function,
+                        body=body,
+                        max_attempts=max_attempts.get(function, DEFAULT_MAX_ATTEMPTS),
+                        source=SOURCE_TOPIC,
                     )
+                    for function in subscribers
+                ]
+                if jobs:
+                    await self.jobs.insert(conn, jobs, now)
                 results.append(Published(event["id"], len(subscribers)))
         return results
 
