@@ -714,3 +714,56 @@ def test_postgres_one_event_published_from_two_pools_is_delivered_once(pg_dsn: s
             assert (await b_store.jobs.counts())[QUEUED] == 2
 
     asyncio.run(main())
+
+
+def test_postgres_batches_racing_for_keys_in_opposite_orders_do_not_deadlock(
+    pg_dsn: str,
+) -> None:
+    async def main() -> None:
+        a_store, b_store = _two_pools(pg_dsn)
+        async with a_store, b_store:
+            a, b = a_store.jobs, b_store.jobs
+            for round_ in range(15):
+                keys = [f"r{round_}-k{i}" for i in range(6)]
+                forward, backward = await asyncio.gather(
+                    a.enqueue([job(key=k) for k in keys], now=0),
+                    b.enqueue([job(key=k) for k in reversed(keys)], now=0),
+                )
+                assert [e.id for e in forward] == [e.id for e in reversed(backward)]
+                assert sum(e.created for e in forward + backward) == len(keys)
+            ta, tb = a.topics(), b.topics()
+            await ta.set_subscriptions("shop", "f", ["orders"], now=0)
+            for round_ in range(15):
+                events = [{**EVENT, "id": f"r{round_}-e{i}"} for i in range(6)]
+                one, other = await asyncio.gather(
+                    ta.publish("shop", "orders", events, {}, now=0),
+                    tb.publish("shop", "orders", events[::-1], {}, now=0),
+                )
+                assert sum(p.deliveries for p in one + other) == len(events)
+            assert (await a.counts())[QUEUED] == 15 * 6 * 2
+
+    asyncio.run(main())
+
+
+def test_postgres_database_clock_judges_leases_and_moves_retries(pg_dsn: str) -> None:
+    """The caller's clock is an hour off: due times and leases still follow the database's,
+    and a retry's backoff keeps its length."""
+
+    async def main() -> None:
+        async with PostgresStore(pg_dsn, max_size=2) as store:
+            q = store.jobs
+            skewed = -3600.0  # whatever the gateway thinks the time is
+            [enq] = await q.enqueue([job()], now=skewed)
+            [c] = await q.claim("w", 1, now=skewed, lease_s=LEASE)
+            view = await q.get(enq.id)
+            assert view is not None
+            assert view.created_at > 1_700_000_000  # the database's epoch seconds
+            retry = Outcome(c.id, c.deliveries, QUEUED, 503, None, None, retry_at=skewed + 30)
+            assert await q.finish("w", [retry], now=skewed) == [True]
+            view = await q.get(enq.id)
+            assert view is not None
+            assert view.next_attempt_at is not None
+            assert 29 < view.next_attempt_at - view.updated_at <= 30
+            assert await q.claim("w", 1, now=skewed + 3600 * 24, lease_s=LEASE) == []
+
+    asyncio.run(main())

@@ -120,7 +120,9 @@ class PostgresJobQueueRepository(JobQueueRepository):
         """Insert jobs inside the caller's transaction on `conn` (topics use it too): one
         statement for the batch, then one read of the Idempotency-Keys it found taken."""
         digests = [request_hash(job.function, job.body) for job in jobs]
-        # ORDER BY n: within the batch the first job with a key is the one that gets it.
+        # Keys are taken in one global order (namespace, key), so two batches racing for the
+        # same keys wait for each other instead of deadlocking; within the batch `n` keeps
+        # the first job with a key the one that gets it.
         cur = await conn.execute(
             "INSERT INTO event_jobs (id, namespace, function, source, body, idempotency_key,"
             " request_hash, status, visible_at, max_attempts, created_at, updated_at)"
@@ -130,7 +132,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
             "   %(sources)s::text[], %(bodies)s::bytea[], %(keys)s::text[], %(digests)s::text[],"
             "   %(attempts)s::int[])"
             "   WITH ORDINALITY AS j(id, ns, fn, source, body, key, digest, attempts, n)"
-            " ORDER BY n"
+            ' ORDER BY ns COLLATE "C", key COLLATE "C", n'
             " ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL"
             " DO NOTHING RETURNING id",
             {
@@ -371,7 +373,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
             now = await self.db_now(conn, now)
             cur = await conn.execute(
                 "SELECT cron FROM event_schedules WHERE namespace = %s AND function = %s"
-                " FOR UPDATE",
+                ' ORDER BY cron COLLATE "C" FOR UPDATE',  # one lock order: no deadlock
                 (namespace, function),
             )
             dropped = [str(r[0]) for r in await cur.fetchall() if r[0] not in kept]

@@ -70,7 +70,11 @@ class PostgresTopicRepository(TopicRepository):
         max_attempts: Mapping[str, int],
         now: float,
     ) -> list[Published]:
-        results = []
+        results: list[Published | None] = [None] * len(events)
+        # Dedupe rows are taken in one global order, (source, id), so two publishes racing
+        # over the same events wait for each other instead of deadlocking; the sort is
+        # stable, so of two equal events in one batch the first is the one delivered.
+        order = sorted(range(len(events)), key=lambda i: (events[i]["source"], events[i]["id"]))
         async with self.store.connection() as conn, conn.transaction():
             now = await self.jobs.db_now(conn, now)
             cur = await conn.execute(
@@ -79,7 +83,8 @@ class PostgresTopicRepository(TopicRepository):
                 (namespace, topic),
             )
             subscribers = [str(r[0]) for r in await cur.fetchall()]
-            for event in events:
+            for i in order:
+                event = events[i]
                 cur = await conn.execute(
                     "INSERT INTO event_published (namespace, source, event_id, topic,"
                     " deliveries, published_at) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -87,7 +92,7 @@ class PostgresTopicRepository(TopicRepository):
                     (namespace, event["source"], event["id"], topic, len(subscribers), now),
                 )
                 if cur.rowcount != 1:
-                    results.append(Published(event["id"], 0, duplicate=True))
+                    results[i] = Published(event["id"], 0, duplicate=True)
                     continue
                 body = orjson.dumps(event)
                 jobs = [
@@ -103,8 +108,8 @@ class PostgresTopicRepository(TopicRepository):
                 ]
                 if jobs:
                     await self.jobs.insert(conn, jobs, now)
-                results.append(Published(event["id"], len(subscribers)))
-        return results
+                results[i] = Published(event["id"], len(subscribers))
+        return [r for r in results if r is not None]
 
     async def prune(self, before: float, limit: int = 5000) -> int:
         async with self.store.connection() as conn:
