@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,15 @@ from cumulo.events.dispatcher import RetryPolicy, outcome_of
 from cumulo.events.queue import (
     DEAD,
     FAILED,
-    MAX_INTERRUPTIONS,
     QUEUED,
-    RUNNING,
     SUCCEEDED,
     Claimed,
-    JobQueue,
     NewJob,
-    NotDeadLetter,
-    Outcome,
     new_job_id,
 )
 from cumulo.events.service import EventsService
 from cumulo.sdk.spec import FunctionConfig
+from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 
 LEASE = 10.0
 
@@ -41,13 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[JobQueue]:
-    q = JobQueue(tmp_path / "cumulo.db")
-    yield q
-    q.close()
 
 
 def job(
@@ -61,149 +50,8 @@ def job(
     return NewJob(new_job_id(), ns, fn, body, attempts, idempotency_key=key)
 
 
-def ok(c: Claimed, body: bytes = b'{"ok":true}') -> Outcome:
-    return Outcome(c.id, c.deliveries, SUCCEEDED, 200, body, None)
-
-
-# ---------------------------------------------------------------- the queue itself
-def test_claim_takes_due_jobs_once_and_records_success(queue: JobQueue) -> None:
-    ids = [r.id for r in queue.enqueue([job(b'{"n":1}'), job(b'{"n":2}')], now=100)]
-    first = queue.claim("a", 1, now=100, lease_s=LEASE)
-    second = queue.claim("b", 5, now=100, lease_s=LEASE)
-    assert [c.id for c in first + second] == ids  # oldest first, each to one claimer
-    assert queue.claim("c", 5, now=100, lease_s=LEASE) == []
-    assert first[0].attempts == 1
-    assert first[0].body == b'{"n":1}'
-    assert queue.finish("a", [ok(first[0])], now=101) == [True]
-    view = queue.get(ids[0])
-    assert view is not None
-    assert (view.status, view.attempts, view.result, view.finished_at) == (
-        SUCCEEDED,
-        1,
-        b'{"ok":true}',
-        101,
-    )
-    running = queue.get(ids[1])
-    assert running is not None
-    assert running.status == RUNNING
-
-
-def test_a_job_is_invisible_until_due(queue: JobQueue) -> None:
-    queue.enqueue([job()], now=100)
-    assert queue.claim("a", 1, now=99.5, lease_s=LEASE) == []
-    assert len(queue.claim("a", 1, now=100, lease_s=LEASE)) == 1
-
-
-def test_an_expired_lease_makes_the_job_visible_again(queue: JobQueue) -> None:
-    """A claimer that dies (SIGKILL) stops heartbeating; after the lease the job runs again
-    (at least once), without using up an attempt, and the dead claimer's late result is
-    ignored."""
-    [enq] = queue.enqueue([job()], now=0)
-    [c1] = queue.claim("dead", 1, now=0, lease_s=LEASE)
-    assert queue.claim("b", 1, now=LEASE - 0.01, lease_s=LEASE) == []
-    [c2] = queue.claim("b", 1, now=LEASE, lease_s=LEASE)
-    assert c2.id == enq.id
-    assert (c2.attempts, c2.deliveries) == (1, 2)
-    assert queue.finish("dead", [ok(c1)], now=LEASE + 1) == [False]
-    assert queue.finish("b", [ok(c2, b"2")], now=LEASE + 1) == [True]
-    view = queue.get(enq.id)
-    assert view is not None
-    assert (view.status, view.result) == (SUCCEEDED, b"2")
-
-
-def test_heartbeats_extend_the_lease(queue: JobQueue) -> None:
-    queue.enqueue([job()], now=0)
-    queue.claim("a", 1, now=0, lease_s=LEASE)
-    assert queue.extend("a", until=LEASE + 5) == 1
-    assert queue.claim("b", 1, now=LEASE + 1, lease_s=LEASE) == []
-    assert len(queue.claim("b", 1, now=LEASE + 5, lease_s=LEASE)) == 1
-
-
-def test_release_hands_jobs_back_without_counting_the_attempt(queue: JobQueue) -> None:
-    [enq] = queue.enqueue([job()], now=0)
-    [c] = queue.claim("a", 1, now=0, lease_s=LEASE)
-    assert queue.release("a", [(c.id, c.deliveries)], now=1) == 1
-    view = queue.get(enq.id)
-    assert view is not None
-    assert (view.status, view.attempts, view.next_attempt_at) == (QUEUED, 0, 1)
-    [again] = queue.claim("b", 1, now=1, lease_s=LEASE)
-    assert again.attempts == 1
-
-
-def test_a_job_that_keeps_killing_its_gateway_goes_dead(queue: JobQueue) -> None:
-    [enq] = queue.enqueue([job()], now=0)
-    now = 0.0
-    for _ in range(MAX_INTERRUPTIONS + 1):
-        claimed = queue.claim("x", 1, now=now, lease_s=LEASE)
-        now += LEASE
-    assert claimed == []
-    view = queue.get(enq.id)
-    assert view is not None
-    assert view.status == DEAD
-    assert view.error is not None
-    assert view.error["code"] == "interrupted"
-
-
-def test_idempotency_key_same_request_same_id_other_request_conflicts(queue: JobQueue) -> None:
-    [a] = queue.enqueue([job(b'{"x":1}', key="k1")], now=0)
-    [b, c, d] = queue.enqueue(
-        [job(b'{"x":1}', key="k1"), job(b'{"x":2}', key="k1"), job(b'{"x":1}', key="k1", fn="g")],
-        now=1,
-    )
-    assert a.created
-    assert (b.id, b.created, b.conflict) == (a.id, False, False)
-    assert (c.id, c.conflict) == (a.id, True)
-    assert d.conflict  # the key is the namespace's: another function is another request
-    [other_ns] = queue.enqueue([job(b'{"x":1}', key="k1", ns="other")], now=2)
-    assert other_ns.created
-    assert other_ns.id != a.id
-    assert queue.counts()[QUEUED] == 2
-
-
-def test_dead_letters_replay_and_namespaces(queue: JobQueue) -> None:
-    [a, b, c] = queue.enqueue([job(), job(), job(ns="other")], now=0)
-    claimed = {x.id: x for x in queue.claim("w", 3, now=0, lease_s=LEASE)}
-    error = {"code": "boom", "message": "no"}
-    queue.finish(
-        "w",
-        [
-            Outcome(a.id, claimed[a.id].deliveries, DEAD, 500, None, error),
-            Outcome(b.id, claimed[b.id].deliveries, FAILED, 400, None, error),
-            Outcome(c.id, claimed[c.id].deliveries, DEAD, 500, None, error),
-        ],
-        now=1,
-    )
-    letters = queue.dead_letters("default", limit=10)
-    assert [(v.id, v.status) for v in letters] == [(a.id, DEAD), (b.id, FAILED)]
-    assert [v.id for v in queue.dead_letters("default", limit=1, after=a.id)] == [b.id]
-    assert queue.replay("default", c.id, now=2) is None  # another namespace's: unknown
-    replayed = queue.replay("default", a.id, now=2)
-    assert replayed is not None
-    assert (replayed.status, replayed.attempts, replayed.replays, replayed.error) == (
-        QUEUED,
-        0,
-        1,
-        None,
-    )
-    with pytest.raises(NotDeadLetter):
-        queue.replay("default", a.id, now=3)
-    assert [x.id for x in queue.claim("w", 5, now=2, lease_s=LEASE)] == [a.id]
-
-
-def test_prune_forgets_old_finished_jobs_but_keeps_dead_ones(queue: JobQueue) -> None:
-    [a, b] = queue.enqueue([job(key="k"), job()], now=0)
-    claimed = {x.id: x for x in queue.claim("w", 2, now=0, lease_s=LEASE)}
-    queue.finish(
-        "w",
-        [ok(claimed[a.id]), Outcome(b.id, claimed[b.id].deliveries, DEAD, 500, None, None)],
-        now=1,
-    )
-    assert queue.prune(before=1) == 0
-    assert queue.prune(before=2) == 1
-    assert queue.get(a.id) is None
-    assert queue.get(b.id) is not None
-    [again] = queue.enqueue([job(key="k")], now=3)  # the key expired with its job
-    assert again.created
+# The queue's own cases (claims, leases, fencing, idempotency, dead letters, pruning) run on
+# every backend in tests/store/test_jobs_conformance.py.
 
 
 # ---------------------------------------------------------------- retry decisions
@@ -496,15 +344,19 @@ def test_jobs_of_a_killed_gateway_run_again_at_the_next_start(tmp_path: Path) ->
     import socket
 
     dead_owner = f"{socket.gethostname()}:{int(gone.stdout)}:0000"
-    queue = JobQueue(tmp_path / "cumulo.db")
-    [enq] = queue.enqueue([job()], now=0)
-    queue.claim(dead_owner, 1, now=FakeClock().now, lease_s=3600)
-    queue.close()
+
+    async def killed() -> str:
+        async with SQLiteJobQueueRepository(tmp_path / "cumulo.db") as queue:
+            [enq] = await queue.enqueue([job()], now=0)
+            await queue.claim(dead_owner, 1, now=FakeClock().now, lease_s=3600)
+            return enq.id
+
+    job_id = asyncio.run(killed())
     fake = FakeFunction()
 
     async def scenario(service: EventsService, clock: FakeClock) -> None:
         assert await pump(service) == 1
-        view = await service.get(enq.id)
+        view = await service.get(job_id)
         assert view is not None
         assert (view.status, view.attempts, view.deliveries) == (SUCCEEDED, 1, 2)
 

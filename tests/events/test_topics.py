@@ -19,10 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cumulo.errors import ApiError, BadRequest
-from cumulo.events.queue import QUEUED, SOURCE_TOPIC, SUCCEEDED, JobQueue
+from cumulo.events.queue import QUEUED, SOURCE_TOPIC, SUCCEEDED
 from cumulo.events.service import EventsService
 from cumulo.events.topics import (
-    TopicStore,
     function_event,
     parse_binary,
     parse_http,
@@ -34,6 +33,8 @@ from cumulo.runtime.loader import found
 from cumulo.sdk.decorators import spec_of
 from cumulo.sdk.on import TOPICS_ATTR, on, topics_of, validate_topic
 from cumulo.sdk.spec import FunctionConfig
+from cumulo.store.sqlite_jobs import SQLiteJobQueue
+from cumulo.store.sqlite_topics import SQLiteTopicStore
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 from tests.events.test_api import FakeAuth
 from tests.events.test_queue import FakeClock, FakeFunction, pump
@@ -410,8 +411,7 @@ def test_dedupe_ids_are_pruned_after_the_retention(tmp_path: Path) -> None:
         clock.now += service.retention_s - 1
         assert (await service.publish("shop", "t", [event()]))[0].duplicate
         clock.now += 2
-        store = service.topics.store
-        assert await service.topics.db.call(store.prune, clock.now - service.retention_s) == 1
+        assert await service.topics.store.prune(clock.now - service.retention_s) == 1
         assert (await service.publish("shop", "t", [event()]))[0].deliveries == 1
 
     run(tmp_path, scenario)
@@ -421,8 +421,8 @@ def test_a_failed_publish_commits_nothing(tmp_path: Path) -> None:
     """A failure after the first subscriber's job leaves neither that job nor the dedupe row:
     the retry delivers to everyone."""
     db = tmp_path / "cumulo.db"
-    queue = JobQueue(db)
-    store = TopicStore(queue)
+    queue = SQLiteJobQueue(db)
+    store = SQLiteTopicStore(queue)
     store.set_subscriptions("shop", "a", ["t"], 0.0)
     store.set_subscriptions("shop", "b", ["t"], 0.0)
     real_insert = queue.insert

@@ -1,45 +1,28 @@
-"""The events service's own database thread, and group commits on top of it."""
+"""Group commits over the job repository: backend-neutral batching of writes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
-P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_BATCH = 1000
 
 
-class DbThread:
-    """One thread owns the queue's connection; callers `await db.call(fn, ...)`."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="cumulo-events-db")
-
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
 class Batcher(Generic[T, R]):
     """Group commit: items submitted while a write is in flight go together in the next one.
 
-    `flush` takes a batch and returns one result per item, in order; it runs on the database
-    thread. Every submitter waits for its own item to be committed (or for the error)."""
+    `flush` takes a batch and returns one result per item, in order (one repository call:
+    one transaction). Every submitter waits for its own item to be committed (or for the
+    error)."""
 
     def __init__(
-        self, db: DbThread, flush: Callable[[list[T]], list[R]], max_batch: int = MAX_BATCH
+        self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int = MAX_BATCH
     ) -> None:
-        self._db = db
         self._flush = flush
         self._max = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -64,7 +47,7 @@ class Batcher(Generic[T, R]):
         while self._pending:
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
             try:
-                results = await self._db.call(self._flush, [item for item, _ in batch])
+                results = await self._flush([item for item, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

@@ -17,9 +17,16 @@ from typing import Any
 import orjson
 
 from cumulo.errors import ApiError
-from cumulo.events.db import Batcher, DbThread
-from cumulo.events.queue import DEAD, FAILED, QUEUED, SUCCEEDED, Claimed, JobQueue, Outcome
-from cumulo.events.traces import JobTraces
+from cumulo.events.db import Batcher
+from cumulo.events.queue import (
+    DEAD,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    Claimed,
+    JobQueueRepository,
+    Outcome,
+)
 from cumulo.observability.tracing import CURRENT_INVOCATION, NO_TRACING, Tracing
 
 log = logging.getLogger("cumulo.events")
@@ -105,8 +112,7 @@ def outcome_of(
 class Dispatcher:
     def __init__(
         self,
-        db: DbThread,
-        queue: JobQueue,
+        queue: JobQueueRepository,
         invoke: InvokeFn,
         *,
         clock: Clock = time.time,
@@ -118,11 +124,9 @@ class Dispatcher:
         job_timeout_s: float = MAX_JOB_S,
         owner: str | None = None,
         tracing: Tracing | None = None,
-        traces: JobTraces | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.db = db
         self.queue = queue
         self.invoke = invoke
         self.clock = clock
@@ -134,15 +138,14 @@ class Dispatcher:
         self.job_timeout_s = job_timeout_s
         self.owner = owner or new_owner()
         self.tracing = tracing if tracing is not None else NO_TRACING
-        self.traces = traces
         self.inflight: dict[str, tuple[Claimed, asyncio.Task[None]]] = {}
-        self._finisher: Batcher[Outcome, bool] = Batcher(db, self._finish)
+        self._finisher: Batcher[Outcome, bool] = Batcher(self._finish)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
-    def _finish(self, outcomes: list[Outcome]) -> list[bool]:
-        return self.queue.finish(self.owner, outcomes, self.clock())
+    async def _finish(self, outcomes: list[Outcome]) -> list[bool]:
+        return await self.queue.finish(self.owner, outcomes, self.clock())
 
     # ------------------------------------------------------------ driving
     def wake(self) -> None:
@@ -154,7 +157,7 @@ class Dispatcher:
         free = self.concurrency - len(self.inflight)
         if free <= 0 or self._stopping:
             return 0
-        jobs = await self.db.call(self.queue.claim, self.owner, free, self.clock(), self.lease_s)
+        jobs = await self.queue.claim(self.owner, free, self.clock(), self.lease_s)
         loop = asyncio.get_running_loop()
         for job in jobs:
             self.inflight[job.id] = (job, loop.create_task(self._run(job)))
@@ -168,7 +171,7 @@ class Dispatcher:
 
     async def heartbeat(self) -> None:
         if self.inflight:
-            await self.db.call(self.queue.extend, self.owner, self.clock() + self.lease_s)
+            await self.queue.extend(self.owner, self.clock(), self.lease_s)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -211,7 +214,7 @@ class Dispatcher:
             await asyncio.gather(*running, return_exceptions=True)
         await self._finisher.drain()
         if leftover:
-            released = await self.db.call(self.queue.release, self.owner, leftover, self.clock())
+            released = await self.queue.release(self.owner, leftover, self.clock())
             log.info("events: %d running job(s) handed back to the queue", released)
 
     # ------------------------------------------------------------ one job
@@ -244,11 +247,10 @@ class Dispatcher:
         """`_attempt` inside the job's `async job` span, which continues the trace of the
         request that enqueued it; Platform.invoke finds the span through CURRENT_INVOCATION."""
         stored = None
-        if self.traces is not None:
-            try:
-                stored = await self.db.call(self.traces.get, job.id)
-            except Exception:
-                log.exception("events: could not read the trace context of job %s", job.id)
+        try:  # stored at enqueue (None for a job enqueued while tracing was off)
+            stored = await self.queue.get_trace(job.id)
+        except Exception:
+            log.exception("events: could not read the trace context of job %s", job.id)
         span = self.tracing.start_job(job.id, job.attempts, stored, time.time_ns())
         token = CURRENT_INVOCATION.set(span)
         status = 500

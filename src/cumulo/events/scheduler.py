@@ -28,8 +28,7 @@ from datetime import UTC, datetime
 import orjson
 
 from cumulo.errors import BadRequest
-from cumulo.events.db import DbThread
-from cumulo.events.queue import SOURCE_SCHEDULE, JobQueue, NewJob, Schedule, new_job_id
+from cumulo.events.queue import SOURCE_SCHEDULE, JobQueueRepository, NewJob, Schedule, new_job_id
 from cumulo.sdk.schedule import validate_cron
 from cumulo.tasks import cancel_and_wait
 
@@ -78,14 +77,12 @@ MaxAttempts = Callable[[str, str], Awaitable[int]]
 class Scheduler:
     def __init__(
         self,
-        db: DbThread,
-        queue: JobQueue,
+        queue: JobQueueRepository,
         max_attempts: MaxAttempts,
         *,
         clock: Callable[[], float] = time.time,
         on_fire: Callable[[], None] = lambda: None,
     ) -> None:
-        self.db = db
         self.queue = queue
         self.max_attempts = max_attempts
         self.clock = clock
@@ -97,11 +94,11 @@ class Scheduler:
 
     async def load(self) -> None:
         self.schedules = {
-            (s.namespace, s.function, s.cron): s for s in await self.db.call(self.queue.schedules)
+            (s.namespace, s.function, s.cron): s for s in await self.queue.schedules()
         }
         self._last = {}
         for key in self.schedules:
-            last = await self.db.call(self.queue.last_fired, *key)
+            last = await self.queue.last_fired(*key)
             if last is not None:
                 self._last[key] = last
         self._changed.set()
@@ -112,7 +109,7 @@ class Scheduler:
             raise BadRequest(
                 f"at most {MAX_SCHEDULES_PER_FUNCTION} schedules per function", code="invalid_cron"
             )
-        await self.db.call(self.queue.set_schedules, namespace, function, normalised, self.clock())
+        await self.queue.set_schedules(namespace, function, normalised, self.clock())
         await self.load()
 
     async def replace_all(self, entries: Iterable[tuple[str, str, list[str]]]) -> None:
@@ -120,14 +117,14 @@ class Scheduler:
         wanted = {(ns, fn): crons for ns, fn, crons in entries}
         stored = {(s.namespace, s.function) for s in self.schedules.values()}
         for ns, fn in stored - wanted.keys():
-            await self.db.call(self.queue.set_schedules, ns, fn, [], self.clock())
+            await self.queue.set_schedules(ns, fn, [], self.clock())
         for (ns, fn), crons in wanted.items():
             try:
                 normalised = sorted({validate_cron(c) for c in crons})
             except BadRequest as exc:
                 log.warning("events: schedule of %s/%s ignored: %s", ns, fn, exc.message)
                 continue
-            await self.db.call(self.queue.set_schedules, ns, fn, normalised, self.clock())
+            await self.queue.set_schedules(ns, fn, normalised, self.clock())
         await self.load()
 
     async def tick(self) -> list[str]:
@@ -147,7 +144,7 @@ class Scheduler:
                 max_attempts=await self.max_attempts(schedule.namespace, schedule.function),
                 source=SOURCE_SCHEDULE,
             )
-            if await self.db.call(self.queue.fire, schedule, slot, job, now):
+            if await self.queue.fire(schedule, slot, job, now):
                 fired.append(job_id)
             # Fired here or elsewhere (another gateway, before a restart): done either way.
             self._last[key] = slot

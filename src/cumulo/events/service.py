@@ -3,7 +3,8 @@ topics.
 
 The platform builds one, hands it how to invoke a function (`InvokeFn`) and how to read a
 function's config, starts it after the executor and stops it before the executor. Its
-tables live in the platform's SQLite file, reached through its own connection and thread.
+jobs, schedules and topics live behind a `JobQueueRepository` (and its `topics()`): the
+platform's SQLite file by default, PostgreSQL when it is given one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from cumulo.errors import BadRequest, Conflict, NotFound
-from cumulo.events.db import Batcher, DbThread
+from cumulo.events.db import Batcher
 from cumulo.events.dispatcher import Dispatcher, InvokeFn, RetryPolicy, owner_is_dead
 from cumulo.events.queue import (
     Enqueued,
-    JobQueue,
+    JobQueueRepository,
     JobView,
     NewJob,
     NotDeadLetter,
@@ -28,8 +29,7 @@ from cumulo.events.queue import (
     new_job_id,
 )
 from cumulo.events.scheduler import Scheduler
-from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics, TopicStore
-from cumulo.events.traces import JobTraces
+from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics
 from cumulo.observability.tracing import NO_TRACING, Tracing, traceparent_of
 from cumulo.sdk.spec import FunctionConfig
 from cumulo.store.sealing import Cipher
@@ -53,9 +53,10 @@ async def _no_config(namespace: str, name: str) -> FunctionConfig | None:
 class EventsService:
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | None,
         invoke: InvokeFn,
         *,
+        jobs: JobQueueRepository | None = None,
         config_of: ConfigOf = _no_config,
         load_schedules: ScheduleLoader | None = None,
         load_topics: TopicLoader | None = None,
@@ -73,6 +74,14 @@ class EventsService:
     ) -> None:
         self.db_path = db_path
         self.cipher = cipher  # seals job bodies, results and errors at rest (the platform's)
+        if jobs is None:
+            if db_path is None:
+                raise ValueError("give the events service a database file or a repository")
+            # The embedded default (tests, `cumulo dev`): the platform passes its own.
+            from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
+
+            jobs = SQLiteJobQueueRepository(db_path, cipher)
+        self.jobs = jobs
         self.tracing = tracing if tracing is not None else NO_TRACING
         self.invoke = invoke
         self.config_of = config_of
@@ -86,13 +95,11 @@ class EventsService:
         self.policy = RetryPolicy(retry_base_s, retry_cap_s)
         self.poll_interval_s = poll_interval_s
         self.retention_s = retention_s
-        self._db: DbThread | None = None
-        self._queue: JobQueue | None = None
+        self._queue: JobQueueRepository | None = None
         self._dispatcher: Dispatcher | None = None
         self._scheduler: Scheduler | None = None
         self._topics: Topics | None = None
         self._enqueuer: Batcher[NewJob, Enqueued] | None = None
-        self._traces: JobTraces | None = None
         self._next_prune = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -100,13 +107,10 @@ class EventsService:
         """Open the queue, end the leases of our own dead predecessors, load schedules, and
         (with `run`) start dispatching and firing. `run=False` is for tests that drive
         `dispatcher.run_once()` and `scheduler.tick()` by hand."""
-        db = self._db = DbThread()
-        queue = self._queue = await db.call(JobQueue, self.db_path, self.cipher)
-        self._enqueuer = Batcher(db, self._enqueue_batch)
-        if self.tracing.enabled:
-            self._traces = await db.call(JobTraces, queue.connection)
+        await self.jobs.open()
+        queue = self._queue = self.jobs
+        self._enqueuer = Batcher(self._enqueue_batch)
         dispatcher = self._dispatcher = Dispatcher(
-            db,
             queue,
             self.invoke,
             clock=self.clock,
@@ -116,23 +120,19 @@ class EventsService:
             policy=self.policy,
             poll_interval_s=self.poll_interval_s,
             tracing=self.tracing,
-            traces=self._traces,
         )
-        dead = [
-            o for o in await db.call(queue.running_owners) if owner_is_dead(o, dispatcher.owner)
-        ]
+        dead = [o for o in await queue.running_owners() if owner_is_dead(o, dispatcher.owner)]
         if dead:
-            n = await db.call(queue.expire_leases, dead, self.clock())
+            n = await queue.expire_leases(dead, self.clock())
             log.info("events: %d job(s) of a stopped gateway run again now", n)
         scheduler = self._scheduler = Scheduler(
-            db, queue, self._max_attempts, clock=self.clock, on_fire=dispatcher.wake
+            queue, self._max_attempts, clock=self.clock, on_fire=dispatcher.wake
         )
         await scheduler.load()
         if self.load_schedules is not None:
             await scheduler.replace_all(await self.load_schedules())
         self._topics = Topics(
-            db,
-            await db.call(TopicStore, queue),
+            queue.topics(),
             self._max_attempts,
             clock=self.clock,
             on_enqueue=dispatcher.wake,
@@ -154,12 +154,10 @@ class EventsService:
             await self._dispatcher.stop(drain_s)
         if self._enqueuer is not None:
             await self._enqueuer.drain()
-        if self._db is not None and self._queue is not None:
-            await self._db.call(self._queue.close)
-        if self._db is not None:
-            self._db.close()
-        self._db = self._queue = self._dispatcher = self._scheduler = self._enqueuer = None
-        self._topics = self._traces = None
+        if self._queue is not None:
+            await self._queue.aclose()
+        self._queue = self._dispatcher = self._scheduler = self._enqueuer = None
+        self._topics = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -179,10 +177,10 @@ class EventsService:
             raise RuntimeError("the events service is not started")
         return self._topics
 
-    def _parts(self) -> tuple[DbThread, JobQueue]:
-        if self._db is None or self._queue is None:
+    def _parts(self) -> JobQueueRepository:
+        if self._queue is None:
             raise RuntimeError("the events service is not started")
-        return self._db, self._queue
+        return self._queue
 
     # ------------------------------------------------------------ async invocations
     async def enqueue(
@@ -212,12 +210,10 @@ class EventsService:
             max_attempts=await self._max_attempts(namespace, function),
             idempotency_key=idempotency_key,
         )
-        if self._traces is None:
+        if not self.tracing.enabled:
             result = await self._enqueuer.submit(job)
         else:
-            result = await self._enqueue_traced(
-                job, self._enqueuer, self._traces, traceparent, tracestate
-            )
+            result = await self._enqueue_traced(job, self._enqueuer, traceparent, tracestate)
         if result.conflict:
             raise Conflict(
                 "this Idempotency-Key was already used with a different request",
@@ -232,34 +228,31 @@ class EventsService:
         self,
         job: NewJob,
         enqueuer: Batcher[NewJob, Enqueued],
-        traces: JobTraces,
         traceparent: str | None,
         tracestate: str | None,
     ) -> Enqueued:
-        db, _ = self._parts()
+        queue = self._parts()
         span = self.tracing.start_enqueue(
             job.namespace, job.function, job.id, traceparent, tracestate
         )
         try:
             # Before the job itself: the dispatcher may claim it the moment it is committed.
-            await db.call(traces.put, job.id, traceparent_of(span), tracestate)
+            await queue.put_trace(job.id, traceparent_of(span), tracestate)
             result = await enqueuer.submit(job)
             span.set_attribute("cumulo.created", result.created)
             return result
         finally:
             span.end()
 
-    def _enqueue_batch(self, jobs: list[NewJob]) -> list[Enqueued]:
-        _, queue = self._parts()
-        return queue.enqueue(jobs, self.clock())
+    async def _enqueue_batch(self, jobs: list[NewJob]) -> list[Enqueued]:
+        return await self._parts().enqueue(jobs, self.clock())
 
     async def _max_attempts(self, namespace: str, function: str) -> int:
         config = await self.config_of(namespace, function)
         return config.max_attempts if config is not None else DEFAULT_MAX_ATTEMPTS
 
     async def get(self, job_id: str) -> JobView | None:
-        db, queue = self._parts()
-        return await db.call(queue.get, job_id)
+        return await self._parts().get(job_id)
 
     async def dead_letters(
         self,
@@ -268,14 +261,12 @@ class EventsService:
         after: str | None = None,
         function: str | None = None,
     ) -> list[JobView]:
-        db, queue = self._parts()
-        return await db.call(queue.dead_letters, namespace, limit, after, function)
+        return await self._parts().dead_letters(namespace, limit, after, function)
 
     async def replay(self, namespace: str, job_id: str) -> JobView:
         """Queue a failed or dead job again (same id, fresh attempts)."""
-        db, queue = self._parts()
         try:
-            view = await db.call(queue.replay, namespace, job_id, self.clock())
+            view = await self._parts().replay(namespace, job_id, self.clock())
         except NotDeadLetter as exc:
             raise Conflict(
                 f"invocation {job_id} is {exc.status}; only failed or dead ones can be replayed",
@@ -287,8 +278,7 @@ class EventsService:
         return view
 
     async def counts(self) -> dict[str, int]:
-        db, queue = self._parts()
-        return await db.call(queue.counts)
+        return await self._parts().counts()
 
     async def _maybe_prune(self) -> None:
         # Piggybacks on enqueues: a platform with no traffic has nothing new to prune.
@@ -296,12 +286,12 @@ class EventsService:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_EVERY_S
-        db, queue = self._parts()
+        queue = self._parts()
         try:
-            await db.call(queue.prune, self.clock() - self.retention_s)
-            await db.call(self.topics.store.prune, self.clock() - self.retention_s)
-            if self._traces is not None:
-                await db.call(self._traces.prune)
+            await queue.prune(self.clock() - self.retention_s)
+            await self.topics.store.prune(self.clock() - self.retention_s)
+            if self.tracing.enabled:
+                await queue.prune_traces()
         except Exception:
             log.exception("events: pruning finished jobs failed")
 

@@ -21,7 +21,6 @@ import binascii
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -29,10 +28,9 @@ from urllib.parse import unquote
 import orjson
 
 from cumulo.errors import ApiError, BadRequest, PayloadTooLarge
-from cumulo.events.db import DbThread
-from cumulo.events.queue import SOURCE_TOPIC, JobQueue, NewJob, new_job_id
 from cumulo.sdk.on import validate_topic
-from cumulo.sdk.spec import FunctionConfig
+from cumulo.store.topics import Published as Published  # re-exported: topics_api, service
+from cumulo.store.topics import TopicRepository
 
 SPECVERSION = "1.0"
 REQUIRED = ("specversion", "id", "source", "type")
@@ -54,28 +52,6 @@ _RFC3339 = re.compile(
 _MEDIA_PART = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _MEDIA_TYPE = re.compile(rf"{_MEDIA_PART}/{_MEDIA_PART}\s*(;.*)?", re.DOTALL)
 _INT32 = (-(2**31), 2**31 - 1)
-
-SUBSCRIPTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS event_subscriptions (
-    namespace TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    function TEXT NOT NULL,
-    since REAL NOT NULL,
-    PRIMARY KEY (namespace, topic, function)
-);
-CREATE INDEX IF NOT EXISTS event_subscriptions_function
-    ON event_subscriptions (namespace, function);
-CREATE TABLE IF NOT EXISTS event_published (
-    namespace TEXT NOT NULL,
-    source TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    deliveries INTEGER NOT NULL,
-    published_at REAL NOT NULL,
-    PRIMARY KEY (namespace, source, event_id)
-);
-CREATE INDEX IF NOT EXISTS event_published_at ON event_published (published_at);
-"""
 
 
 # ---------------------------------------------------------------- CloudEvents 1.0
@@ -326,144 +302,22 @@ def function_event(
     return validate_event(event)
 
 
-# ---------------------------------------------------------------- storage
-@dataclass(frozen=True, slots=True)
-class Published:
-    id: str
-    deliveries: int  # jobs enqueued for this publish: one per subscriber, 0 for a duplicate
-    duplicate: bool = False  # (source, id) was published before in the namespace
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    namespace: str
-    topic: str
-    function: str
-
-
-class TopicStore:
-    """Blocking, on the queue's connection and thread (see `JobQueue.transaction`)."""
-
-    def __init__(self, queue: JobQueue) -> None:
-        self.queue = queue
-        self._db = queue.connection
-        with queue.transaction():
-            for statement in SUBSCRIPTIONS_SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-
-    def set_subscriptions(
-        self, namespace: str, function: str, topics: Iterable[str], now: float
-    ) -> None:
-        """Make `topics` the function's subscriptions ([] removes them all)."""
-        wanted = set(topics)
-        with self.queue.transaction():
-            for (topic,) in self._db.execute(
-                "SELECT topic FROM event_subscriptions WHERE namespace = ? AND function = ?",
-                (namespace, function),
-            ).fetchall():
-                if topic not in wanted:
-                    self._db.execute(
-                        "DELETE FROM event_subscriptions WHERE namespace = ? AND topic = ?"
-                        " AND function = ?",
-                        (namespace, topic, function),
-                    )
-            for topic in wanted:
-                self._db.execute(
-                    "INSERT INTO event_subscriptions (namespace, topic, function, since)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (namespace, topic, function, now),
-                )
-
-    def subscriptions(self, namespace: str | None = None) -> list[Subscription]:
-        rows = self._db.execute(
-            "SELECT namespace, topic, function FROM event_subscriptions"
-            " WHERE ? IS NULL OR namespace = ? ORDER BY namespace, topic, function",
-            (namespace, namespace),
-        ).fetchall()
-        return [Subscription(*row) for row in rows]
-
-    def subscribers(self, namespace: str, topic: str) -> list[str]:
-        rows = self._db.execute(
-            "SELECT function FROM event_subscriptions WHERE namespace = ? AND topic = ?"
-            " ORDER BY function",
-            (namespace, topic),
-        ).fetchall()
-        return [row[0] for row in rows]
-
-    def publish(
-        self,
-        namespace: str,
-        topic: str,
-        events: Sequence[dict[str, Any]],
-        max_attempts: Mapping[str, int],
-        now: float,
-    ) -> list[Published]:
-        """Record each event and enqueue one job per subscriber, all in one transaction.
-        The subscribers are read inside it: a subscription changing meanwhile is either
-        wholly before or wholly after this publish."""
-        default_attempts = FunctionConfig().max_attempts
-        results = []
-        self.queue.prepare([namespace])  # its data key, before the transaction
-        with self.queue.transaction():
-            subscribers = self.subscribers(namespace, topic)
-            for event in events:
-                # The primary key (namespace, source, event_id) is the dedupe: a republished
-                # event (a client retrying after a lost answer) inserts nothing here.
-                inserted = self._db.execute(
-                    "INSERT INTO event_published (namespace, source, event_id, topic,"
-                    " deliveries, published_at) VALUES (?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (namespace, event["source"], event["id"], topic, len(subscribers), now),
-                ).rowcount
-                if inserted != 1:
-                    results.append(Published(event["id"], 0, duplicate=True))
-                    continue
-                body = orjson.dumps(event)
-                for function in subscribers:
-                    self.queue.insert(
-                        NewJob(
-                            id=new_job_id(now),
-                            namespace=namespace,
-                            function=function,
-                            body=body,
-                            max_attempts=max_attempts.get(function, default_attempts),
-                            source=SOURCE_TOPIC,
-                        ),
-                        now,
-                    )
-                results.append(Published(event["id"], len(subscribers)))
-        return results
-
-    def prune(self, before: float, limit: int = 5000) -> int:
-        """Forget the ids of events published before `before`: past the retention window a
-        republish counts as new (as a job's Idempotency-Key does)."""
-        with self.queue.transaction():
-            return self._db.execute(
-                "DELETE FROM event_published WHERE rowid IN (SELECT rowid FROM event_published"
-                " WHERE published_at < ? LIMIT ?)",
-                (before, limit),
-            ).rowcount
-
-
 # ---------------------------------------------------------------- the async side
 MaxAttempts = Callable[[str, str], Awaitable[int]]
 
 
 class Topics:
-    """Subscriptions and publishing on the events service's database thread."""
+    """Subscriptions and publishing over the topic repository."""
 
     def __init__(
         self,
-        db: DbThread,
-        store: TopicStore,
+        store: TopicRepository,
         max_attempts: MaxAttempts,
         *,
         clock: Callable[[], float],
         on_enqueue: Callable[[], None] = lambda: None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        self.db = db
         self.store = store
         self.max_attempts = max_attempts
         self.clock = clock
@@ -478,15 +332,15 @@ class Topics:
                 f"a function subscribes to at most {MAX_TOPICS_PER_FUNCTION} topics",
                 code="invalid_topic",
             )
-        await self.db.call(self.store.set_subscriptions, namespace, function, checked, self.clock())
+        await self.store.set_subscriptions(namespace, function, checked, self.clock())
 
     async def replace_all(self, entries: Iterable[tuple[str, str, list[str]]]) -> list[str]:
         """Make the stored subscriptions exactly `entries` (start-up: the control plane's view
         wins). Returns one warning line per function whose topics were refused."""
         wanted = {(ns, fn): topics for ns, fn, topics in entries}
-        stored = {(s.namespace, s.function) for s in await self.db.call(self.store.subscriptions)}
+        stored = {(s.namespace, s.function) for s in await self.store.subscriptions()}
         for ns, fn in stored - wanted.keys():
-            await self.db.call(self.store.set_subscriptions, ns, fn, [], self.clock())
+            await self.store.set_subscriptions(ns, fn, [], self.clock())
         warnings = []
         for (ns, fn), topics in wanted.items():
             try:
@@ -498,7 +352,7 @@ class Topics:
     async def subscriptions(self, namespace: str) -> dict[str, list[str]]:
         """topic → its subscribing functions, for one namespace."""
         found: dict[str, list[str]] = {}
-        for sub in await self.db.call(self.store.subscriptions, namespace):
+        for sub in await self.store.subscriptions(namespace):
             found.setdefault(sub.topic, []).append(sub.function)
         return found
 
@@ -520,11 +374,9 @@ class Topics:
                 )
         # max_attempts is each subscriber's own setting (read outside the transaction: it
         # awaits the control plane); the transaction re-reads who subscribes.
-        subscribers = await self.db.call(self.store.subscribers, namespace, topic)
+        subscribers = await self.store.subscribers(namespace, topic)
         attempts = {fn: await self.max_attempts(namespace, fn) for fn in subscribers}
-        results = await self.db.call(
-            self.store.publish, namespace, topic, events, attempts, self.clock()
-        )
+        results = await self.store.publish(namespace, topic, events, attempts, self.clock())
         if any(r.deliveries for r in results):
             self.on_enqueue()
         return results

@@ -52,6 +52,7 @@ from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
+from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
 from cumulo.tasks import cancel_and_wait
 
@@ -136,6 +137,7 @@ class Platform:
         self.events = EventsService(
             data_dir / "cumulo.db",
             self.invoke_for_events,
+            jobs=SQLiteJobQueueRepository(data_dir / "cumulo.db", self.encryptor),
             config_of=self.function_config,
             load_schedules=self.all_schedules,
             load_topics=self.control.all_topics,

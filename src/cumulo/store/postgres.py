@@ -34,6 +34,7 @@ from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 if TYPE_CHECKING:
     from cumulo.store.postgres_changes import PostgresChangeFeed
+    from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
@@ -173,6 +174,77 @@ MIGRATIONS: tuple[Migration, ...] = (
             id boolean PRIMARY KEY DEFAULT true CHECK (id),
             epoch bigint NOT NULL);
         INSERT INTO control_epoch (id, epoch) VALUES (true, 0);
+        """,
+    ),
+    Migration(
+        6,
+        "events room: the job queue, schedules and their fires, job trace contexts, topics",
+        """
+        CREATE TABLE event_jobs (
+            id text COLLATE "C" PRIMARY KEY,
+            namespace text NOT NULL,
+            function text NOT NULL,
+            source text NOT NULL,
+            body bytea NOT NULL,
+            idempotency_key text,
+            request_hash text NOT NULL,
+            status text NOT NULL,
+            visible_at double precision NOT NULL,
+            lease_owner text,
+            deliveries integer NOT NULL DEFAULT 0,
+            attempts integer NOT NULL DEFAULT 0,
+            max_attempts integer NOT NULL,
+            interruptions integer NOT NULL DEFAULT 0,
+            replays integer NOT NULL DEFAULT 0,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            finished_at double precision,
+            result_status integer,
+            result bytea,
+            error text);
+        CREATE INDEX event_jobs_due ON event_jobs (visible_at, id)
+            WHERE status IN ('queued', 'running');
+        CREATE INDEX event_jobs_owner ON event_jobs (lease_owner) WHERE status = 'running';
+        CREATE INDEX event_jobs_dead ON event_jobs (namespace, id)
+            WHERE status IN ('failed', 'dead');
+        CREATE INDEX event_jobs_finished ON event_jobs (finished_at)
+            WHERE status IN ('succeeded', 'failed');
+        CREATE UNIQUE INDEX event_jobs_idempotency ON event_jobs (namespace, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        CREATE TABLE event_schedules (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            cron text NOT NULL,
+            since double precision NOT NULL,
+            PRIMARY KEY (namespace, function, cron));
+        CREATE TABLE event_schedule_fires (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            cron text NOT NULL,
+            slot double precision NOT NULL,
+            job_id text NOT NULL,
+            fired_at double precision NOT NULL,
+            PRIMARY KEY (namespace, function, cron, slot));
+        CREATE TABLE event_job_traces (
+            id text COLLATE "C" PRIMARY KEY,
+            traceparent text NOT NULL,
+            tracestate text);
+        CREATE TABLE event_subscriptions (
+            namespace text NOT NULL,
+            topic text NOT NULL,
+            function text NOT NULL,
+            since double precision NOT NULL,
+            PRIMARY KEY (namespace, topic, function));
+        CREATE INDEX event_subscriptions_function ON event_subscriptions (namespace, function);
+        CREATE TABLE event_published (
+            namespace text NOT NULL,
+            source text NOT NULL,
+            event_id text NOT NULL,
+            topic text NOT NULL,
+            deliveries integer NOT NULL,
+            published_at double precision NOT NULL,
+            PRIMARY KEY (namespace, source, event_id));
+        CREATE INDEX event_published_at ON event_published (published_at);
         """,
     ),
 )
@@ -325,6 +397,13 @@ class PostgresStore:
     @property
     def quantum(self) -> PostgresQuantumJobRepository:
         return PostgresQuantumJobRepository(self)
+
+    @property
+    def jobs(self) -> PostgresJobQueueRepository:
+        """The events room's queue, on the database clock."""
+        from cumulo.store.postgres_jobs import PostgresJobQueueRepository
+
+        return PostgresJobQueueRepository(self)
 
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"
