@@ -26,6 +26,7 @@ from cumulo.events.service import EventsService
 from cumulo.gateway.auth import PRINCIPAL
 from cumulo.sdk.spec import FunctionConfig
 from cumulo.security.auth import Principal
+from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from tests.conftest import free_port, wait_until
 
 FUNCTIONS = {"default": {"work", "flaky", "strict", "raw"}, "team": {"work"}}
@@ -74,7 +75,11 @@ def make_app(db: Path, behaviour: Behaviour) -> ASGIApp:
         return fn in FUNCTIONS.get(ns, set())
 
     service = EventsService(
-        db, behaviour.invoke, config_of=config_of, retry_base_s=0.01, poll_interval_s=0.02
+        SQLiteJobQueueRepository(db),
+        behaviour.invoke,
+        config_of=config_of,
+        retry_base_s=0.01,
+        poll_interval_s=0.02,
     )
 
     @contextlib.asynccontextmanager

@@ -43,9 +43,8 @@ def two_gateways(
             await store.open()
             services.append(
                 EventsService(
-                    None,
+                    PostgresJobQueueRepository(store, database_clock=False),
                     fake,
-                    jobs=PostgresJobQueueRepository(store, database_clock=False),
                     config_of=config_of,
                     load_schedules=load_schedules,
                     clock=clock,

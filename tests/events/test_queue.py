@@ -136,7 +136,7 @@ def run_service(
 
     async def main() -> Any:
         service = EventsService(
-            tmp_path / "cumulo.db",
+            SQLiteJobQueueRepository(tmp_path / "cumulo.db"),
             fake,
             config_of=config_of,
             clock=clock,

@@ -21,6 +21,7 @@ from cumulo.events.service import EventsService, ScheduleLoader
 from cumulo.runtime.loader import found
 from cumulo.sdk.schedule import SCHEDULE_ATTR, schedule, schedules_of, validate_cron
 from cumulo.sdk.spec import FunctionConfig
+from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from tests.events.test_queue import FakeClock, FakeFunction, pump
 
 EVERY_5 = "*/5 * * * *"
@@ -49,7 +50,7 @@ def with_services(
     async def main() -> Any:
         services = [
             EventsService(
-                tmp_path / "cumulo.db",
+                SQLiteJobQueueRepository(tmp_path / "cumulo.db"),
                 fake or FakeFunction(),
                 config_of=config_of,
                 load_schedules=load,

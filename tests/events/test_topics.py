@@ -33,7 +33,7 @@ from cumulo.runtime.loader import found
 from cumulo.sdk.decorators import spec_of
 from cumulo.sdk.on import TOPICS_ATTR, on, topics_of, validate_topic
 from cumulo.sdk.spec import FunctionConfig
-from cumulo.store.sqlite_jobs import SQLiteJobQueue
+from cumulo.store.sqlite_jobs import SQLiteJobQueue, SQLiteJobQueueRepository
 from cumulo.store.sqlite_topics import SQLiteTopicStore
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 from tests.events.test_api import FakeAuth
@@ -320,7 +320,9 @@ def run(
         return FunctionConfig(max_attempts=5 if fn == "a" else 2)
 
     async def main() -> Any:
-        service = EventsService(tmp_path / "cumulo.db", fake, config_of=config_of, clock=clock)
+        service = EventsService(
+            SQLiteJobQueueRepository(tmp_path / "cumulo.db"), fake, config_of=config_of, clock=clock
+        )
         await service.start(run=False)
         try:
             return await scenario(service, clock, fake)

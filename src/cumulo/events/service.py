@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from cumulo.errors import BadRequest, Conflict, NotFound
@@ -32,7 +31,6 @@ from cumulo.events.scheduler import Scheduler
 from cumulo.events.topics import DEFAULT_MAX_EVENT_BYTES, Published, Topics
 from cumulo.observability.tracing import NO_TRACING, Tracing, traceparent_of
 from cumulo.sdk.spec import FunctionConfig
-from cumulo.store.sealing import Cipher
 
 log = logging.getLogger("cumulo.events")
 
@@ -53,10 +51,9 @@ async def _no_config(namespace: str, name: str) -> FunctionConfig | None:
 class EventsService:
     def __init__(
         self,
-        db_path: Path | None,
+        jobs: JobQueueRepository,
         invoke: InvokeFn,
         *,
-        jobs: JobQueueRepository | None = None,
         config_of: ConfigOf = _no_config,
         load_schedules: ScheduleLoader | None = None,
         load_topics: TopicLoader | None = None,
@@ -70,18 +67,8 @@ class EventsService:
         poll_interval_s: float = 0.25,
         retention_s: float = RETENTION_S,
         tracing: Tracing | None = None,
-        cipher: Cipher | None = None,
     ) -> None:
-        self.db_path = db_path
-        self.cipher = cipher  # seals job bodies, results and errors at rest (the platform's)
-        if jobs is None:
-            if db_path is None:
-                raise ValueError("give the events service a database file or a repository")
-            # The embedded default (tests, `cumulo dev`): the platform passes its own.
-            from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
-
-            jobs = SQLiteJobQueueRepository(db_path, cipher)
-        self.jobs = jobs
+        self.jobs = jobs  # sealing at rest is the repository's (the platform's cipher)
         self.tracing = tracing if tracing is not None else NO_TRACING
         self.invoke = invoke
         self.config_of = config_of

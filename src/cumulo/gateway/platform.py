@@ -135,15 +135,13 @@ class Platform:
         self.quota = ConcurrencyQuota(options.namespace_concurrency)
         self.tracing = make_tracing(options.tracing or TracingSettings.from_env())
         self.events = EventsService(
-            data_dir / "cumulo.db",
+            SQLiteJobQueueRepository(data_dir / "cumulo.db", self.encryptor),
             self.invoke_for_events,
-            jobs=SQLiteJobQueueRepository(data_dir / "cumulo.db", self.encryptor),
             config_of=self.function_config,
             load_schedules=self.all_schedules,
             load_topics=self.control.all_topics,
             max_event_bytes=options.runtime.max_request_bytes,
             tracing=self.tracing,
-            cipher=self.encryptor,
         )
         self.control.on_live_change = self.events.set_schedules
         self.control.on_live_topics = self.events.set_topics
