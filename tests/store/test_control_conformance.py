@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,55 +25,30 @@ from cumulo.store.postgres import MIGRATIONS, PostgresStore
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_control import SQLiteControlRepository
 from tests.pg import PgCluster, _free_port
+from tests.store.backends import BACKENDS, Backend, make_backend, run
 
 NS = "default"
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], AbstractAsyncContextManager[ControlRepository]]
+@asynccontextmanager
+async def _sqlite(tmp: Path) -> AsyncIterator[ControlRepository]:
+    store = SQLiteStore(tmp / "cumulo.db")
+    store.open()
+    try:
+        yield SQLiteControlRepository(store)
+    finally:
+        store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "memory":
-        shared = MemoryControlRepository()
-
-        @asynccontextmanager
-        async def open_memory() -> AsyncIterator[ControlRepository]:
-            yield shared
-
-        yield Backend("memory", open_memory)
-    elif request.param == "sqlite":
-
-        @asynccontextmanager
-        async def open_sqlite() -> AsyncIterator[ControlRepository]:
-            store = SQLiteStore(tmp_path / "cumulo.db")
-            store.open()
-            try:
-                yield SQLiteControlRepository(store)
-            finally:
-                store.close()
-
-        yield Backend("sqlite", open_sqlite)
-    else:
-        dsn = request.getfixturevalue("pg_dsn")
-
-        @asynccontextmanager
-        async def open_postgres() -> AsyncIterator[ControlRepository]:
-            async with PostgresStore(dsn, max_size=4) as store:
-                yield store.control
-
-        yield Backend("postgresql", open_postgres)
-
-
-def run(backend: Backend, body: Callable[[ControlRepository], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with backend.open() as repo:
-            await body(repo)
-
-    asyncio.run(main())
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend[ControlRepository]:
+    return make_backend(
+        request,
+        tmp_path,
+        memory=MemoryControlRepository,
+        sqlite=_sqlite,
+        postgres=lambda store: store.control,
+    )
 
 
 async def deploy(

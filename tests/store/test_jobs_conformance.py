@@ -11,9 +11,6 @@ PostgreSQL-only cases at the end race two pools on one database, on the database
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -41,51 +38,20 @@ from cumulo.store.postgres import PostgresStore
 from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.store.topics import DEFAULT_MAX_ATTEMPTS, Published, Subscription
+from tests.store.backends import BACKENDS, Backend, make_backend, run
 
 LEASE = 10.0
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], AbstractAsyncContextManager[JobQueueRepository]]
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "memory":
-        shared = MemoryJobQueueRepository()
-
-        @asynccontextmanager
-        async def open_memory() -> AsyncIterator[JobQueueRepository]:
-            yield shared
-
-        yield Backend("memory", open_memory)
-    elif request.param == "sqlite":
-
-        @asynccontextmanager
-        async def open_sqlite() -> AsyncIterator[JobQueueRepository]:
-            async with SQLiteJobQueueRepository(tmp_path / "cumulo.db") as repo:
-                yield repo
-
-        yield Backend("sqlite", open_sqlite)
-    else:
-        dsn = request.getfixturevalue("pg_dsn")
-
-        @asynccontextmanager
-        async def open_postgres() -> AsyncIterator[JobQueueRepository]:
-            async with PostgresStore(dsn, max_size=4) as store:
-                yield PostgresJobQueueRepository(store, database_clock=False)
-
-        yield Backend("postgresql", open_postgres)
-
-
-def run(backend: Backend, body: Callable[[JobQueueRepository], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with backend.open() as repo:
-            await body(repo)
-
-    asyncio.run(main())
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend[JobQueueRepository]:
+    return make_backend(
+        request,
+        tmp_path,
+        memory=MemoryJobQueueRepository,
+        sqlite=lambda tmp: SQLiteJobQueueRepository(tmp / "cumulo.db"),
+        postgres=lambda store: PostgresJobQueueRepository(store, database_clock=False),
+    )
 
 
 def job(

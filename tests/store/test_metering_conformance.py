@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,57 +26,32 @@ from cumulo.store.postgres import PostgresStore
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
 from tests.pg import PgCluster
+from tests.store.backends import BACKENDS, Backend, make_backend, run
 
 NS = "default"
 H = 3600
 T0 = 1_700_000_000 // H * H  # an hour's start
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], AbstractAsyncContextManager[MeteringRepository]]
+@asynccontextmanager
+async def _sqlite(tmp: Path) -> AsyncIterator[MeteringRepository]:
+    store = SQLiteStore(tmp / "cumulo.db")
+    store.open()
+    try:
+        yield SQLiteMeteringRepository(store)
+    finally:
+        store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "memory":
-        shared = MemoryMeteringRepository()
-
-        @asynccontextmanager
-        async def open_memory() -> AsyncIterator[MeteringRepository]:
-            yield shared
-
-        yield Backend("memory", open_memory)
-    elif request.param == "sqlite":
-
-        @asynccontextmanager
-        async def open_sqlite() -> AsyncIterator[MeteringRepository]:
-            store = SQLiteStore(tmp_path / "cumulo.db")
-            store.open()
-            try:
-                yield SQLiteMeteringRepository(store)
-            finally:
-                store.close()
-
-        yield Backend("sqlite", open_sqlite)
-    else:
-        dsn = request.getfixturevalue("pg_dsn")
-
-        @asynccontextmanager
-        async def open_postgres() -> AsyncIterator[MeteringRepository]:
-            async with PostgresStore(dsn, max_size=4) as store:
-                yield store.metering
-
-        yield Backend("postgresql", open_postgres)
-
-
-def run(backend: Backend, body: Callable[[MeteringRepository], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with backend.open() as repo:
-            await body(repo)
-
-    asyncio.run(main())
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend[MeteringRepository]:
+    return make_backend(
+        request,
+        tmp_path,
+        memory=MemoryMeteringRepository,
+        sqlite=_sqlite,
+        postgres=lambda store: store.metering,
+    )
 
 
 def delta(

@@ -11,9 +11,6 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,51 +30,20 @@ from cumulo.store.quantum import (
 )
 from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 from tests.pg import PgCluster
+from tests.store.backends import BACKENDS, Backend, make_backend, run
 
 NS = "default"
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], AbstractAsyncContextManager[QuantumJobRepository]]
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "memory":
-        shared = MemoryQuantumJobRepository()
-
-        @asynccontextmanager
-        async def open_memory() -> AsyncIterator[QuantumJobRepository]:
-            yield shared
-
-        yield Backend("memory", open_memory)
-    elif request.param == "sqlite":
-
-        @asynccontextmanager
-        async def open_sqlite() -> AsyncIterator[QuantumJobRepository]:
-            async with SQLiteQuantumJobRepository(tmp_path / "quantum" / "quantum.db") as repo:
-                yield repo
-
-        yield Backend("sqlite", open_sqlite)
-    else:
-        dsn = request.getfixturevalue("pg_dsn")
-
-        @asynccontextmanager
-        async def open_postgres() -> AsyncIterator[QuantumJobRepository]:
-            async with PostgresStore(dsn, max_size=4) as store:
-                yield store.quantum
-
-        yield Backend("postgresql", open_postgres)
-
-
-def run(backend: Backend, body: Callable[[QuantumJobRepository], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with backend.open() as repo:
-            await body(repo)
-
-    asyncio.run(main())
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend[QuantumJobRepository]:
+    return make_backend(
+        request,
+        tmp_path,
+        memory=MemoryQuantumJobRepository,
+        sqlite=lambda tmp: SQLiteQuantumJobRepository(tmp / "quantum" / "quantum.db"),
+        postgres=lambda store: store.quantum,
+    )
 
 
 def job(
