@@ -15,7 +15,6 @@ import orjson
 from cumulo.config import Credentials
 from cumulo.control.bundle import pack
 from cumulo.errors import ApiError, ConfigError, TransportError, api_error_for
-from cumulo.quantum.sdk import QuantumJobError
 
 QUANTUM_TERMINAL = ("succeeded", "failed", "cancelled")
 # The platform holds a long-poll at most 60 s (cumulo.quantum.spec.MAX_WAIT_S); asking for
@@ -317,6 +316,8 @@ def raise_for_quantum_job(job: dict[str, Any]) -> None:
     """QuantumJobError for a failed or cancelled job (the message names its id and why)."""
     if job["state"] == "succeeded":
         return
+    from cumulo.quantum.sdk import QuantumJobError  # here: the CLI's import time stays as it was
+
     error = job.get("error") or {}
     reason = f": {error['message']}" if error.get("message") else ""
     raise QuantumJobError(
