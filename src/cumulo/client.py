@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ import orjson
 from cumulo.config import Credentials
 from cumulo.control.bundle import pack
 from cumulo.errors import ApiError, ConfigError, TransportError, api_error_for
+
+QUANTUM_TERMINAL = ("succeeded", "failed", "cancelled")
+# The platform holds a long-poll at most 60 s (cumulo.quantum.spec.MAX_WAIT_S); asking for
+# less keeps each request well inside the client's own read timeout.
+_QUANTUM_POLL_S = 20.0
 
 
 class Client:
@@ -224,6 +230,100 @@ class Client:
 
     def revoke_key(self, key_id: str) -> None:
         self.request("DELETE", f"/v1/keys/{key_id}")
+
+    # ------------------------------------------------------------ quantum jobs
+    # Blocking: run_quantum_job (submit, then wait for the result). Non-blocking:
+    # submit_quantum_job returns the queued job at once; quantum_job / wait_quantum_job follow it.
+    def _quantum(self, method: str, path: str, **kwargs: Any) -> Any:
+        params = dict(kwargs.pop("params", None) or {})
+        params["namespace"] = self.namespace
+        return self._json(method, f"/v1/quantum{path}", params=params, **kwargs)
+
+    def submit_quantum_job(
+        self,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
+        """POST /v1/quantum/jobs: the job (queued, or terminal if it finished within `wait`)."""
+        kwargs: dict[str, Any] = {}
+        if idempotency_key:
+            kwargs["headers"] = {"idempotency-key": idempotency_key}
+        if wait:
+            kwargs.update(params={"wait": wait}, timeout=wait + 30.0)
+        return dict(self._quantum("POST", "/jobs", json=body, **kwargs))
+
+    def quantum_dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Admission only: the method and memory the job would get; nothing is queued."""
+        return dict(self._quantum("POST", "/jobs", json=body, params={"dry_run": "true"}))
+
+    def quantum_job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
+        """A job, with its result once succeeded; `wait` (≤ 60 s) long-polls until terminal."""
+        if not wait:
+            return dict(self._quantum("GET", f"/jobs/{job_id}"))
+        path = f"/jobs/{job_id}"
+        return dict(self._quantum("GET", path, params={"wait": wait}, timeout=wait + 30.0))
+
+    def quantum_jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The namespace's jobs, newest first, without their results."""
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        return list(self._quantum("GET", "/jobs", params=params)["data"])
+
+    def cancel_quantum_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job (now `cancelled`) or a running one (`cancelling`, then
+        `cancelled`); a finished job raises Conflict."""
+        return dict(self._quantum("DELETE", f"/jobs/{job_id}"))
+
+    def quantum_backends(self) -> dict[str, Any]:
+        return dict(self._quantum("GET", "/backends"))
+
+    def wait_quantum_job(self, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Long-poll until the job is terminal (succeeded, failed or cancelled) and return it;
+        TimeoutError after `timeout` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.quantum_job(job_id)
+        while job["state"] not in QUANTUM_TERMINAL:
+            wait = _QUANTUM_POLL_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"quantum job {job_id} is still {job['state']} after {timeout:g} s"
+                    )
+                wait = min(wait, max(left, 0.1))
+            job = self.quantum_job(job_id, wait=wait)
+        return job
+
+    def run_quantum_job(
+        self,
+        body: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit and wait: the succeeded job with its result; QuantumJobError if it failed or
+        was cancelled."""
+        job = self.submit_quantum_job(body, idempotency_key=idempotency_key)
+        job = self.wait_quantum_job(job["id"], timeout=timeout)
+        raise_for_quantum_job(job)
+        return job
+
+
+def raise_for_quantum_job(job: dict[str, Any]) -> None:
+    """QuantumJobError for a failed or cancelled job (the message names its id and why)."""
+    if job["state"] == "succeeded":
+        return
+    from cumulo.quantum.sdk import QuantumJobError  # here: the CLI's import time stays as it was
+
+    error = job.get("error") or {}
+    reason = f": {error['message']}" if error.get("message") else ""
+    raise QuantumJobError(
+        f"quantum job {job['id']} {job['state']}{reason}",
+        code=str(error.get("code") or f"job_{job['state']}"),
+    )
 
 
 def _error_of(response: httpx.Response) -> ApiError:
