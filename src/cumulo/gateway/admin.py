@@ -209,22 +209,22 @@ def build_router() -> APIRouter:
 
     @router.get("/namespaces/{namespace}/secrets", dependencies=[Read])
     async def list_secrets(namespace: str, p: P) -> dict[str, Any]:
-        names = await p.store.call(p.store.secret_names, namespace)
-        return {"secrets": [{"name": n, "updated_at": t} for n, t in names]}
+        names = await p.secret_repo.names(namespace)
+        return {"secrets": [{"name": s.name, "updated_at": s.updated_at} for s in names]}
 
     @router.put("/namespaces/{namespace}/secrets/{secret}", dependencies=[Deploy])
     async def set_secret(namespace: str, secret: str, body: SecretBody, p: P) -> dict[str, Any]:
         _check_secret_name(secret)
         if len(body.value.encode()) > MAX_SECRET_BYTES:
             raise BadRequest(f"secret values are limited to {MAX_SECRET_BYTES} bytes")
-        await p.store.call(p.store.secret_set, namespace, secret, body.value.encode(), time.time())
+        await p.secret_repo.set(namespace, secret, body.value.encode(), time.time())
         await p.changes.publish(Change("secrets", namespace, secret))
         return {"name": secret}
 
     @router.delete("/namespaces/{namespace}/secrets/{secret}", dependencies=[Deploy])
     async def remove_secret(namespace: str, secret: str, p: P) -> dict[str, Any]:
         _check_secret_name(secret)
-        if not await p.store.call(p.store.secret_delete, namespace, secret):
+        if not await p.secret_repo.delete(namespace, secret):
             raise NotFound(f"secret {secret!r} not found", code="secret_not_found")
         await p.changes.publish(Change("secrets", namespace, secret))
         return {"removed": secret}

@@ -48,12 +48,16 @@ from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.changes import Change, Subscription
 from cumulo.store.control import ControlRepository
+from cumulo.store.secrets import SecretRepository
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
+from cumulo.store.sqlite_secrets import SQLiteSecretRepository
+from cumulo.store.sqlite_state import SQLiteStateRepository
+from cumulo.store.state import StateRepository
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -105,6 +109,9 @@ class Platform:
         self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self.encryptor)
         # The control room's data (functions, versions, traffic, keys) through its seam.
         self.control_repo: ControlRepository = SQLiteControlRepository(self.store)
+        # Function state and secrets through their seams (same database, same sealing).
+        self.state_repo: StateRepository = SQLiteStateRepository(self.store)
+        self.secret_repo: SecretRepository = SQLiteSecretRepository(self.store)
         self.audit = AuditLog(self.store, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
         self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
@@ -518,21 +525,19 @@ class Platform:
         """State and secrets for a worker, scoped to the worker's own function."""
         if not isinstance(args, dict):
             raise BadRequest("rpc arguments must be a map")
-        ns, fn, store = spec.namespace, spec.function, self.store
+        ns, fn, state = spec.namespace, spec.function, self.state_repo
         now = time.time()
         if op == "state.get":
-            item = await store.call(store.state_get, ns, fn, _key(args))
+            item = await state.get(ns, fn, _key(args))
             if item is None:
                 return None
             return {"value": orjson.loads(item.value), "version": item.version}
         if op == "state.put":
             value = _encode_value(args.get("value"))
-            ok, version = await store.call(
-                store.state_put, ns, fn, _key(args), value, _expected(args), now
-            )
+            ok, version = await state.put(ns, fn, _key(args), value, _expected(args), now)
             return {"version": version} if ok else {"conflict": True, "version": version}
         if op == "state.delete":
-            ok, version = await store.call(store.state_delete, ns, fn, _key(args), _expected(args))
+            ok, version = await state.delete(ns, fn, _key(args), _expected(args))
             if not ok and _expected(args) is not None and _expected(args) != version:
                 return {"conflict": True, "version": version}
             return ok
@@ -541,7 +546,7 @@ class Platform:
             if not isinstance(by, int) or isinstance(by, bool):
                 raise BadRequest("incr takes an integer")
             try:
-                total, _ = await store.call(store.state_incr, ns, fn, _key(args), by, now)
+                total, _ = await state.incr(ns, fn, _key(args), by, now)
             except (ValueError, TypeError) as exc:
                 raise BadRequest(f"state key {args['key']!r} does not hold an integer") from exc
             return total
@@ -550,7 +555,7 @@ class Platform:
             limit = args.get("limit", 1000)
             if not isinstance(prefix, str) or not isinstance(limit, int) or not 0 < limit <= 10000:
                 raise BadRequest("list takes a string prefix and a limit from 1 to 10000")
-            return await store.call(store.state_list, ns, fn, prefix, limit)
+            return await state.list_keys(ns, fn, prefix, limit)
         if op.startswith("ai."):
             from cumulo.ai.rpc import handle_ai_call
 
@@ -567,7 +572,7 @@ class Platform:
             return await self.events.publish_from_function(ns, fn, args)
         if op == "secrets.get":
             names = [n for n in args.get("names", []) if n in spec.config.secrets]
-            values = await store.call(store.secret_values, ns, names)
+            values = await self.secret_repo.values(ns, names)
             return {k: v.decode() for k, v in values.items()}
         raise BadRequest(f"unknown operation {op!r}")
 

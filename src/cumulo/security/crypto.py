@@ -25,7 +25,10 @@ length-prefixed: a ciphertext copied to another row, namespace or purpose fails 
 and so does one whose header was altered.
 
 Everything here that touches the store runs on the store's own thread (inside a store method
-or through `store.call`), like the store methods themselves.
+or through `store.call`), like the store methods themselves. An async backend (PostgreSQL)
+uses the same synchronous `Encryptor` through a key table over rows it loaded beforehand
+(`cumulo.store.postgres_keys`): it awaits its own `prepare` first, then calls encrypt,
+decrypt and keyed_hash here without touching the database.
 """
 
 from __future__ import annotations
@@ -57,13 +60,24 @@ if TYPE_CHECKING:
     from cumulo.store.sqlite import DataKeyRecord, SQLiteStore
 
 
-class KeyTable(Protocol):
-    """Where data keys live: the store (`SQLiteStore`), or another connection to the same
-    database (`cumulo.store.sqlite.DataKeyTable`, the events queue's). Called on the thread
-    that owns that connection."""
+class TransactionState(Protocol):
+    """All the encryptor asks of a key table's connection: whether a transaction is open
+    (a data key is created only outside one). A `sqlite3.Connection` is one; the key table
+    of an async backend (`cumulo.store.postgres_keys.CachedKeyTable`) always answers True,
+    because its keys are created by its own async `prepare`, never on this sync path."""
 
     @property
-    def db(self) -> sqlite3.Connection: ...
+    def in_transaction(self) -> bool: ...
+
+
+class KeyTable(Protocol):
+    """Where data keys live: the store (`SQLiteStore`), another connection to the same
+    database (`cumulo.store.sqlite.DataKeyTable`, the events queue's), or an async backend's
+    in-memory copy of its rows (`cumulo.store.postgres_keys`). Called on the thread that
+    owns that connection."""
+
+    @property
+    def db(self) -> TransactionState: ...
 
     def data_key(self, namespace: str, version: int) -> DataKeyRecord | None: ...
 
@@ -436,6 +450,19 @@ class Encryptor:
             return cipher.decrypt(header.nonce, blob[HEADER_LEN:], aad)
         except InvalidTag as exc:
             raise CryptoError(f"{where} failed to decrypt (altered or moved)") from exc
+
+    def key_version(self, blob: bytes) -> int | None:
+        """The namespace data key version `blob` is sealed under; None when it is not sealed
+        under one (a plaintext from before encryption, a subject key's ciphertext). Lets an
+        async backend load that version before the synchronous `decrypt`."""
+        header = parse_header(blob)
+        return None if header is None or header.kind != KIND_NAMESPACE else header.key_version
+
+    def new_data_key(self, namespace: str, version: int) -> tuple[str, bytes]:
+        """(master id, wrapped key) of a fresh data key for a backend that inserts its key
+        rows itself (cumulo.store.postgres_keys). Nothing is cached: the row that wins the
+        insert is read back and unwrapped, so racing gateways agree on one key."""
+        return self._master.key_id, self._master.wrap(os.urandom(KEY_LEN), namespace, version)
 
     def keyed_hash(self, store: KeyTable, namespace: str, purpose: str, *parts: str) -> str:
         """HMAC-SHA256 (hex) of `parts` under the namespace's index key: what a row that

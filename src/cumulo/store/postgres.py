@@ -35,6 +35,9 @@ from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 if TYPE_CHECKING:
     from cumulo.store.postgres_changes import PostgresChangeFeed
     from cumulo.store.postgres_jobs import PostgresJobQueueRepository
+    from cumulo.store.postgres_keys import DataKeyCipher
+    from cumulo.store.postgres_secrets import PostgresSecretRepository
+    from cumulo.store.postgres_state import PostgresStateRepository
 
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
@@ -247,6 +250,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX event_published_at ON event_published (published_at);
         """,
     ),
+    Migration(
+        7,
+        "state and secrets, sealed under namespace data keys (store/postgres_keys.py)",
+        """
+        CREATE TABLE data_keys (
+            namespace text NOT NULL,
+            version integer NOT NULL,
+            master_id text NOT NULL,
+            wrapped bytea NOT NULL,
+            created_at double precision NOT NULL,
+            PRIMARY KEY (namespace, version));
+        CREATE TABLE state (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            key text NOT NULL,
+            key_sealed bytea,
+            value bytea NOT NULL,
+            version bigint NOT NULL,
+            updated_at double precision NOT NULL,
+            PRIMARY KEY (namespace, function, key));
+        CREATE TABLE secrets (
+            namespace text NOT NULL,
+            name text NOT NULL,
+            value bytea NOT NULL,
+            updated_at double precision NOT NULL,
+            PRIMARY KEY (namespace, name));
+        """,
+    ),
 )
 
 
@@ -397,6 +428,18 @@ class PostgresStore:
     @property
     def quantum(self) -> PostgresQuantumJobRepository:
         return PostgresQuantumJobRepository(self)
+
+    def state(self, encryptor: DataKeyCipher) -> PostgresStateRepository:
+        """Function state, sealed by `encryptor` (one per database: store/postgres_keys)."""
+        from cumulo.store.postgres_state import PostgresStateRepository
+
+        return PostgresStateRepository(self, encryptor)
+
+    def secrets(self, encryptor: DataKeyCipher) -> PostgresSecretRepository:
+        """Secrets, sealed by `encryptor` (one per database: store/postgres_keys)."""
+        from cumulo.store.postgres_secrets import PostgresSecretRepository
+
+        return PostgresSecretRepository(self, encryptor)
 
     @property
     def jobs(self) -> PostgresJobQueueRepository:
