@@ -20,7 +20,7 @@ import pytest
 from cumulo.errors import ConfigError, Conflict, StoreUnavailable
 from cumulo.store.base import ApiKeyRecord
 from cumulo.store.control import ControlRepository
-from cumulo.store.memory import MemoryControlRepository
+from cumulo.store.memory_control import MemoryControlRepository
 from cumulo.store.postgres import MIGRATIONS, PostgresStore
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_control import SQLiteControlRepository

@@ -9,7 +9,7 @@ contract is written here, and several implementations that all pass one conforma
   `SQLiteStore` (its database thread does the work; its behaviour is the reference);
 - `cumulo.store.postgres.PostgresControlRepository`: PostgreSQL through a psycopg pool,
   shared by several gateways;
-- `cumulo.store.memory.MemoryControlRepository`: an in-memory fake for unit tests.
+- `cumulo.store.memory_control.MemoryControlRepository`: an in-memory fake for unit tests.
 
 Records are the plain types of `cumulo.store.base`. A traffic split is `{version: percent}`;
 callers (control.service) validate splits, names and versions before they reach a
