@@ -4,7 +4,8 @@ gateway that did not make it.
 Two `cumulo up --watch-changes` gateways share one data dir (the SQLite change feed,
 store/sqlite_changes.py). A function has versions 1 and 2; each trial moves all traffic to
 the other version through gateway A and, from the moment A answers, calls the function on
-gateway B back to back until B answers with the new version. The delay is that moment minus
+gateway B back to back until B answers with the new version. Trials start at random
+moments (0-150 ms apart), so they do not lock onto the SQLite feed's 100 ms poll. The delay is that moment minus
 A's answer. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a gateway runs on
 PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
 """
@@ -12,6 +13,7 @@ PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +53,11 @@ def propagation(trials: int = TRIALS) -> dict[str, Any]:
         try:
             for _ in range(20):  # both gateways route and have workers
                 _version(b, two.auth)
+            jitter = random.Random(12)
             for trial in range(trials):
+                # Changes at random moments: back to back they would lock onto the feed's
+                # 100 ms poll and always wait a whole period.
+                time.sleep(jitter.uniform(0.0, 0.15))
                 target = "1" if trial % 2 == 0 else "2"
                 body = json.dumps({"weights": {target: 100}}).encode()
                 response = a.request(
