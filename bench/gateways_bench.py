@@ -4,9 +4,9 @@ gateway that did not make it.
 Two `cumulo up --watch-changes` gateways share one data dir (the SQLite change feed,
 store/sqlite_changes.py). A function has versions 1 and 2; each trial moves all traffic to
 the other version through gateway A and, from the moment A answers, calls the function on
-gateway B back to back until B answers with the new version. Trials start at random
-moments (0-150 ms apart), so they do not lock onto the SQLite feed's 100 ms poll. The delay is that moment minus
-A's answer. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a gateway runs on
+gateway B back to back until B answers with the new version. The delay is that moment minus
+A's answer. Trials start at random moments (0-150 ms apart), so they do not lock onto the
+SQLite feed's 100 ms poll. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a gateway runs on
 PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
 """
 
