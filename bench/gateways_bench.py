@@ -6,8 +6,8 @@ store/sqlite_changes.py). A function has versions 1 and 2; each trial moves all 
 the other version through gateway A and, from the moment A answers, calls the function on
 gateway B back to back until B answers with the new version. The delay is that moment minus
 A's answer. Trials start at random moments (0-150 ms apart), so they do not lock onto the
-SQLite feed's 100 ms poll. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a gateway runs on
-PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
+SQLite feed's 100 ms poll. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a
+gateway runs on PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
 """
 
 from __future__ import annotations
