@@ -146,6 +146,7 @@ QUERY_NAMESPACED = {
     ("GET", "/v1/privacy/consent"),
     ("GET", "/v1/quantum/jobs"),
     ("GET", "/v1/quantum/backends"),
+    ("POST", "/v2/repository/index"),
 }
 # Routes outside /openapi.json: classified here too, so a new hidden route fails the check.
 HIDDEN = {

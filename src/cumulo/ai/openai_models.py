@@ -30,8 +30,7 @@ def build_router() -> APIRouter:
         principal_of(request.scope).require("invoke")
         return {"object": "list", "data": [_model(EMBEDDING_MODEL)]}
 
-    @router.get("/ai/v1/models/{model:path}")
-    async def get_model(request: Request, model: str) -> dict[str, Any]:
+    def one(request: Request, model: str) -> dict[str, Any]:
         principal_of(request.scope).require("invoke")
         if model not in EMBEDDING_ALIASES:
             raise NotFound(
@@ -39,5 +38,14 @@ def build_router() -> APIRouter:
                 code="model_not_found",
             )
         return _model(model)
+
+    @router.get("/ai/v1/models/{model}")
+    async def get_model(request: Request, model: str) -> dict[str, Any]:
+        return one(request, model)
+
+    # Hugging Face ids have an owner: `sentence-transformers/all-MiniLM-L6-v2`.
+    @router.get("/ai/v1/models/{owner}/{model}")
+    async def get_owned_model(request: Request, owner: str, model: str) -> dict[str, Any]:
+        return one(request, f"{owner}/{model}")
 
     return router
