@@ -5,7 +5,9 @@ Triton's own HTTP client against the real platform, and the OpenAI models list."
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -487,6 +489,53 @@ def test_tritonclient_http_with_its_default_settings(
         assert isinstance(raised.value.message(), str)
     finally:
         anonymous.close()
+
+
+def test_an_onnx_models_signature_comes_from_its_graph(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    import onnx
+    import tritonclient.http as triton
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([[1.0], [2.0]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.array([0.5], dtype=np.float32), "b"),
+        ],
+    )
+    bundle = tmp_path / "onnx_signed"
+    bundle.mkdir()
+    shutil.copy(MODELS / "onnx_signed.py", bundle / "onnx_signed.py")
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+        bundle / "linear.onnx",
+    )
+    platform.client().deploy(bundle)
+    with platform.http() as http:
+        metadata = http.get("/v2/models/onnx-signed").json()
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+    assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+
+    client = triton.InferenceServerClient(platform.url.removeprefix("http://"))
+    try:
+        x = np.array([[1, 1], [2, 3], [0, -1]], dtype=np.float32)
+        tensor = triton.InferInput("x", [3, 2], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(
+            "onnx-signed", [tensor], headers={"authorization": f"Bearer {platform.api_key}"}
+        )
+        assert result.as_numpy("y").tolist() == [[3.5], [8.5], [-1.5]]
+    finally:
+        client.close()
 
 
 # ------------------------------------------------------------------ OpenAI's models list
