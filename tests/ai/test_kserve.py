@@ -297,6 +297,13 @@ FP32_2x2 = {"name": "x", "shape": [2, 2], "datatype": "FP32"}
             None,
             "input 'x' has both `data` and binary_data_size",
         ),
+        (
+            {"inputs": [{**FP32_2x2, "parameters": {"binary_data_size": 0}}]},
+            b"",
+            "",  # no header at all: a plain JSON request
+            "input 'x' has binary_data_size but the request has no "
+            "Inference-Header-Content-Length header",
+        ),
     ],
 )
 def test_binary_tensors_whose_sizes_disagree_are_400s_in_the_protocols_shape(
@@ -308,7 +315,9 @@ def test_binary_tensors_whose_sizes_disagree_are_400s_in_the_protocols_shape(
     message: str,
 ) -> None:
     body, headers = binary_request(header, tail)
-    if length is not None:
+    if length == "":
+        del headers["Inference-Header-Content-Length"]
+    elif length is not None:
         headers["Inference-Header-Content-Length"] = length
     with platform.http() as http:
         response = http.post(f"{doubler}/infer", content=body, headers=headers)
@@ -370,15 +379,32 @@ def test_malformed_json_requests(
             {"name": "y", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
             "model 'scaler' has no input 'y' (its inputs: x)",
         ),
+        (
+            {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+            "model 'scaler' has no output 'sum' (its outputs: doubled, total)",
+        ),
     ],
 )
 def test_requests_are_checked_against_the_declared_inputs(
     platform: RunningPlatform, scaler: str, tensor: dict[str, Any], message: str
 ) -> None:
+    outputs = [{"name": "sum"}]  # only reached once the inputs pass
     with platform.http() as http:
-        response = http.post(f"{scaler}/infer", json={"inputs": [tensor]})
+        response = http.post(f"{scaler}/infer", json={"inputs": [tensor], "outputs": outputs})
     assert response.status_code == 400, response.text
     assert response.json() == {"error": message}
+
+
+def test_an_answer_that_breaks_the_declared_outputs_is_a_502(
+    platform: RunningPlatform, scaler: str
+) -> None:
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [-2000, 0, 0, 0]}
+    with platform.http() as http:
+        response = http.post(f"{scaler}/infer", json={"inputs": [tensor]})
+    assert response.status_code == 502, response.text
+    assert response.json() == {
+        "error": "predict() output 'doubled' has shape [1, 2]; the model declares [-1, 4]"
+    }
 
 
 def test_every_error_on_v2_routes_has_the_protocols_shape(

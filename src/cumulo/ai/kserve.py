@@ -23,6 +23,7 @@ predict returns dicts). Errors on these routes have the protocol's shape,
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -151,7 +152,7 @@ def _parameters(where: Any, what: str) -> dict[str, Any]:
 
 
 def _read_tensor(
-    tensor: Any, binary: memoryview, offset: int
+    tensor: Any, binary: memoryview | None, offset: int
 ) -> tuple[str, list[int], str, list[Any], int]:
     """(name, shape, datatype, flat values, offset after its binary data) of one input."""
     if not isinstance(tensor, dict):
@@ -176,6 +177,11 @@ def _read_tensor(
             raise BadRequest(f"input {name!r}: binary_data_size must be a byte count")
         if "data" in tensor:
             raise BadRequest(f"input {name!r} has both `data` and binary_data_size")
+        if binary is None:
+            raise BadRequest(
+                f"input {name!r} has binary_data_size but the request has no "
+                "Inference-Header-Content-Length header"
+            )
         if offset + size > len(binary):
             raise BadRequest(
                 f"input {name!r}: binary_data_size is {size} but only "
@@ -226,8 +232,8 @@ def instances_of(
     model: str = "",
 ) -> list[Any]:
     """The instances of a V2 infer request (400 on anything malformed): its JSON header
-    `body`, the binary tensor data after it, and the model's declared inputs if any."""
-    binary = binary if binary is not None else memoryview(b"")
+    `body`, the binary tensor data after it (None: the request has no binary part), and
+    the model's declared inputs if any."""
     if not isinstance(body, dict):
         raise BadRequest("an infer request is a JSON object with `inputs`")
     inputs = body.get("inputs")
@@ -249,7 +255,7 @@ def instances_of(
             raise BadRequest("inputs disagree on the first (batch) dimension")
         seen[name] = (shape, datatype)
         rows[name] = _reshape(flat, shape)
-    if offset != len(binary):
+    if binary is not None and offset != len(binary):
         raise BadRequest(
             f"the body carries {len(binary) - offset} bytes of binary data after the JSON "
             "header that no input's binary_data_size accounts for"
@@ -281,9 +287,9 @@ def _shape_of(value: Any) -> list[int] | None:
 def _datatype(values: list[Any]) -> str | None:
     if all(isinstance(v, bool) for v in values):
         return "BOOL"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if values_match("INT64", values):
         return "INT64"
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+    if all(isinstance(v, float) or (type(v) is int and -(2**1023) < v < 2**1023) for v in values):
         return "FP64"
     if all(isinstance(v, str) for v in values):
         return "BYTES"
@@ -313,7 +319,12 @@ def declared_tensor(declared: dict[str, Any], predictions: list[Any]) -> dict[st
         )
     flat = _flatten(predictions)
     if datatype in FLOAT and not all(isinstance(v, float) for v in flat):
-        flat = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in flat]
+        try:
+            flat = [float(v) if type(v) is int else v for v in flat]
+        except OverflowError:
+            raise ModelOutputMismatch(
+                f"predict() output {name!r} holds an integer too large for {datatype}"
+            ) from None
     if not values_match(datatype, flat):
         raise ModelOutputMismatch(f"predict() output {name!r} does not match datatype {datatype}")
     return {"name": name, "shape": shape, "datatype": datatype, "data": flat}
@@ -388,7 +399,12 @@ def infer_response(
     for output in outputs:
         binary = wanted[output["name"]] if wanted is not None else binary_all
         if binary:
-            blob = encode_binary(output["datatype"], output["data"])
+            try:
+                blob = encode_binary(output["datatype"], output["data"])
+            except (OverflowError, struct.error) as exc:
+                raise ModelOutputMismatch(
+                    f"predict() output {output['name']!r} does not fit {output['datatype']}: {exc}"
+                ) from None
             blobs.append(blob)
             output = {k: v for k, v in output.items() if k != "data"}
             output["parameters"] = {"binary_data_size": len(blob)}
@@ -403,12 +419,12 @@ def infer_response(
     )
 
 
-async def read_infer_request(request: Request, limit: int) -> tuple[Any, memoryview]:
-    """The JSON header and the binary tensor data after it (empty without the extension)."""
+async def read_infer_request(request: Request, limit: int) -> tuple[Any, memoryview | None]:
+    """The JSON header and the binary tensor data after it (None without the extension)."""
     raw = await read_limited(request, limit)
     declared = request.headers.get(HEADER_LENGTH)
     if declared is None:
-        return load_json(raw), memoryview(b"")
+        return load_json(raw), None
     if not declared.isdigit():
         raise BadRequest(f"Inference-Header-Content-Length must be a byte count, not {declared!r}")
     length = int(declared)
@@ -554,6 +570,12 @@ def build_router(
         if request_id is not None and not isinstance(request_id, str):
             raise BadRequest("`id` must be a string")
         binary_all, wanted = requested_outputs(body)
+        declared = [t["name"] for t in spec.config.outputs]
+        unknown = [n for n in wanted or () if declared and n not in declared]
+        if unknown:  # known before predict runs: refuse without spending it
+            raise BadRequest(
+                f"model {name!r} has no output {unknown[0]!r} (its outputs: {', '.join(declared)})"
+            )
         key_id = principal_of(request.scope).key_id
         answers = await models.predict_many(
             spec, [orjson.dumps(instance) for instance in instances], key_id

@@ -1,5 +1,6 @@
 """A model with a declared KServe V2 signature: rows of 4 FP32 in, each row doubled (FP32)
-and its sum (FP64) out."""
+and its sum (FP64) out. A row starting below -1000 gets an answer that breaks the
+declaration (two values, not four), for the test of that error."""
 
 import cumulo
 
@@ -13,4 +14,7 @@ import cumulo
 )
 class Scaler:
     def predict(self, batch: list) -> list:
-        return [{"doubled": [2 * v for v in row], "total": sum(row)} for row in batch]
+        return [
+            {"doubled": [2 * v for v in (row[:2] if row[0] < -1000 else row)], "total": sum(row)}
+            for row in batch
+        ]
