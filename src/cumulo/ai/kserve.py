@@ -22,6 +22,7 @@ predict returns dicts). Errors on these routes have the protocol's shape,
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import uuid
@@ -118,10 +119,21 @@ class V2Errors:
 
 # ------------------------------------------------------------------ tensors ↔ instances
 def _flatten(data: Any) -> list[Any]:
+    """Nested lists → one row-major list; a level of lists only is joined in C."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(item, list) for item in data):
-        return data  # already flat (row-major), the common case: no copy
+    flat: list[Any] = data  # already flat, the common case: no copy
+    while True:
+        types = set(map(type, flat))
+        if list not in types:
+            return flat
+        if types != {list}:
+            return _flatten_mixed(flat)
+        flat = list(itertools.chain.from_iterable(flat))
+
+
+def _flatten_mixed(data: list[Any]) -> list[Any]:
+    # Lists beside scalars (a ragged tensor): the element count check then refuses it.
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -275,8 +287,11 @@ def _shape_of(value: Any) -> list[int] | None:
         return []
     if not value:
         return [0]
-    if not isinstance(value[0], list):
-        return None if any(isinstance(v, list) for v in value) else [len(value)]
+    types = set(map(type, value))
+    if list not in types:
+        return [len(value)]
+    if types != {list}:
+        return None
     inner = [_shape_of(v) for v in value]
     first = inner[0]
     if first is None or any(s != first for s in inner):
@@ -285,13 +300,16 @@ def _shape_of(value: Any) -> list[int] | None:
 
 
 def _datatype(values: list[Any]) -> str | None:
-    if all(isinstance(v, bool) for v in values):
+    types = set(map(type, values))
+    if types <= {bool}:
         return "BOOL"
-    if values_match("INT64", values):
+    if types <= {int} and values_match("INT64", values):
         return "INT64"
-    if all(isinstance(v, float) or (type(v) is int and -(2**1023) < v < 2**1023) for v in values):
-        return "FP64"
-    if all(isinstance(v, str) for v in values):
+    if types <= {int, float}:
+        # An integer past float range cannot be an FP64 element: the JSON strings then.
+        ints = [v for v in values if type(v) is int] if int in types else []
+        return "FP64" if not ints or max(map(abs, ints)) < 2**1023 else None
+    if types <= {str}:
         return "BYTES"
     return None
 
@@ -318,7 +336,7 @@ def declared_tensor(declared: dict[str, Any], predictions: list[Any]) -> dict[st
             f"predict() output {name!r} has shape {shape}; the model declares {declared['shape']}"
         )
     flat = _flatten(predictions)
-    if datatype in FLOAT and not all(isinstance(v, float) for v in flat):
+    if datatype in FLOAT and int in set(map(type, flat)):
         try:
             flat = [float(v) if type(v) is int else v for v in flat]
         except OverflowError:
