@@ -26,6 +26,8 @@ def needed_scope(method: str, path: str) -> str:
         return "public"  # KServe V2 liveness and readiness probes, like /healthz
     if path == "/v2":
         return "any"  # KServe server metadata: any valid key
+    if path == "/v2/repository/index":
+        return "read"  # a POST that only lists the namespace's models
     if path.startswith("/ai/v1/") or (path.startswith("/v2/") and path.endswith("/infer")):
         return "invoke"
     if path.startswith(("/v1/keys", "/v1/audit", "/v1/privacy")):
@@ -144,6 +146,7 @@ QUERY_NAMESPACED = {
     ("GET", "/v1/privacy/consent"),
     ("GET", "/v1/quantum/jobs"),
     ("GET", "/v1/quantum/backends"),
+    ("POST", "/v2/repository/index"),
 }
 # Routes outside /openapi.json: classified here too, so a new hidden route fails the check.
 HIDDEN = {

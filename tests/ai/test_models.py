@@ -1,5 +1,5 @@
 """`@cumulo.model`: load() once in the zygote, dynamic batching in the gateway, the three
-model formats, the pickle rule and the KServe V2 (Open Inference Protocol) routes."""
+model formats and the pickle rule (the KServe V2 routes: test_kserve.py)."""
 
 from __future__ import annotations
 
@@ -202,84 +202,7 @@ def doubler(platform: RunningPlatform) -> str:
     return "/v2/models/doubler"
 
 
-def test_kserve_v2_metadata_readiness_and_health(platform: RunningPlatform, doubler: str) -> None:
-    with platform.http() as http:
-        metadata = http.get(doubler)
-        ready = http.get(f"{doubler}/ready")
-        live = http.get("/v2/health/live")
-        server_ready = http.get("/v2/health/ready")
-        unknown = http.get("/v2/models/no-such-model")
-        not_a_model = http.get("/v2/models/embedder-missing/ready")
-    assert metadata.status_code == 200, metadata.text
-    body = metadata.json()
-    assert body["name"] == "doubler"
-    assert body["versions"]
-    assert body["platform"] == "cumulo"
-    assert ready.json() == {"name": "doubler", "ready": True}
-    assert live.json() == {"live": True}
-    assert server_ready.json() == {"ready": True}
-    assert unknown.status_code == 404
-    assert unknown.json()["error"]["code"] == "model_not_found"
-    assert not_a_model.status_code == 404
-    # Probes carry no key (like /healthz); model metadata still needs one.
-    assert httpx.get(f"{platform.url}/v2/health/live").json() == {"live": True}
-    assert httpx.get(f"{platform.url}/v2/health/ready").json() == {"ready": True}
-    assert httpx.get(f"{platform.url}{doubler}").status_code == 401
-
-
-def test_kserve_v2_infer(platform: RunningPlatform, doubler: str) -> None:
-    request = {
-        "id": "req-1",
-        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}],
-    }
-    two_inputs = {
-        "inputs": [
-            {"name": "a", "shape": [2], "datatype": "INT64", "data": [1, 2]},
-            {"name": "b", "shape": [2, 1], "datatype": "FP64", "data": [[0.5], [1.5]]},
-        ]
-    }
-    with platform.http() as http:
-        answer = http.post(f"{doubler}/infer", json=request)
-        nested = http.post(f"{doubler}/infer", json=two_inputs)
-        versions = http.get(doubler).json()["versions"]
-        pinned = http.post(f"{doubler}/versions/{versions[0]}/infer", json=request)
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {
-        "model_name": "doubler",
-        "model_version": versions[0],
-        "id": "req-1",
-        "outputs": [{"name": "output-0", "shape": [2], "datatype": "FP64", "data": [12.0, 30.0]}],
-    }
-    assert nested.json()["outputs"][0]["data"] == [3.0, 7.0]
-    assert nested.json()["id"]  # generated when the request has none
-    assert pinned.json()["outputs"] == answer.json()["outputs"]
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ({}, "`inputs` must be a non-empty list of tensors"),
-        (
-            {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]}]},
-            "input 'x': shape [2, 2] needs 4 values, data has 3",
-        ),
-        (
-            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP33", "data": [1]}]},
-            "input 'x': unknown datatype 'FP33'",
-        ),
-        (
-            {"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": ["a"]}]},
-            "input 'x': data does not match datatype INT32",
-        ),
-    ],
-)
-def test_kserve_v2_bad_requests(
-    platform: RunningPlatform, doubler: str, body: dict[str, Any], message: str
-) -> None:
-    with platform.http() as http:
-        response = http.post(f"{doubler}/infer", json=body)
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["message"].startswith(message)
+# The KServe V2 routes themselves: tests/ai/test_kserve.py.
 
 
 def test_an_async_invocation_is_a_batch_of_one(platform: RunningPlatform, doubler: str) -> None:

@@ -3,6 +3,8 @@
 ```python
 from cumulo.ai.formats import load_onnx, load_skops, load_torch
 ```
+`onnx_signature(path)` reads an ONNX graph's input and output tensors for the KServe V2
+signature of `@cumulo.model(**onnx_signature("model.onnx"))` (ai/kserve.py).
 Each library is imported when its loader is called (inside the zygote), never by the
 gateway. A raw pickle or joblib file runs arbitrary code when loaded, so `load_pickle` and
 `load_joblib` refuse unless the deployer said so (`cumulo deploy --trust-pickle`, or
@@ -58,6 +60,50 @@ def load_onnx(path: str | os.PathLike[str], *, threads: int | None = None) -> An
     return onnxruntime.InferenceSession(
         str(path), sess_options=options, providers=["CPUExecutionProvider"]
     )
+
+
+# ONNX element types (onnxruntime's spelling) → Open Inference Protocol datatypes.
+ONNX_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def onnx_signature(path: str | os.PathLike[str]) -> dict[str, list[tuple[str, str, list[int]]]]:
+    """`{"inputs": [...], "outputs": [...]}` of an ONNX graph as `@cumulo.model` takes them:
+    each tensor's name, datatype and shape, a symbolic or unknown dimension as -1.
+
+    It runs where the module is imported (the zygote, and the deploy's validation), not in
+    the gateway; ValueError names a tensor whose element type has no V2 datatype."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tensors(args: Any) -> list[tuple[str, str, list[int]]]:
+        found = []
+        for arg in args:
+            datatype = ONNX_DATATYPES.get(arg.type)
+            if datatype is None:
+                raise ValueError(
+                    f"{Path(path).name}: tensor {arg.name!r} is {arg.type}, which has no "
+                    "KServe V2 datatype"
+                )
+            shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+            found.append((str(arg.name), datatype, shape or [-1]))
+        return found
+
+    return {"inputs": tensors(session.get_inputs()), "outputs": tensors(session.get_outputs())}
 
 
 def load_skops(path: str | os.PathLike[str], *, trusted: Sequence[str] = ()) -> Any:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import cumulo
-from cumulo.ai import embeddings, kserve
+from cumulo.ai import embeddings, kserve, openai_models
 from cumulo.ai.alerts_api import build_alerts_router
 from cumulo.errors import ApiError, BadRequest, Unavailable
 from cumulo.events.api import build_router as build_events_router
@@ -124,9 +124,11 @@ def build_admin_app(platform: Platform) -> FastAPI:
             quantum_namespace,
             lambda: platform.ready,
             max_body,
+            lambda ns: platform.control.functions(ns),
         )
     )
     app.include_router(embeddings.build_router(platform.models, quantum_namespace, max_body))
+    app.include_router(openai_models.build_router())
     app.include_router(build_alerts_router(platform.insights.alerts))
     app.include_router(build_metering_router(lambda: platform.metering))
     app.include_router(
@@ -172,9 +174,12 @@ class Gateway:
             )
 
         self.invoke = auth(InvokeApp(platform))
-        self.admin = SecurityHeaders(
-            AuditMiddleware(auth(build_admin_app(platform)), platform.audit, platform.denied),
-            tls=options.tls,
+        # KServe V2 errors leave in the protocol's shape, whichever layer answers them.
+        self.admin = kserve.V2Errors(
+            SecurityHeaders(
+                AuditMiddleware(auth(build_admin_app(platform)), platform.audit, platform.denied),
+                tls=options.tls,
+            )
         )
         self.ui = SecurityHeaders(
             UiApp(self.sessions, platform.denied, platform.audit), tls=options.tls

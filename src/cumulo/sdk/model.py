@@ -68,6 +68,8 @@ def model(
     public: bool = False,
     rate_limit: str = "",
     trust_pickle: bool = False,
+    inputs: Iterable[Any] = (),
+    outputs: Iterable[Any] = (),
 ) -> Callable[[C], C]: ...
 
 
@@ -89,12 +91,16 @@ def model(
     public: bool = False,
     rate_limit: str = "",
     trust_pickle: bool = False,
+    inputs: Iterable[Any] = (),
+    outputs: Iterable[Any] = (),
 ) -> C | Callable[[C], C]:
     """Mark a class with `load(self)` and `predict(self, batch: list) -> list` as a model.
 
     Concurrent requests are batched: up to `batch_max_size` instances, waiting at most
     `batch_wait_ms` for the batch to fill. `trust_pickle` (or `cumulo deploy
-    --trust-pickle`) allows raw pickle/joblib loads in `cumulo.ai.formats`."""
+    --trust-pickle`) allows raw pickle/joblib loads in `cumulo.ai.formats`. `inputs` and
+    `outputs` declare the KServe V2 signature: `(name, datatype, shape)` per tensor, -1 for
+    a dimension of any size (ai/tensors.py)."""
     spec = make_spec(
         name,
         model=True,
@@ -111,6 +117,8 @@ def model(
         batch_max_size=batch_max_size,
         batch_wait_ms=float(batch_wait_ms),
         trust_pickle=trust_pickle,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
     )
 
     def mark(target: C) -> C:

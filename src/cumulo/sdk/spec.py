@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cumulo.ai.tensors import tensor_specs
 from cumulo.errors import BadRequest
 from cumulo.security.ratelimit import Rate
 
@@ -58,9 +59,17 @@ class FunctionConfig:
     batch_max_size: int = 1
     batch_wait_ms: float = 0.0
     trust_pickle: bool = False
+    # @cumulo.model's tensor signature for the KServe V2 routes (ai/tensors.py, ai/kserve.py).
+    inputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         problems = model_config_problems(self.batch_max_size, self.batch_wait_ms, self.trust_pickle)
+        for what in ("inputs", "outputs"):
+            try:
+                object.__setattr__(self, what, tensor_specs(getattr(self, what), what))
+            except ValueError as exc:
+                problems.append(str(exc))
         if not isinstance(self.memory_mb, int) or not 16 <= self.memory_mb <= MAX_MEMORY_MB:
             problems.append(f"memory_mb must be an integer from 16 to {MAX_MEMORY_MB}")
         if (
@@ -110,6 +119,8 @@ class FunctionConfig:
         data = asdict(self)
         data["secrets"] = list(self.secrets)
         data["data_categories"] = list(self.data_categories)
+        data["inputs"] = [dict(t) for t in self.inputs]
+        data["outputs"] = [dict(t) for t in self.outputs]
         return data
 
     @classmethod
@@ -121,6 +132,9 @@ class FunctionConfig:
             known["env"] = dict(known["env"] or {})
         if "data_categories" in known:
             known["data_categories"] = tuple(known["data_categories"] or ())
+        for what in ("inputs", "outputs"):
+            if isinstance(known.get(what), list):
+                known[what] = tuple(known[what])
         try:
             return cls(**known)
         except TypeError as exc:
