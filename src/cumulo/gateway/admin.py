@@ -176,13 +176,13 @@ def build_router() -> APIRouter:
     ) -> dict[str, Any]:
         await p.control.function(namespace, name)
         await p.recorder.flush()
-        records = await p.store.call(p.store.list_invocations, namespace, name, limit)
+        records = await p.invocation_repo.recent(namespace, name, limit)
         return {"invocations": [r.public() for r in records]}
 
     @router.get("/namespaces/{namespace}/invocations/{invocation_id}", dependencies=[Read])
     async def invocation(namespace: str, invocation_id: str, p: P) -> dict[str, Any]:
         await p.recorder.flush()
-        record = await p.store.call(p.store.get_invocation, namespace, invocation_id)
+        record = await p.invocation_repo.get(namespace, invocation_id)
         if record is None:
             raise NotFound(f"invocation {invocation_id!r} not found")
         return record.public()
@@ -201,9 +201,7 @@ def build_router() -> APIRouter:
         await p.control.function(namespace, name)
         if not follow:
             await p.recorder.flush()
-            rows = await p.store.call(
-                p.store.query_logs, namespace, name, after_seq=after, limit=limit
-            )
+            rows = await p.log_repo.query(namespace, name, after_seq=after, limit=limit)
             return {"lines": [r.public(seq) for seq, r in rows]}
         return StreamingResponse(_follow(p, namespace, name), media_type="application/x-ndjson")
 

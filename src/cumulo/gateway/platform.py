@@ -48,12 +48,16 @@ from cumulo.security.ratelimit import ConcurrencyQuota
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.changes import Change, Subscription
 from cumulo.store.control import ControlRepository
+from cumulo.store.invocations import InvocationRepository
+from cumulo.store.logs import LogRepository
 from cumulo.store.secrets import SecretRepository
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
+from cumulo.store.sqlite_invocations import SQLiteInvocationRepository
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
+from cumulo.store.sqlite_logs import SQLiteLogRepository
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
 from cumulo.store.sqlite_secrets import SQLiteSecretRepository
 from cumulo.store.sqlite_state import SQLiteStateRepository
@@ -124,7 +128,10 @@ class Platform:
             self.jwt = JwtVerifier(options.jwt)
         self.auth.jwt = self.jwt
         self._jwt_refresher: asyncio.Task[None] | None = None
-        self.recorder = Recorder(self.store)
+        # Function logs and invocation records through their seams (same database).
+        self.log_repo: LogRepository = SQLiteLogRepository(self.store)
+        self.invocation_repo: InvocationRepository = SQLiteInvocationRepository(self.store)
+        self.recorder = Recorder(self.log_repo, self.invocation_repo)
         # Data subjects, consent, retention, redaction: the recorder's guard (docs/privacy.md).
         self.privacy = PrivacyService(
             self.store, self.encryptor, self.audit, data_dir, options.privacy

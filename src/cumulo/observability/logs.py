@@ -13,7 +13,8 @@ from cumulo.observability import memory
 from cumulo.observability.log_limits import LogLimiter, LogLimits, record_size
 from cumulo.observability.outcomes import Outcome
 from cumulo.store.base import InvocationRecord, LogRecord
-from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.invocations import InvocationRepository
+from cumulo.store.logs import LogRepository
 from cumulo.tasks import cancel_and_wait
 
 FLUSH_INTERVAL_S = 0.2
@@ -34,11 +35,14 @@ class LogGuard(Protocol):
 class Recorder:
     def __init__(
         self,
-        store: SQLiteStore,
+        logs: LogRepository,
+        invocations: InvocationRepository,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         limits: LogLimits | None = None,
     ) -> None:
-        self._store = store
+        # Where flushed lines and records go (store/logs.py, store/invocations.py).
+        self.log_repo = logs
+        self.invocation_repo = invocations
         self._interval = flush_interval_s
         # Every log line of every function passes here first (the one sink): the caps.
         self.limiter = LogLimiter(limits)
@@ -115,25 +119,20 @@ class Recorder:
         invocations, self._invocations = self._invocations, []
         limits = self.limiter.limits
         if logs:
-            await self._store.call(
-                self._store.append_logs,
-                logs,
-                retain_rows=limits.retain_rows,
-                retain_bytes=limits.retain_bytes,
+            await self.log_repo.append(
+                logs, retain_rows=limits.retain_rows, retain_bytes=limits.retain_bytes
             )
         if invocations:
-            await self._store.call(self._store.append_invocations, invocations)
+            await self.invocation_repo.append(invocations)
         self._since_trim += flushed
         if self._since_trim >= TRIM_AFTER_BYTES and not self._logs:
             # The burst is over (nothing new came in meanwhile): return its pages.
             self._since_trim = 0
             del logs
-            await self._store.call(self._release_memory)
-
-    def _release_memory(self) -> None:
-        """Store thread: SQLite's page cache, then the C heap, back to the OS."""
-        self._store.shrink_memory()
-        memory.trim()
+            # The store's caches (SQLite's page cache), then the C heap, back to the OS;
+            # malloc_trim off the event loop, as it ran on the store thread before.
+            await self.log_repo.shrink_memory()
+            await asyncio.to_thread(memory.trim)
 
     async def _flush_forever(self) -> None:
         while True:

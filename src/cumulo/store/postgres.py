@@ -34,8 +34,10 @@ from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 if TYPE_CHECKING:
     from cumulo.store.postgres_changes import PostgresChangeFeed
+    from cumulo.store.postgres_invocations import PostgresInvocationRepository
     from cumulo.store.postgres_jobs import PostgresJobQueueRepository
     from cumulo.store.postgres_keys import DataKeyCipher
+    from cumulo.store.postgres_logs import PostgresLogRepository
     from cumulo.store.postgres_secrets import PostgresSecretRepository
     from cumulo.store.postgres_state import PostgresStateRepository
 
@@ -278,6 +280,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (namespace, name));
         """,
     ),
+    Migration(
+        8,
+        "function logs (sealed, one ordered sequence per function) and invocation records",
+        """
+        CREATE TABLE log_heads (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (namespace, function));
+        CREATE TABLE logs (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            seq bigint NOT NULL,
+            version integer NOT NULL,
+            invocation_id text NOT NULL,
+            ts double precision NOT NULL,
+            level text NOT NULL,
+            message bytea NOT NULL,
+            PRIMARY KEY (namespace, function, seq));
+        CREATE TABLE invocations (
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            function text NOT NULL,
+            version integer NOT NULL,
+            status integer NOT NULL,
+            code text NOT NULL,
+            cold boolean NOT NULL,
+            started_at double precision NOT NULL,
+            duration_ms double precision NOT NULL);
+        CREATE INDEX invocations_by_function ON invocations (namespace, function, started_at);
+        """,
+    ),
 )
 
 
@@ -440,6 +474,18 @@ class PostgresStore:
         from cumulo.store.postgres_secrets import PostgresSecretRepository
 
         return PostgresSecretRepository(self, encryptor)
+
+    def logs(self, encryptor: DataKeyCipher) -> PostgresLogRepository:
+        """Function logs, sealed by `encryptor` (one per database: store/postgres_keys)."""
+        from cumulo.store.postgres_logs import PostgresLogRepository
+
+        return PostgresLogRepository(self, encryptor)
+
+    @property
+    def invocations(self) -> PostgresInvocationRepository:
+        from cumulo.store.postgres_invocations import PostgresInvocationRepository
+
+        return PostgresInvocationRepository(self)
 
     @property
     def jobs(self) -> PostgresJobQueueRepository:
