@@ -11,8 +11,8 @@ from cumulo.ai.insight_settings import InsightSettings
 from cumulo.ai.insights import Insights
 from cumulo.observability.outcomes import Denial, DenialObserver, OutcomeObserver
 from cumulo.store.base import ApiKeyRecord
-from cumulo.store.memory_control import MemoryControlRepository
 from cumulo.store.memory_alerts import MemoryAlertRepository
+from cumulo.store.memory_control import MemoryControlRepository
 
 
 @dataclass
