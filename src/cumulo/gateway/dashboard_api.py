@@ -82,7 +82,7 @@ def build_dashboard_router() -> APIRouter:
         # Like /v1/audit/verify and /v1/keys: the audit trail is for admins.
         principal.require("admin", namespace)
         await p.audit.flush()
-        page = await p.store.call(p.store.audit_page, namespace, before, limit)
+        page = await p.audit.repo.page(namespace, before, limit)
         rows = [
             {
                 "seq": r.seq,

@@ -53,6 +53,7 @@ from cumulo.store.logs import LogRepository
 from cumulo.store.secrets import SecretRepository
 from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_alerts import SQLiteAlertRepository
+from cumulo.store.sqlite_audit import SQLiteAuditRepository
 from cumulo.store.sqlite_changes import SQLiteChangeFeed
 from cumulo.store.sqlite_control import SQLiteControlRepository
 from cumulo.store.sqlite_invocations import SQLiteInvocationRepository
@@ -116,7 +117,9 @@ class Platform:
         # Function state and secrets through their seams (same database, same sealing).
         self.state_repo: StateRepository = SQLiteStateRepository(self.store)
         self.secret_repo: SecretRepository = SQLiteSecretRepository(self.store)
-        self.audit = AuditLog(self.store, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
+        # The audit chains through their seam (same database; verify checks them in place).
+        audit_repo = SQLiteAuditRepository(self.store)
+        self.audit = AuditLog(audit_repo, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
         self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)

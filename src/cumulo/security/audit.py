@@ -20,6 +20,12 @@
 
 `record()` only appends to a buffer (cheap on the request path); a task flushes batches
 every 0.2 s and `stop()` flushes the rest, like observability.logs.Recorder.
+
+Storage is an `AuditRepository` (cumulo.store.audit). Several gateways may append to one
+chain: a flush hands the repository a `link` function, which chains the batch onto the
+heads the repository reads inside its atomic step (holding those chains), so nothing a
+gateway saw before (no head, no seq) is trusted. The anchor file is re-read at each flush
+for the same reason (another gateway on the data dir may have moved it).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +48,15 @@ from typing import Any
 import orjson
 
 from cumulo.security.crypto import Encryptor, audit_head_mac
-from cumulo.store.sqlite import AuditHeadRecord, AuditRowRecord, SQLiteStore
+from cumulo.store.audit import (
+    REGISTRY,
+    AuditAppend,
+    AuditHeadRecord,
+    AuditRepository,
+    AuditRowRecord,
+    AuditView,
+    ChainLink,
+)
 from cumulo.tasks import cancel_and_wait
 
 log = logging.getLogger("cumulo.audit")
@@ -49,7 +64,6 @@ log = logging.getLogger("cumulo.audit")
 FLUSH_INTERVAL_S = 0.2
 MAX_BUFFER = 100_000
 PAGE = 5000
-REGISTRY = ""  # no namespace is empty, so the registry head can not collide with one
 ANCHOR_FILE = "audit.anchor"
 
 REDACTED = "[redacted]"
@@ -201,22 +215,23 @@ class AuditReport:
 class AuditLog:
     def __init__(
         self,
-        store: SQLiteStore,
+        repo: AuditRepository,
         encryptor: Encryptor,
         *,
         anchor_path: Path | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         max_buffer: int = MAX_BUFFER,
     ) -> None:
-        self._store = store
+        self.repo = repo
         self._encryptor = encryptor
         self._anchor_path = anchor_path
-        self._anchor: dict[str, tuple[int, bytes]] | None = None
         self._interval = flush_interval_s
         self._max_buffer = max_buffer
         self._buffer: list[AuditEvent] = []
         self._dropped: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._order: asyncio.Lock | None = None
+        self._order_loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ request path
     def record(
@@ -267,7 +282,17 @@ class AuditLog:
             self._task = None
         await self.flush()
 
+    def _ordered(self) -> asyncio.Lock:
+        # One lock per event loop (a lock that ever waited is bound to its loop, and tests
+        # drive one log from several `asyncio.run`s).
+        loop = asyncio.get_running_loop()
+        if self._order is None or self._order_loop is not loop:
+            self._order, self._order_loop = asyncio.Lock(), loop
+        return self._order
+
     async def flush(self) -> None:
+        """Append what is buffered; returns once it is committed (raises when it could not
+        be, keeping the events for the next flush)."""
         events, self._buffer = self._buffer, []
         for namespace, count in self._dropped.items():
             details = orjson.dumps({"count": count}).decode()
@@ -279,13 +304,18 @@ class AuditLog:
         self._dropped = {}
         if not events:
             return
+        committed = False
         try:
-            # Taking the batch and submitting it happen in one step of the event loop, so
-            # concurrent flushes reach the store thread (and get their seqs) in order.
-            await self._store.call(self.append, events)
+            # Batches are taken and queued for the lock in one step of the event loop, and
+            # the lock is FIFO: this gateway's batches get their seqs in the order recorded.
+            async with self._ordered():
+                done = await self.repo.append([ev.namespace for ev in events], self._link(events))
+                committed = True
+                await asyncio.to_thread(self._advance_anchor, done)
         except BaseException:
-            # Kept for the next flush rather than lost; the buffer bound still applies.
-            self._buffer[:0] = events[: self._max_buffer]
+            if not committed:
+                # Kept for the next flush rather than lost; the buffer bound still applies.
+                self._buffer[:0] = events[: self._max_buffer]
             raise
 
     async def _flush_forever(self) -> None:
@@ -297,18 +327,20 @@ class AuditLog:
                 log.exception("audit flush failed; retrying")
 
     async def verify_async(self, namespace: str | None = None) -> AuditReport:
-        """Flush what is buffered, then verify (on the store thread)."""
+        """Flush what is buffered, then verify."""
         await self.flush()
-        return await self._store.call(self.verify, namespace)
+        return await self.verify(namespace)
 
-    # ------------------------------------------------------------ store thread
-    def append(self, events: Sequence[AuditEvent]) -> None:
-        """Chain `events` onto their namespaces' heads in one transaction."""
-        store = self._store
-        audit_key = self._encryptor.master.audit_key()
-        with store.transaction():
-            heads = store.audit_heads()
-            before = dict(heads)
+    # ------------------------------------------------------------ appending
+    def _link(self, events: Sequence[AuditEvent]) -> ChainLink:
+        """The chain link of a batch, computed by the repository inside its atomic step
+        from the heads it read there (the seqs and previous hashes are never guessed)."""
+
+        def link(
+            current: Mapping[str, AuditHeadRecord],
+        ) -> tuple[list[AuditRowRecord], list[AuditHeadRecord]]:
+            audit_key = self._encryptor.master.audit_key()
+            heads = dict(current)
             rows: list[AuditRowRecord] = []
             for ev in events:
                 head = heads.get(ev.namespace)
@@ -332,34 +364,44 @@ class AuditLog:
                 mac = audit_head_mac(audit_key, ev.namespace, seq, digest)
                 heads[ev.namespace] = AuditHeadRecord(ev.namespace, seq, digest, mac)
             changed = [heads[ns] for ns in dict.fromkeys(ev.namespace for ev in events)]
-            new = [h.namespace for h in changed if h.namespace not in before]
+            new = [h.namespace for h in changed if h.namespace not in current]
             if new:
-                # The registry only counts up: a chain deleted earlier stays missing from it.
-                old = before.get(REGISTRY)
+                # The registry only counts up: a chain deleted earlier stays missing from
+                # it. A chain starting means `current` holds every head (the contract).
+                old = current.get(REGISTRY)
                 count = (old.seq if old is not None else 0) + len(new)
                 digest = _names_hash([n for n in heads if n != REGISTRY])
                 mac = audit_head_mac(audit_key, REGISTRY, count, digest)
                 changed.append(AuditHeadRecord(REGISTRY, count, digest, mac))
-            store.audit_write(rows, changed)
-        self._advance_anchor(before, heads)
+            return rows, changed
 
-    def verify(self, namespace: str | None = None) -> AuditReport:
-        """Check one namespace's chain, or every chain and the registry (namespace=None)."""
-        store = self._store
+        return link
+
+    # ------------------------------------------------------------ verification
+    async def verify(self, namespace: str | None = None) -> AuditReport:
+        """Check one namespace's chain, or every chain and the registry (namespace=None),
+        in one committed state of the log (appends landing meanwhile are not seen)."""
         audit_key = self._encryptor.master.audit_key()
-        heads = store.audit_heads()
         problems: list[str] = []
         anchor: dict[str, tuple[int, bytes]] = {}
         try:
-            anchor = self._read_anchor()
+            # Before the snapshot: a mark is written after its rows commit, so every mark
+            # read now is within the state the snapshot sees (no false rollback alarm).
+            anchor = await asyncio.to_thread(self._read_anchor)
         except ValueError as exc:
             problems.append(str(exc))
-        if namespace is not None:
-            names = [namespace]
-        else:
-            names = sorted((set(heads) | set(store.audit_namespaces()) | set(anchor)) - {REGISTRY})
-            problems += self._check_registry(heads, audit_key)
-        chains = [self._verify_chain(ns, heads.get(ns), anchor.get(ns), audit_key) for ns in names]
+        async with self.repo.snapshot() as view:
+            heads = await view.heads()
+            if namespace is not None:
+                names = [namespace]
+            else:
+                recorded = set(await view.namespaces())
+                names = sorted((set(heads) | recorded | set(anchor)) - {REGISTRY})
+                problems += self._check_registry(heads, audit_key)
+            chains = [
+                await self._verify_chain(view, ns, heads.get(ns), anchor.get(ns), audit_key)
+                for ns in names
+            ]
         return AuditReport(
             ok=not problems and all(c.ok for c in chains), chains=chains, problems=problems
         )
@@ -381,14 +423,14 @@ class AuditLog:
             return ["namespace chains were added or renamed outside the audit log"]
         return []
 
-    def _verify_chain(
+    async def _verify_chain(
         self,
+        view: AuditView,
         namespace: str,
         head: AuditHeadRecord | None,
         mark: tuple[int, bytes] | None,
         audit_key: bytes,
     ) -> ChainReport:
-        store = self._store
         head_seq = head.seq if head is not None else None
 
         def bad(seq: int | None, reason: str, message: str) -> ChainReport:
@@ -397,7 +439,7 @@ class AuditLog:
         prev, expected, checked = genesis(namespace), 1, 0
         hash_at_mark: bytes | None = None
         after = 0
-        while rows := store.audit_rows(namespace, after, PAGE):
+        while rows := await view.rows(namespace, after, PAGE):
             for row in rows:
                 if row.seq != expected:
                     gap = (
@@ -407,7 +449,7 @@ class AuditLog:
                     )
                     return bad(expected, "deleted", f"{gap} of the chain are missing")
                 if row.prev_hash != prev:
-                    return self._broken_link(namespace, row, checked, head_seq)
+                    return await self._broken_link(view, namespace, row, checked, head_seq)
                 if row_hash(prev, row) != row.hash:
                     return bad(row.seq, "edited", f"row {row.seq} was altered after it was written")
                 if mark is not None and row.seq == mark[0]:
@@ -453,11 +495,16 @@ class AuditLog:
                 )
         return ChainReport(namespace, True, checked, head_seq)
 
-    def _broken_link(
-        self, namespace: str, row: AuditRowRecord, checked: int, head_seq: int | None
+    async def _broken_link(
+        self,
+        view: AuditView,
+        namespace: str,
+        row: AuditRowRecord,
+        checked: int,
+        head_seq: int | None,
     ) -> ChainReport:
         """Why `row` does not follow the row before it."""
-        other = self._store.audit_seq_of_hash(namespace, row.prev_hash)
+        other = await view.seq_of_hash(namespace, row.prev_hash)
         if other is not None:
             reason, message = "reordered", f"row {row.seq} was written after row {other}"
         elif row_hash(row.prev_hash, row) == row.hash:
@@ -482,19 +529,19 @@ class AuditLog:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self._anchor_path} is unreadable: {type(exc).__name__}") from None
 
-    def _advance_anchor(
-        self, before: dict[str, AuditHeadRecord], after: dict[str, AuditHeadRecord]
-    ) -> None:
+    def _advance_anchor(self, done: AuditAppend) -> None:
+        """Move the marks of the heads an append wrote (on a worker thread)."""
         if self._anchor_path is None:
             return
-        if self._anchor is None:
-            try:
-                self._anchor = self._read_anchor()
-            except ValueError:
-                # Left as it is for an operator to inspect; verify reports it.
-                log.warning("%s is unreadable; it is not updated", self._anchor_path)
-                return
-        anchor = self._anchor
+        try:
+            # Read again each time, not cached: another gateway on this data dir may have
+            # moved marks since, and a stale copy written back would move them back.
+            anchor = self._read_anchor()
+        except ValueError:
+            # Left as it is for an operator to inspect; verify reports it.
+            log.warning("%s is unreadable; it is not updated", self._anchor_path)
+            return
+        before, after = done.before, done.after
         for namespace, head in after.items():
             if namespace == REGISTRY:
                 continue
@@ -502,14 +549,17 @@ class AuditLog:
             if mark is not None and (
                 old is None or mark[0] > old.seq or (mark[0] == old.seq and mark[1] != old.hash)
             ):
-                # The database is behind its own high-water mark (rolled back): keep the
-                # evidence for verify instead of moving the mark onto the new chain.
+                # The database is behind its own high-water mark (rolled back), or another
+                # gateway's later append marked it already: keep the mark.
                 continue
             anchor[namespace] = (head.seq, head.hash)
         data = orjson.dumps(
             {"version": 1, "heads": {ns: [seq, h.hex()] for ns, (seq, h) in anchor.items()}}
         )
-        tmp = self._anchor_path.with_name(self._anchor_path.name + ".tmp")
+        # Per process and thread, so two writers never share one temporary file.
+        tmp = self._anchor_path.with_name(
+            f"{self._anchor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        )
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:

@@ -33,6 +33,7 @@ from cumulo.store.postgres_metering import PostgresMeteringRepository
 from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 if TYPE_CHECKING:
+    from cumulo.store.postgres_audit import PostgresAuditRepository
     from cumulo.store.postgres_changes import PostgresChangeFeed
     from cumulo.store.postgres_invocations import PostgresInvocationRepository
     from cumulo.store.postgres_jobs import PostgresJobQueueRepository
@@ -312,6 +313,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX invocations_by_function ON invocations (namespace, function, started_at);
         """,
     ),
+    Migration(
+        9,
+        "audit log: hash-chained rows per namespace and their heads (store/postgres_audit.py)",
+        """
+        CREATE TABLE audit_log (
+            namespace text NOT NULL,
+            seq bigint NOT NULL,
+            ts double precision NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            target text NOT NULL,
+            result text NOT NULL,
+            source text NOT NULL,
+            details text NOT NULL,
+            prev_hash bytea NOT NULL,
+            hash bytea NOT NULL,
+            PRIMARY KEY (namespace, seq));
+        CREATE INDEX audit_log_by_hash ON audit_log (namespace, hash);
+        CREATE TABLE audit_heads (
+            namespace text PRIMARY KEY,
+            seq bigint NOT NULL,
+            hash bytea NOT NULL,
+            mac bytea NOT NULL);
+        """,
+    ),
 )
 
 
@@ -493,6 +519,13 @@ class PostgresStore:
         from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 
         return PostgresJobQueueRepository(self)
+
+    @property
+    def audit(self) -> PostgresAuditRepository:
+        """The audit log's chains, appended to by every gateway (store/postgres_audit.py)."""
+        from cumulo.store.postgres_audit import PostgresAuditRepository
+
+        return PostgresAuditRepository(self)
 
 
 _KEY_COLUMNS = "id, namespace, name, scopes, created_at, expires_at, revoked_at, key_hash"

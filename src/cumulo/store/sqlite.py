@@ -14,6 +14,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 
+# The audit records are the audit seam's (store/audit.py), kept importable from here.
+from cumulo.store.audit import AuditHeadRecord, AuditRowRecord
 from cumulo.store.base import (
     ApiKeyRecord,
     FunctionRecord,
@@ -996,26 +998,3 @@ class EncryptedRow:
     namespace: str
     item: tuple[str, ...]  # (function, key) or (name,)
     value: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRowRecord:
-    namespace: str
-    seq: int
-    ts: float
-    actor: str
-    action: str
-    target: str
-    result: str
-    source: str
-    details: str  # canonical JSON, already redacted
-    prev_hash: bytes
-    hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AuditHeadRecord:
-    namespace: str
-    seq: int
-    hash: bytes
-    mac: bytes
