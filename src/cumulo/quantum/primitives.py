@@ -19,7 +19,7 @@ This module imports Qiskit; `cumulo.quantum` loads it only when one of its names
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from qiskit.primitives import (
@@ -232,7 +232,30 @@ def _registers(circuit: Any, data: dict[str, Any], index: int) -> list[tuple[str
     return list(zip(names, keys[: len(names)], strict=True))
 
 
-class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
+class _OnPlatform:
+    """What both primitives share: the platform they send to, closed with them."""
+
+    _platform: _Primitive
+
+    @property
+    def seed(self) -> int | None:
+        return self._platform.seed
+
+    @property
+    def client(self) -> Client:
+        return self._platform.client
+
+    def close(self) -> None:
+        self._platform.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class SamplerV2(_OnPlatform, BaseSamplerV2):  # type: ignore[misc]
     """Qiskit's SamplerV2 on a cumulo platform's Aer simulators.
 
     `url`, `api_key` and `namespace` pick the platform the way `cumulo.client.Client` does
@@ -270,23 +293,6 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
     def default_shots(self) -> int:
         return self._default_shots
 
-    @property
-    def seed(self) -> int | None:
-        return self._platform.seed
-
-    @property
-    def client(self) -> Client:
-        return self._platform.client
-
-    def close(self) -> None:
-        self._platform.close()
-
-    def __enter__(self) -> SamplerV2:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
     def run(self, pubs: Iterable[SamplerPubLike], *, shots: int | None = None) -> CumuloJob:
         if shots is None:
             shots = self._default_shots
@@ -321,7 +327,7 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
         return self._platform._submit(wire, convert, bitstrings=bitstrings)
 
 
-class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
+class EstimatorV2(_OnPlatform, BaseEstimatorV2):  # type: ignore[misc]
     """Qiskit's EstimatorV2 on a cumulo platform.
 
     `default_precision` 0 (Aer's default) gives exact expectation values with std 0; ε > 0
@@ -357,23 +363,6 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
     @property
     def default_precision(self) -> float:
         return self._default_precision
-
-    @property
-    def seed(self) -> int | None:
-        return self._platform.seed
-
-    @property
-    def client(self) -> Client:
-        return self._platform.client
-
-    def close(self) -> None:
-        self._platform.close()
-
-    def __enter__(self) -> EstimatorV2:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def run(self, pubs: Iterable[EstimatorPubLike], *, precision: float | None = None) -> CumuloJob:
         if precision is None:
