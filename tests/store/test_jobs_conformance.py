@@ -11,11 +11,14 @@ PostgreSQL-only cases at the end race two pools on one database, on the database
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from pathlib import Path
 
 import orjson
 import pytest
 
+from cumulo.security.crypto import CryptoError, Encryptor, MasterKey
 from cumulo.store.jobs import (
     DEAD,
     FAILED,
@@ -32,10 +35,13 @@ from cumulo.store.jobs import (
     Outcome,
     Schedule,
     new_job_id,
+    request_hash,
 )
 from cumulo.store.memory_jobs import MemoryJobQueueRepository
 from cumulo.store.postgres import PostgresStore
 from cumulo.store.postgres_jobs import PostgresJobQueueRepository
+from cumulo.store.sealing import SEALED_MAGIC, SUBJECT_MAGIC
+from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.store.topics import DEFAULT_MAX_ATTEMPTS, Published, Subscription
 from tests.store.backends import BACKENDS, Backend, make_backend, run
@@ -731,5 +737,171 @@ def test_postgres_database_clock_judges_leases_and_moves_retries(pg_dsn: str) ->
             assert view.next_attempt_at is not None
             assert 29 < view.next_attempt_at - view.updated_at <= 30
             assert await q.claim("w", 1, now=skewed + 3600 * 24, lease_s=LEASE) == []
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- PostgreSQL: sealed at rest
+def _sealed(store: PostgresStore, master: MasterKey) -> PostgresJobQueueRepository:
+    """The queue as the platform runs it: sealed by an Encryptor over `master`."""
+    return PostgresJobQueueRepository(store, Encryptor(master), database_clock=False)
+
+
+async def _raw(store: PostgresStore, job_id: str) -> tuple[bytes, bytes | None, str | None, str]:
+    async with store.connection() as conn:
+        cur = await conn.execute(
+            "SELECT body, result, error, request_hash FROM event_jobs WHERE id = %s", (job_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return bytes(row[0]), None if row[1] is None else bytes(row[1]), row[2], str(row[3])
+
+
+def test_postgres_rows_hold_no_plaintext_body_result_or_error(pg_dsn: str) -> None:
+    async def main() -> None:
+        master = MasterKey(os.urandom(32), "memory")
+        async with PostgresStore(pg_dsn, max_size=4) as store:
+            q = _sealed(store, master)
+            body = b'{"card":"4111-secret-body"}'
+            [good, bad] = await q.enqueue([job(body, key="k"), job(body)], now=0)
+            claimed = {c.id: c for c in await q.claim("w", 2, now=0, lease_s=LEASE)}
+            assert claimed[good.id].body == body  # opened for the worker
+            error = {"message": "secret-error-text"}
+            outs = [
+                ok(claimed[good.id], b'{"secret":"result-text"}'),
+                Outcome(bad.id, claimed[bad.id].deliveries, FAILED, 500, None, error),
+            ]
+            assert await q.finish("w", outs, now=1) == [True, True]
+            for job_id in (good.id, bad.id):
+                raw_body, raw_result, raw_error, digest = await _raw(store, job_id)
+                assert raw_body.startswith(SEALED_MAGIC)
+                assert b"secret" not in raw_body
+                if raw_result is not None:
+                    assert raw_result.startswith(SEALED_MAGIC)
+                    assert b"secret" not in raw_result
+                if raw_error is not None:  # the failed job's: sealed, in bytea hex form
+                    assert raw_error.startswith("\\x")
+                    sealed_error = bytes.fromhex(raw_error[2:])
+                    assert sealed_error.startswith(SEALED_MAGIC)
+                    assert b"secret" not in sealed_error
+                assert digest != request_hash("f", body)  # keyed, not the plain hash
+            view = await q.get(good.id)
+            assert view is not None
+            assert view.result == b'{"secret":"result-text"}'
+            [dead] = await q.dead_letters("default", 10)
+            assert (dead.id, dead.error) == (bad.id, error)
+            # The keyed request hash still tells a replay from a conflict.
+            [same, other] = await q.enqueue([job(body, key="k"), job(b"{}", key="k")], now=2)
+            assert (same.id, same.created, same.conflict) == (good.id, False, False)
+            assert (other.id, other.conflict) == (good.id, True)
+
+    asyncio.run(main())
+
+
+def test_postgres_a_body_moved_to_another_jobs_row_fails_to_open(pg_dsn: str) -> None:
+    async def main() -> None:
+        master = MasterKey(os.urandom(32), "memory")
+        async with PostgresStore(pg_dsn, max_size=4) as store:
+            q = _sealed(store, master)
+            [a, b] = await q.enqueue([job(b'{"n":1}'), job(b'{"n":2}')], now=0)
+            async with store.connection() as conn:
+                await conn.execute(
+                    "UPDATE event_jobs SET body = (SELECT body FROM event_jobs WHERE id = %s)"
+                    " WHERE id = %s",
+                    (a.id, b.id),
+                )
+            with pytest.raises(CryptoError):
+                await q.claim("w", 2, now=0, lease_s=LEASE)
+
+    asyncio.run(main())
+
+
+def test_postgres_another_pool_with_the_same_master_opens_what_one_sealed(pg_dsn: str) -> None:
+    async def main() -> None:
+        master = MasterKey(os.urandom(32), "memory")
+        a_store, b_store = _two_pools(pg_dsn)
+        async with a_store, b_store:
+            a, b = _sealed(a_store, master), _sealed(b_store, master)
+            body = b'{"from":"gateway a"}'
+            [enq] = await a.enqueue([job(body, ns="shop", key="k")], now=0)
+            # B never prepared "shop": it loads the key A created when a blob names it.
+            [c] = await b.claim("b", 1, now=0, lease_s=LEASE)
+            assert (c.id, c.body) == (enq.id, body)
+            assert await b.finish("b", [ok(c, b"done by b")], now=1) == [True]
+            view = await a.get(enq.id)
+            assert view is not None
+            assert view.result == b"done by b"
+            [again] = await b.enqueue([job(body, ns="shop", key="k")], now=2)
+            assert (again.id, again.created, again.conflict) == (enq.id, False, False)
+            # Topics' jobs are sealed the same way, whichever pool publishes.
+            topics = b.topics()
+            await topics.set_subscriptions("shop", "g", ["orders"], now=3)
+            [pub] = await topics.publish("shop", "orders", [EVENT], {}, now=3)
+            assert pub.deliveries == 1
+            [t] = await a.claim("a", 1, now=4, lease_s=LEASE)
+            assert orjson.loads(t.body) == EVENT
+            assert (await _raw(a_store, t.id))[0].startswith(SEALED_MAGIC)
+            # Under another master nothing opens.
+            other = _sealed(a_store, MasterKey(os.urandom(32), "memory"))
+            with pytest.raises(CryptoError):
+                await other.get(enq.id)
+
+    asyncio.run(main())
+
+
+def test_postgres_a_subject_sealed_body_is_kept_as_is(pg_dsn: str) -> None:
+    async def main() -> None:
+        master = MasterKey(os.urandom(32), "memory")
+        async with PostgresStore(pg_dsn, max_size=4) as store:
+            q = _sealed(store, master)
+            body = SUBJECT_MAGIC + os.urandom(40)  # a data subject's ciphertext (privacy)
+            [enq] = await q.enqueue([job(body)], now=0)
+            assert (await _raw(store, enq.id))[0] == body
+            [c] = await q.claim("w", 1, now=0, lease_s=LEASE)
+            assert c.body == body
+
+    asyncio.run(main())
+
+
+def test_postgres_opens_a_body_sealed_on_sqlite_with_the_same_key_rows(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A sealed row's bytes mean the same on both backends: a body SQLite sealed, moved with
+    its namespace's `data_keys` rows (what a migration copies), opens on PostgreSQL."""
+
+    async def main() -> None:
+        master = MasterKey(os.urandom(32), "memory")
+        platform = SQLiteStore(tmp_path / "cumulo.db")  # the platform file, with `data_keys`
+        platform.open()
+        platform.close()
+        lite = SQLiteJobQueueRepository(tmp_path / "cumulo.db", Encryptor(master))
+        body = b'{"moved":"between backends"}'
+        [enq] = await lite.enqueue([job(body, ns="shop", key="k")], now=0)
+        await lite.aclose()
+        db = sqlite3.connect(tmp_path / "cumulo.db")
+        keys = db.execute("SELECT * FROM data_keys WHERE namespace = 'shop'").fetchall()
+        row = db.execute(
+            "SELECT id, namespace, function, source, body, idempotency_key, request_hash,"
+            " status, visible_at, max_attempts, created_at, updated_at FROM event_jobs"
+        ).fetchone()
+        db.close()
+        assert bytes(row[4]).startswith(SEALED_MAGIC)
+        async with PostgresStore(pg_dsn, max_size=2) as store:
+            async with store.connection() as conn:
+                for key in keys:
+                    await conn.execute("INSERT INTO data_keys VALUES (%s, %s, %s, %s, %s)", key)
+                await conn.execute(
+                    "INSERT INTO event_jobs (id, namespace, function, source, body,"
+                    " idempotency_key, request_hash, status, visible_at, max_attempts,"
+                    " created_at, updated_at) VALUES"
+                    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    row,
+                )
+            q = _sealed(store, master)
+            [c] = await q.claim("w", 1, now=0, lease_s=LEASE)
+            assert (c.id, c.body) == (enq.id, body)
+            # The keyed request hash matches too: the same request is a replay, not a conflict.
+            [again] = await q.enqueue([job(body, ns="shop", key="k")], now=1)
+            assert (again.id, again.created, again.conflict) == (enq.id, False, False)
 
     asyncio.run(main())

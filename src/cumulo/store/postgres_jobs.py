@@ -19,15 +19,22 @@ the contract's promises hold across gateways:
   caller's times as given (the conformance suite's fake clock). `prune`'s `before` and
   schedule slots are used as given either way (retention is days; slots are cron times).
 
-At rest: this backend stores the bytes it is given. SQLite seals bodies, results and errors
-under the namespace data keys (cumulo.store.sealing `RowSealer`), whose keys it reads through
-its own connection to the platform's SQLite file; sealing here awaits the data-key seam (a
-data-key repository on PostgreSQL), and until then Idempotency-Key request hashes are the
-plain `request_hash` too. Run PostgreSQL with encryption at rest of its own meanwhile.
+At rest (with a cipher, i.e. on the platform): sealed exactly as SQLite seals them
+(cumulo.store.sealing `RowSealer`): a job's body, result and error under the namespace data
+key (purposes "job-body", "job-result", "job-error", item (function, job id)), so a sealed
+value cannot be moved to another job, function or namespace and a sealed SQLite row's bytes
+open here unchanged; the Idempotency-Key request hash is keyed (HMAC "job-request" over
+(function, sha256(body))). Keys come from store/postgres_keys (`PostgresDataKeys`): prepared
+before a writing transaction (on a connection of their own), loaded on the caller's
+connection before opening. Bodies sealed to a data subject (b"\\xffCJ") stay as they are, and
+values from before sealing open as given. `error` is a text column (migration 6): a sealed
+error is stored as "\\x" + its hex (PostgreSQL's own bytea text form; a JSON error never
+starts so). Without a cipher (the conformance fakes) everything is stored as given.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +58,8 @@ from cumulo.store.jobs import (
     interrupted_error,
     request_hash,
 )
+from cumulo.store.postgres_keys import DataKeyCipher, PostgresDataKeys
+from cumulo.store.sealing import SUBJECT_MAGIC, is_sealed
 
 if TYPE_CHECKING:
     from cumulo.store.postgres import PostgresStore
@@ -64,7 +73,11 @@ _VIEW_COLUMNS = (
 )
 
 
+_SEALED_TEXT = "\\x"  # a sealed error in the text column: PostgreSQL's bytea hex form
+
+
 def _view(row: Sequence[Any], with_result: bool) -> JobView:
+    """A view row whose error (14) and result (15) are opened already."""
     status = row[4]
     return JobView(
         id=row[0],
@@ -89,9 +102,94 @@ def _view(row: Sequence[Any], with_result: bool) -> JobView:
 class PostgresJobQueueRepository(JobQueueRepository):
     """The events room on PostgreSQL. Closing it leaves the store (the pool) open."""
 
-    def __init__(self, store: PostgresStore, *, database_clock: bool = True) -> None:
+    def __init__(
+        self,
+        store: PostgresStore,
+        cipher: DataKeyCipher | None = None,
+        *,
+        database_clock: bool = True,
+    ) -> None:
         self.store = store
         self.database_clock = database_clock
+        self._cipher = cipher
+        self.keys = PostgresDataKeys(store, cipher) if cipher is not None else None
+
+    # ------------------------------------------------------------ sealing
+    async def prepare(self, namespaces: Iterable[str]) -> None:
+        """Make sure each namespace has a data key: before any transaction that inserts or
+        finishes its jobs (it may take a pooled connection of its own)."""
+        if self.keys is not None:
+            for namespace in sorted(set(namespaces)):
+                await self.keys.prepare(namespace)
+
+    def _seal(self, ns: str, purpose: str, function: str, job_id: str, data: bytes) -> bytes:
+        if self._cipher is None or self.keys is None or data.startswith(SUBJECT_MAGIC):
+            return data  # as given, or sealed to its data subject already
+        return self._cipher.encrypt(self.keys.table, ns, purpose, (function, job_id), data)
+
+    def _open(self, ns: str, purpose: str, function: str, job_id: str, blob: bytes) -> bytes:
+        if self._cipher is None or self.keys is None or not is_sealed(blob):
+            return blob  # from before sealing, or a subject's ciphertext
+        return self._cipher.decrypt(self.keys.table, ns, purpose, (function, job_id), blob)
+
+    def _request_hash(self, job: NewJob) -> str:
+        if self._cipher is None or self.keys is None:
+            return request_hash(job.function, job.body)
+        # Keyed as on SQLite: the stored hash confirms no guess of the body without the key.
+        digest = hashlib.sha256(job.body).hexdigest()
+        return self._cipher.keyed_hash(
+            self.keys.table, job.namespace, "job-request", job.function, digest
+        )
+
+    def _error_text(self, ns: str, function: str, job_id: str, error: Any) -> str | None:
+        if error is None:
+            return None
+        data = orjson.dumps(error)
+        if self._cipher is None:
+            return data.decode()
+        return _SEALED_TEXT + self._seal(ns, "job-error", function, job_id, data).hex()
+
+    @staticmethod
+    def _error_blob(text: str | None) -> bytes | None:
+        if text is None:
+            return None
+        if text.startswith(_SEALED_TEXT):
+            return bytes.fromhex(text[len(_SEALED_TEXT) :])
+        return text.encode()
+
+    async def _load(self, conn: Conn, rows: Sequence[Sequence[Any]], cols: Sequence[int]) -> None:
+        """Load the key versions the rows' sealed columns name (row[1]: the namespace)."""
+        if self.keys is None:
+            return
+        blobs: dict[str, list[bytes]] = {}
+        for row in rows:
+            for col in cols:
+                if isinstance(row[col], bytes):
+                    blobs.setdefault(row[1], []).append(row[col])
+        for namespace, found in blobs.items():
+            await self.keys.load_for(namespace, found, conn)
+
+    async def _opened_views(
+        self, conn: Conn, rows: Sequence[Sequence[Any]], with_result: bool
+    ) -> list[JobView]:
+        """Views of `_VIEW_COLUMNS` rows (and `result`, with_result), opened on `conn`."""
+        raw = []
+        for row in rows:
+            out = list(row)
+            out[14] = self._error_blob(row[14])
+            if with_result:
+                out[15] = bytes(row[15]) if row[15] is not None else None
+            raw.append(out)
+        await self._load(conn, raw, (14, 15) if with_result else (14,))
+        views = []
+        for out in raw:
+            job_id, ns, fn = out[0], out[1], out[2]
+            if out[14] is not None:
+                out[14] = self._open(ns, "job-error", fn, job_id, out[14]).decode()
+            if with_result and out[15] is not None:
+                out[15] = self._open(ns, "job-result", fn, job_id, out[15])
+            views.append(_view(out, with_result))
+        return views
 
     async def db_now(self, conn: Conn, now: float) -> float:
         """The call's `now`: the database's clock with `database_clock`, else `now`."""
@@ -111,15 +209,16 @@ class PostgresJobQueueRepository(JobQueueRepository):
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         if not jobs:
             return []
+        await self.prepare(job.namespace for job in jobs)
         async with self.store.connection() as conn, conn.transaction():
             now = await self.db_now(conn, now)
             return await self.insert(conn, jobs, now)
 
-    @staticmethod
-    async def insert(conn: Conn, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+    async def insert(self, conn: Conn, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         """Insert jobs inside the caller's transaction on `conn` (topics use it too): one
-        statement for the batch, then one read of the Idempotency-Keys it found taken."""
-        digests = [request_hash(job.function, job.body) for job in jobs]
+        statement for the batch, then one read of the Idempotency-Keys it found taken.
+        `prepare` the jobs' namespaces before that transaction began."""
+        digests = [self._request_hash(job) for job in jobs]
         # Keys are taken in one global order (namespace, key), so two batches racing for the
         # same keys wait for each other instead of deadlocking; within the batch `n` keeps
         # the first job with a key the one that gets it.
@@ -141,7 +240,10 @@ class PostgresJobQueueRepository(JobQueueRepository):
                 "nss": [job.namespace for job in jobs],
                 "fns": [job.function for job in jobs],
                 "sources": [job.source for job in jobs],
-                "bodies": [job.body for job in jobs],
+                "bodies": [
+                    self._seal(job.namespace, "job-body", job.function, job.id, job.body)
+                    for job in jobs
+                ],
                 "keys": [job.idempotency_key for job in jobs],
                 "digests": digests,
                 "attempts": [job.max_attempts for job in jobs],
@@ -205,8 +307,12 @@ class PostgresJobQueueRepository(JobQueueRepository):
                 " j.deliveries",
                 {"owner": owner, "until": now + lease_s, "now": now, "limit": limit},
             )
-            rows = await cur.fetchall()
-        return [Claimed(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in sorted(rows)]
+            rows = [[*r[:3], bytes(r[3]), *r[4:]] for r in sorted(await cur.fetchall())]
+            await self._load(conn, rows, (3,))
+        return [
+            Claimed(r[0], r[1], r[2], self._open(r[1], "job-body", r[2], r[0], r[3]), *r[4:])
+            for r in rows
+        ]
 
     async def extend(self, owner: str, now: float, lease_s: float) -> int:
         async with self.store.connection() as conn, conn.transaction():
@@ -263,6 +369,30 @@ class PostgresJobQueueRepository(JobQueueRepository):
         for i, out in enumerate(outcomes):
             first.setdefault(out.id, i)
         batch = [outcomes[i] for i in sorted(first.values())]
+        # What a result's seal is bound to. Read before the transaction (a job's namespace
+        # and function never change) so the keys can be prepared outside it.
+        owners: dict[str, tuple[str, str]] = {}
+        if self.keys is not None:
+            async with self.store.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT id, namespace, function FROM event_jobs WHERE id = ANY(%s)",
+                    ([out.id for out in batch],),
+                )
+                owners = {str(r[0]): (str(r[1]), str(r[2])) for r in await cur.fetchall()}
+            await self.prepare(ns for ns, _ in owners.values())
+        # An outcome for an unknown id updates nothing: sealing it does not matter.
+        results = [
+            self._seal(owners[out.id][0], "job-result", owners[out.id][1], out.id, out.result)
+            if out.id in owners and out.result is not None
+            else out.result
+            for out in batch
+        ]
+        errors = [
+            self._error_text(*owners[out.id], out.id, out.error)
+            if out.id in owners
+            else (orjson.dumps(out.error).decode() if out.error is not None else None)
+            for out in batch
+        ]
         async with self.store.connection() as conn, conn.transaction():
             caller_now, now = now, await self.db_now(conn, now)
             # A retry's due time moves with the clock its lease was judged on.
@@ -285,11 +415,8 @@ class PostgresJobQueueRepository(JobQueueRepository):
                     "tokens": [out.deliveries for out in batch],
                     "statuses": [out.status for out in batch],
                     "codes": [out.result_status for out in batch],
-                    "results": [out.result for out in batch],
-                    "errors": [
-                        orjson.dumps(out.error).decode() if out.error is not None else None
-                        for out in batch
-                    ],
+                    "results": results,
+                    "errors": errors,
                     "visible": [
                         out.retry_at + shift if out.retry_at is not None else now for out in batch
                     ],
@@ -304,14 +431,13 @@ class PostgresJobQueueRepository(JobQueueRepository):
         async with self.store.connection() as conn:
             return await self._get(conn, job_id)
 
-    @staticmethod
-    async def _get(conn: Conn, job_id: str) -> JobView | None:
+    async def _get(self, conn: Conn, job_id: str) -> JobView | None:
         cur = await conn.execute(
             f"SELECT {_VIEW_COLUMNS}, result FROM event_jobs WHERE id = %s",  # noqa: S608
             (job_id,),
         )
         row = await cur.fetchone()
-        return None if row is None else _view(row, with_result=True)
+        return None if row is None else (await self._opened_views(conn, [row], True))[0]
 
     async def dead_letters(
         self, namespace: str, limit: int, after: str | None = None, function: str | None = None
@@ -323,7 +449,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
                 " AND (%s::text IS NULL OR function = %s) ORDER BY id LIMIT %s",
                 (namespace, after or "", function, function, limit),
             )
-            return [_view(row, with_result=False) for row in await cur.fetchall()]
+            return await self._opened_views(conn, await cur.fetchall(), with_result=False)
 
     async def counts(self) -> dict[str, int]:
         async with self.store.connection() as conn:
@@ -411,6 +537,7 @@ class PostgresJobQueueRepository(JobQueueRepository):
 
     async def fire(self, schedule: Schedule, slot: float, job: NewJob, now: float) -> bool:
         key = (schedule.namespace, schedule.function, schedule.cron)
+        await self.prepare([job.namespace])
         async with self.store.connection() as conn, conn.transaction():
             now = await self.db_now(conn, now)
             # The schedule's row lock orders this schedule's fires across gateways: a fire

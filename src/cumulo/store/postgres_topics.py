@@ -1,7 +1,9 @@
 """`TopicRepository` on PostgreSQL (tables of migration 6). A publish takes the dedupe row
 with `ON CONFLICT DO NOTHING` under its primary key, so one event published through two
 gateways at once is delivered once: the second insert waits for the first's commit, then
-inserts nothing. Subscribers are read inside the same transaction."""
+inserts nothing. Subscribers are read inside the same transaction. The event's jobs go
+through the queue's `insert`, so their bodies are sealed as the queue seals them; the
+dedupe rows hold ids only."""
 
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ class PostgresTopicRepository(TopicRepository):
         # over the same events wait for each other instead of deadlocking; the sort is
         # stable, so of two equal events in one batch the first is the one delivered.
         order = sorted(range(len(events)), key=lambda i: (events[i]["source"], events[i]["id"]))
+        await self.jobs.prepare([namespace])  # the jobs' bodies are sealed in the transaction
         async with self.store.connection() as conn, conn.transaction():
             now = await self.jobs.db_now(conn, now)
             cur = await conn.execute(
