@@ -573,7 +573,7 @@ def test_postgres_two_pools_claiming_concurrently_never_share_a_job(pg_dsn: str)
     async def main() -> None:
         a_store, b_store = _two_pools(pg_dsn)
         async with a_store, b_store:
-            a, b = a_store.jobs, b_store.jobs
+            a, b = a_store.jobs(None), b_store.jobs(None)
             ids = [e.id for e in await a.enqueue([job() for _ in range(200)], now=0)]
 
             async def drain(repo: JobQueueRepository, owner: str) -> list[str]:
@@ -610,7 +610,7 @@ def test_postgres_a_claimer_that_stops_heartbeating_loses_the_job(pg_dsn: str) -
     async def main() -> None:
         a_store, b_store = _two_pools(pg_dsn)
         async with a_store, b_store:
-            a, b = a_store.jobs, b_store.jobs
+            a, b = a_store.jobs(None), b_store.jobs(None)
             assert a.database_clock
             [enq] = await a.enqueue([job()], now=0)  # `now` is ignored: the database's clock
             [mine] = await a.claim("a", 1, now=0, lease_s=0.6)
@@ -657,7 +657,7 @@ def test_postgres_one_idempotency_key_from_two_pools_makes_one_job(pg_dsn: str) 
     async def main() -> None:
         a_store, b_store = _two_pools(pg_dsn)
         async with a_store, b_store:
-            a, b = a_store.jobs, b_store.jobs
+            a, b = a_store.jobs(None), b_store.jobs(None)
             results = await asyncio.gather(
                 *(repo.enqueue([job(key="order-7")], now=0) for _ in range(5) for repo in (a, b))
             )
@@ -674,7 +674,7 @@ def test_postgres_one_event_published_from_two_pools_is_delivered_once(pg_dsn: s
     async def main() -> None:
         a_store, b_store = _two_pools(pg_dsn)
         async with a_store, b_store:
-            a, b = a_store.jobs.topics(), b_store.jobs.topics()
+            a, b = a_store.jobs(None).topics(), b_store.jobs(None).topics()
             await a.set_subscriptions("shop", "f", ["orders"], now=0)
             await a.set_subscriptions("shop", "g", ["orders"], now=0)
             results = await asyncio.gather(
@@ -683,7 +683,7 @@ def test_postgres_one_event_published_from_two_pools_is_delivered_once(pg_dsn: s
             firsts = [r for [r] in results]
             assert [p.duplicate for p in firsts].count(False) == 1
             assert sum(p.deliveries for p in firsts) == 2
-            assert (await b_store.jobs.counts())[QUEUED] == 2
+            assert (await b_store.jobs(None).counts())[QUEUED] == 2
 
     asyncio.run(main())
 
@@ -694,7 +694,7 @@ def test_postgres_batches_racing_for_keys_in_opposite_orders_do_not_deadlock(
     async def main() -> None:
         a_store, b_store = _two_pools(pg_dsn)
         async with a_store, b_store:
-            a, b = a_store.jobs, b_store.jobs
+            a, b = a_store.jobs(None), b_store.jobs(None)
             for round_ in range(15):
                 keys = [f"r{round_}-k{i}" for i in range(6)]
                 forward, backward = await asyncio.gather(
@@ -723,7 +723,7 @@ def test_postgres_database_clock_judges_leases_and_moves_retries(pg_dsn: str) ->
 
     async def main() -> None:
         async with PostgresStore(pg_dsn, max_size=2) as store:
-            q = store.jobs
+            q = store.jobs(None)
             skewed = -3600.0  # whatever the gateway thinks the time is
             [enq] = await q.enqueue([job()], now=skewed)
             [c] = await q.claim("w", 1, now=skewed, lease_s=LEASE)

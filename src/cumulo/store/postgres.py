@@ -513,12 +513,12 @@ class PostgresStore:
 
         return PostgresInvocationRepository(self)
 
-    @property
-    def jobs(self) -> PostgresJobQueueRepository:
-        """The events room's queue, on the database clock."""
+    def jobs(self, encryptor: DataKeyCipher | None) -> PostgresJobQueueRepository:
+        """The events room's queue, on the database clock, its payloads sealed by
+        `encryptor` (the platform passes its own; None stores them as given, for tests)."""
         from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 
-        return PostgresJobQueueRepository(self)
+        return PostgresJobQueueRepository(self, encryptor)
 
     @property
     def audit(self) -> PostgresAuditRepository:
