@@ -338,6 +338,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             mac bytea NOT NULL);
         """,
     ),
+    Migration(
+        10,
+        "function bundles (content-addressed) and the master key's id (crypto_meta)",
+        """
+        CREATE TABLE bundles (
+            sha text PRIMARY KEY,
+            data bytea NOT NULL,
+            created_at double precision NOT NULL);
+        CREATE TABLE crypto_meta (
+            name text PRIMARY KEY,
+            value text NOT NULL);
+        """,
+    ),
 )
 
 
