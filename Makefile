@@ -63,6 +63,11 @@ typecheck: $(DEVSTAMP)
 
 pytest: $(DEVSTAMP) $(UISTAMP)
 	$(VENV)/bin/pytest --durations=15 $(PYTEST_ARGS)
+	@# The integration tests again, every platform on PostgreSQL (tests/conftest.py).
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "integration tests on PostgreSQL:"; \
+	  CUMULO_TEST_STORE=postgresql $(VENV)/bin/pytest -m integration --durations=10 $(PYTEST_ARGS); \
+	else echo "note: PostgreSQL is not installed (apt-get install postgresql): the integration tests ran on SQLite only"; fi
 
 bench: $(BENCHSTAMP) sandbox
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

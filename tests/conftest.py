@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -14,17 +17,58 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from cumulo.client import Client
+from tests.pg import PgCluster, why_unavailable
 
 FUNCTIONS = Path(__file__).parent / "functions"
 # `cumulo up` saves a context in the per-user config (cumulo.cli.profiles): the suite's
 # platforms write to a throwaway one, never to the real ~/.config/cumulo.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="cumulo-test-config-")
 CUMULO = str(Path(sys.executable).parent / "cumulo")
+
+
+# `CUMULO_TEST_STORE=postgresql` runs every platform the suite starts on PostgreSQL (a
+# database per data dir, on one throwaway cluster: tests/pg.py); `make test` runs the
+# integration tests (marker `integration`) once more that way.
+TEST_STORE = os.environ.get("CUMULO_TEST_STORE", "sqlite")
+INTEGRATION_FIXTURES = {"platform", "fresh_platform", "client"}
+_pg_cluster: PgCluster | None = None
+_pg_databases: dict[Path, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        uses_platform = INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_platform or (module is not None and "start_platform" in vars(module)):
+            item.add_marker(pytest.mark.integration)
+        if TEST_STORE == "postgresql" and item.get_closest_marker("sqlite_only"):
+            reason = item.get_closest_marker("sqlite_only").kwargs.get("reason", "")  # type: ignore[union-attr]
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+def platform_database(data_dir: Path) -> str | None:
+    """The PostgreSQL database the platform on `data_dir` uses under CUMULO_TEST_STORE=
+    postgresql (gateways sharing a data dir share it too); None on the SQLite default."""
+    global _pg_cluster
+    if TEST_STORE != "postgresql":
+        return None
+    if _pg_cluster is None:
+        reason = why_unavailable()
+        if reason is not None:
+            pytest.fail(f"CUMULO_TEST_STORE=postgresql, but {reason}")
+        _pg_cluster = PgCluster.start()
+        atexit.register(_pg_cluster.stop)
+    key = data_dir.resolve()
+    if key not in _pg_databases:
+        _pg_databases[key] = _pg_cluster.create_database()
+    return _pg_databases[key]
 
 
 def free_port() -> int:
@@ -52,6 +96,17 @@ class RunningPlatform:
     log_path: Path
     verify: ssl.SSLContext | bool = True
     clients: list[Client] = field(default_factory=list)
+    database: str | None = None  # its PostgreSQL DSN; None: SQLite in the data dir
+
+    def store_query(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run `query` (`?` placeholders) on the platform's own store, whichever it is: for
+        tests that inspect or tamper with what is stored (same tables on both backends)."""
+        if self.database is None:
+            with contextlib.closing(sqlite3.connect(self.data_dir / "cumulo.db")) as db, db:
+                return list(db.execute(query, params).fetchall())
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            cur = conn.execute(query.replace("?", "%s").encode(), params)
+            return list(cur.fetchall()) if cur.description else []
 
     def client(self, namespace: str = "default") -> Client:
         c = Client(self.url, self.api_key, namespace=namespace)
@@ -101,6 +156,9 @@ def start_platform(
     second gateway on a shared data dir is ready when its own port answers."""
     port = free_port()
     data_dir = data_dir or tmp / "data"
+    database = platform_database(data_dir)
+    if database is not None and "--db" not in extra:
+        extra = (*extra, "--db", database)
     log_path = tmp / "platform.log"
     with log_path.open("wb") as logfile:
         proc = subprocess.Popen(
@@ -144,7 +202,11 @@ def start_platform(
     saved = json.loads(creds.read_text())
     assert saved["url"].endswith(f":{port}")
     url = f"{saved['url'].rsplit(':', 1)[0]}:{port}"
-    return RunningPlatform(proc, url, data_dir, saved["api_key"], log_path, verify=verify)
+    if "--db" in extra:
+        database = extra[list(extra).index("--db") + 1]
+    return RunningPlatform(
+        proc, url, data_dir, saved["api_key"], log_path, verify=verify, database=database
+    )
 
 
 @pytest.fixture(scope="session")

@@ -399,6 +399,7 @@ def test_a_platform_with_an_env_master_key_refuses_another_one(
     assert second not in message
 
 
+@pytest.mark.sqlite_only(reason="rotates the SQLite store offline")
 def test_rotate_master_offline_then_the_platform_reads_everything(
     fresh_platform: Callable[..., RunningPlatform],
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from typing import Any
 
@@ -141,11 +140,10 @@ def test_auth_failure_burst_raises_a_namespaced_alert(
     assert plat.cli("alerts", "--since", "yesterday").returncode == 1
     audit = plat.cli("audit", "verify")
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    with sqlite3.connect(plat.data_dir / "cumulo.db") as db:
-        rows = db.execute(
-            "SELECT actor, target, result, details FROM audit_log "
-            "WHERE namespace = 'beta' AND action = 'alert.anomaly'"
-        ).fetchall()
+    rows = plat.store_query(
+        "SELECT actor, target, result, details FROM audit_log "
+        "WHERE namespace = 'beta' AND action = 'alert.anomaly'"
+    )
     assert rows
     assert rows[0][0] == "cumulo"
     assert rows[0][2] == "raised"

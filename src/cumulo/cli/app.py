@@ -148,7 +148,12 @@ def up(
         ".cumulo"
     ),
     db: Annotated[
-        str | None, typer.Option(help="Database URL (default: SQLite in data dir).")
+        str | None,
+        typer.Option(
+            help="postgresql://USER@HOST/DB: one database several gateways share "
+            "(default: SQLite in the data dir).",
+            envvar="CUMULO_DB",
+        ),
     ] = None,
     executor: Annotated[str, typer.Option(help="Where workers run: local.")] = "local",
     demo: Annotated[
@@ -158,13 +163,21 @@ def up(
     zygote_idle_timeout: Annotated[
         float, typer.Option(help="Seconds a zygote without workers lives.")
     ] = 600.0,
+    gateways: Annotated[
+        int,
+        typer.Option(help="Gateway processes sharing the port (SO_REUSEPORT) and the store."),
+    ] = 1,
     watch_changes: Annotated[
         bool,
         typer.Option(
             "--watch-changes",
-            hidden=True,  # until `--gateways N` starts gateways that share a store safely
+            hidden=True,  # set by --gateways for each gateway it starts
             help="Follow control changes other gateways on this data dir make.",
         ),
+    ] = False,
+    reuse_port: Annotated[
+        bool,
+        typer.Option("--reuse-port", hidden=True, help="Bind the port with SO_REUSEPORT."),
     ] = False,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
@@ -256,8 +269,6 @@ def up(
             f"{'.'.join(map(str, sys.version_info[:3]))}"
         )
 
-    if db is not None and not db.startswith("sqlite:"):
-        fail(f"unsupported --db {db!r}: this build stores data in SQLite (sqlite:///PATH)")
     if key_rate:
         try:
             Rate.parse(key_rate)
@@ -301,6 +312,19 @@ def up(
     )
     if edge.problems():
         fail(edge.problems()[0])
+    if gateways < 1:
+        fail("--gateways must be at least 1")
+    if gateways > 1:
+        if port == 0:
+            fail("--gateways needs a fixed --port: the gateways share it")
+        from cumulo.cli.gateways import supervise
+
+        # The supervisor asks the first gateway over loopback when it listens everywhere.
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+        local = f"[{local}]" if ":" in local else local
+        scheme = "https" if tls_cert else "http"
+        argv = sys.argv[sys.argv.index("up") + 1 :]
+        raise typer.Exit(supervise(argv, gateways, f"{scheme}://{local}:{port}/readyz"))
     serve(
         host=host,
         port=port,
@@ -334,6 +358,7 @@ def up(
         bundle_limits=(max_unpacked_mb, max_bundle_files),
         edge=edge,
         watch_changes=watch_changes,
+        reuse_port=reuse_port,
     )
 
 

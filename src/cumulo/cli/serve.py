@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -16,6 +18,7 @@ from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.edge import EdgeLimits, edge_protocol, fit_to_fds, raise_fd_limit
 from cumulo.gateway.platform import Platform, PlatformOptions
+from cumulo.gateway.storage import check_database, parse_db_url, redact_dsn
 from cumulo.observability.tracing import TracingSettings
 from cumulo.privacy.service import PrivacySettings
 from cumulo.runtime import sandbox
@@ -53,6 +56,7 @@ def serve(
     bundle_limits: tuple[int, int] = (256, 10_000),  # (unpacked MB, files)
     edge: EdgeLimits | None = None,
     watch_changes: bool = False,
+    reuse_port: bool = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
@@ -67,7 +71,12 @@ def serve(
             tracing = TracingSettings(exporter=trace_exporter or "otlp", endpoint=trace_endpoint)
     except CumuloError as exc:
         _refuse(exc)
+    try:
+        dsn = parse_db_url(db, data_dir)
+    except CumuloError as exc:
+        _refuse(exc)
     options = PlatformOptions(
+        db=dsn,
         data_dir=data_dir.resolve(),
         url=f"{scheme}://{url_host}:{port}",
         key_rate=key_rate,
@@ -102,6 +111,10 @@ def serve(
         # Configuration problems (sandbox, master key, JWKS file) are one line, not a trace.
         sandbox.check(options.runtime)
         platform = Platform(options)
+        if dsn is not None:
+            # A wrong URL, an unreachable server, a bad password or the wrong master key:
+            # one line, exit 1, before anything starts (the schema is migrated here, once).
+            asyncio.run(check_database(dsn, platform.encryptor.master))
     except CumuloError as exc:
         _refuse(exc)
     platform.announce = _announce
@@ -128,9 +141,24 @@ def serve(
     # drained SIGTERM is a clean stop (exit 0), Ctrl-C exits 130 without a traceback.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-    server.run()
+    # --gateways N: each gateway binds the port itself; the kernel spreads connections.
+    server.run(sockets=[_reuse_port_socket(host, port)] if reuse_port else None)
     if not server.started:
         sys.exit(1)
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        _refuse(OSError(f"cannot listen on {host}:{port}: {exc.strerror}"))
+    sock.set_inheritable(False)
+    return sock
 
 
 def _refuse(exc: Exception) -> NoReturn:
@@ -151,7 +179,10 @@ def _jwt_settings(jwt: tuple[str | None, str | None, str, str] | None) -> JwtSet
 
 def _announce(platform: Platform) -> None:
     options = platform.options
-    lines = [f"cumulo is up at {options.url}  (data in {options.data_dir})"]
+    where = f"data in {options.data_dir}"
+    if options.db is not None:
+        where = f"data in PostgreSQL {redact_dsn(options.db)}, local files in {options.data_dir}"
+    lines = [f"cumulo is up at {options.url}  ({where})"]
     if platform.new_admin_key:
         saved = options.data_dir / "credentials.json"
         # A terminal is read and gone; a redirected stdout is a log file that outlives the

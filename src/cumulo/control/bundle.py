@@ -246,6 +246,10 @@ class BundleStore:
             if not self._pins[sha]:
                 del self._pins[sha]
 
+    def has(self, sha: str) -> bool:
+        """Whether `sha` is on this disk (its archive or its unpacked tree)."""
+        return (self.bundles / f"{sha}.tar.gz").exists() or self.code_dir(sha).exists()
+
     def ensure_unpacked(self, sha: str) -> Path:
         """The code directory for `sha`, unpacked from the stored archive if needed."""
         target = self.code_dir(sha)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cumulo.control.bundle import BundleStore
+from cumulo.control.bundle import BundleStore, digest
 from cumulo.control.deps import DependencyBuilder, has_requirements
 from cumulo.control.limits import check_ceilings, clamp
 from cumulo.control.process import read_manifest
 from cumulo.control.routes import Route, RouteCache
-from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound
+from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound, Unavailable
 from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.executor import LocalExecutor
 from cumulo.runtime.loader import KIND_EVENT, KIND_LAMBDA, KIND_PROCESS
@@ -23,10 +23,14 @@ from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.zygote_handle import ZygoteHandle
 from cumulo.sdk.spec import FunctionConfig, default_name, validate_name
 from cumulo.store.base import FunctionRecord, VersionRecord
+from cumulo.store.bundles import BundleRepository
 from cumulo.store.changes import Change, ChangeFeed
 from cumulo.store.control import ControlRepository
 
 VALIDATE_TIMEOUT_S = 60.0
+# How long a mirrored bundle no version names survives: a deploy on another gateway stores
+# its bundle before it writes the version naming it.
+BUNDLE_GRACE_S = 3600.0
 VALIDATE_MEMORY_MB = 4096
 # The deploy-time import's control group: the operator's memory ceiling, at least this.
 VALIDATE_MIN_MEMORY_MB = 1024
@@ -104,6 +108,8 @@ class ControlPlane:
         self.on_live_topics: LiveChange | None = None
         # Where other gateways hear of this one's changes (and it of theirs: apply_remote).
         self.changes: ChangeFeed | None = None
+        # Where gateways that share no disk find each other's bundles (None: the data dir).
+        self.bundle_mirror: BundleRepository | None = None
 
     # ------------------------------------------------------------ deploy
     async def deploy(self, req: DeployRequest) -> VersionRecord:
@@ -113,6 +119,8 @@ class ControlPlane:
         # Held until the version row references it: a collection meanwhile keeps it.
         with self.bundles.pinned(sha):
             try:
+                if self.bundle_mirror is not None:
+                    await self.bundle_mirror.put(sha, req.bundle, time.time())
                 return await self._deploy(req, sha)
             finally:
                 if not await self.repo.bundle_in_use(sha):
@@ -354,7 +362,21 @@ class ControlPlane:
         a failed deploy, and at start for what a crash left behind)."""
         keep = set(await self.repo.bundle_shas())
         keep |= {pool.spec.code_dir.name for pool in self.executor.pools.values()}
+        if self.bundle_mirror is not None:
+            await self.bundle_mirror.collect(keep, time.time() - BUNDLE_GRACE_S)
         return self.bundles.collect(keep)
+
+    async def _fetch_bundle(self, sha: str) -> None:
+        """Bring a bundle another gateway stored onto this one's disk (verified: its
+        address is its sha-256, so a tampered row is refused, never unpacked)."""
+        if self.bundle_mirror is None or self.bundles.has(sha):
+            return
+        data = await self.bundle_mirror.get(sha)
+        if data is None:
+            raise Unavailable(f"bundle {sha} is missing from the store", code="bundle_missing")
+        if digest(data) != sha:
+            raise BadRequest(f"bundle {sha} failed verification", code="bundle_corrupt")
+        self.bundles.add(data)
 
     async def _after_traffic_change(self, namespace: str, name: str) -> None:
         await self._follow_live(namespace, name)
@@ -399,6 +421,7 @@ class ControlPlane:
         for version, weight in sorted(function.traffic.items()):
             record = await self.repo.get_version(namespace, name, version)
             if record is not None:
+                await self._fetch_bundle(record.bundle_sha)
                 spec = self.spec_for(record)
                 if spec.env_dir is not None and not spec.env_dir.is_dir():
                     # An env deleted since (a wiped envs dir, another interpreter): rebuilt.

@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from cumulo.control.service import DeployRequest
-from cumulo.errors import BadRequest, Forbidden, NotFound
+from cumulo.errors import BadRequest, Conflict, Forbidden, NotFound
 from cumulo.gateway.auth import principal_of
 from cumulo.gateway.platform import Platform
 from cumulo.sdk.spec import SECRET_NAME_RE, validate_name
@@ -292,6 +292,12 @@ def _audit_routes(router: APIRouter) -> None:
         """Re-wrap every data key under a new master key (platform admins only)."""
         if principal.namespace != ALL_NAMESPACES:
             raise Forbidden("only a platform admin key may rotate the master key")
+        if p.storage.postgres is not None:
+            raise Conflict(
+                "master key rotation runs on the embedded SQLite store only; on PostgreSQL "
+                "it is not available yet (docs/storage.md)",
+                code="not_on_this_store",
+            )
         rotation = await p.store.call(rotate_master, p.store, None)
         return rotation.public()
 

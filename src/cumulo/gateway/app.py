@@ -102,6 +102,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
     async def readyz() -> dict[str, str]:
         if not platform.ready:
             raise Unavailable("starting", code="not_ready")
+        await platform.storage.ping()  # 503 store_unavailable while the database is down
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=Response)

@@ -26,6 +26,7 @@ from cumulo.errors import ApiError, BadRequest, ConfigError, NotFound, TooManyRe
 from cumulo.events.service import EventsService
 from cumulo.gateway.audit import principal_key_id, record_denial
 from cumulo.gateway.calls import ServiceCaller
+from cumulo.gateway.storage import Storage, postgres_storage, sqlite_storage
 from cumulo.metering.service import invocation_usage, make_metering
 from cumulo.observability.live_stats import LiveStats
 from cumulo.observability.logs import Recorder
@@ -52,16 +53,6 @@ from cumulo.store.invocations import InvocationRepository
 from cumulo.store.logs import LogRepository
 from cumulo.store.secrets import SecretRepository
 from cumulo.store.sqlite import SQLiteStore
-from cumulo.store.sqlite_alerts import SQLiteAlertRepository
-from cumulo.store.sqlite_audit import SQLiteAuditRepository
-from cumulo.store.sqlite_changes import SQLiteChangeFeed
-from cumulo.store.sqlite_control import SQLiteControlRepository
-from cumulo.store.sqlite_invocations import SQLiteInvocationRepository
-from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
-from cumulo.store.sqlite_logs import SQLiteLogRepository
-from cumulo.store.sqlite_metering import SQLiteMeteringRepository
-from cumulo.store.sqlite_secrets import SQLiteSecretRepository
-from cumulo.store.sqlite_state import SQLiteStateRepository
 from cumulo.store.state import StateRepository
 from cumulo.tasks import cancel_and_wait
 
@@ -98,6 +89,9 @@ class PlatformOptions:
     # Follow the changes other gateways on the same store make (store/changes.py); off
     # for the embedded default, where this gateway is the only writer.
     watch_changes: bool = False
+    # A PostgreSQL DSN (`--db postgresql://…`): every room in that database, shared by
+    # every gateway on it (which then always follows the others' changes); None: SQLite.
+    db: str | None = None
 
 
 class Platform:
@@ -109,17 +103,28 @@ class Platform:
         # ConfigError, before anything starts, on a malformed CUMULO_MASTER_KEY, a key file
         # open to others, or a master key that does not wrap this database's data keys.
         master = load_master_key(data_dir)
-        check_master_key(data_dir / "cumulo.db", master)
         self.encryptor = Encryptor(master)
-        self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self.encryptor)
-        # The control room's data (functions, versions, traffic, keys) through its seam.
-        self.control_repo: ControlRepository = SQLiteControlRepository(self.store)
-        # Function state and secrets through their seams (same database, same sealing).
-        self.state_repo: StateRepository = SQLiteStateRepository(self.store)
-        self.secret_repo: SecretRepository = SQLiteSecretRepository(self.store)
-        # The audit chains through their seam (same database; verify checks them in place).
-        audit_repo = SQLiteAuditRepository(self.store)
-        self.audit = AuditLog(audit_repo, self.encryptor, anchor_path=data_dir / ANCHOR_FILE)
+        # Every room's repositories on one backend (gateway/storage.py): SQLite files in
+        # the data dir by default, or one PostgreSQL database several gateways share.
+        if options.db is None:
+            check_master_key(data_dir / "cumulo.db", master)
+            self.storage: Storage = sqlite_storage(data_dir, self.encryptor)
+        else:
+            self.storage = postgres_storage(options.db, self.encryptor)
+        if self.storage.sqlite is not None:
+            self.store = self.storage.sqlite
+        else:
+            # The privacy room is not on the seam yet: its tables stay in the data dir,
+            # under an Encryptor of their own (one Encryptor per database).
+            check_master_key(data_dir / "cumulo.db", master)
+            self._privacy_encryptor = Encryptor(master)
+            self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self._privacy_encryptor)
+        self.control_repo: ControlRepository = self.storage.control
+        self.state_repo: StateRepository = self.storage.state
+        self.secret_repo: SecretRepository = self.storage.secrets
+        self.audit = AuditLog(
+            self.storage.audit, self.encryptor, anchor_path=data_dir / ANCHOR_FILE
+        )
         self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
@@ -132,8 +137,8 @@ class Platform:
         self.auth.jwt = self.jwt
         self._jwt_refresher: asyncio.Task[None] | None = None
         # Function logs and invocation records through their seams (same database).
-        self.log_repo: LogRepository = SQLiteLogRepository(self.store)
-        self.invocation_repo: InvocationRepository = SQLiteInvocationRepository(self.store)
+        self.log_repo: LogRepository = self.storage.logs
+        self.invocation_repo: InvocationRepository = self.storage.invocations
         self.recorder = Recorder(self.log_repo, self.invocation_repo)
         # Data subjects, consent, retention, redaction: the recorder's guard (docs/privacy.md).
         self.privacy = PrivacyService(
@@ -144,7 +149,8 @@ class Platform:
         self.control = ControlPlane(
             self.control_repo, self.bundles, self.executor, options.runtime.python
         )
-        self.changes = SQLiteChangeFeed(data_dir / "cumulo.db")
+        self.control.bundle_mirror = self.storage.bundles
+        self.changes = self.storage.changes
         self.control.changes = self.changes
         self._subscription: Subscription | None = None
         self._change_follower: asyncio.Task[None] | None = None
@@ -152,7 +158,7 @@ class Platform:
         self.quota = ConcurrencyQuota(options.namespace_concurrency)
         self.tracing = make_tracing(options.tracing or TracingSettings.from_env())
         self.events = EventsService(
-            SQLiteJobQueueRepository(data_dir / "cumulo.db", self.encryptor),
+            self.storage.jobs,
             self.invoke_for_events,
             config_of=self.function_config,
             load_schedules=self.all_schedules,
@@ -184,11 +190,10 @@ class Platform:
         self.insights = Insights(
             self,
             InsightSettings.from_env(prewarm=options.prewarm),
-            alerts=SQLiteAlertRepository(data_dir / "insights.db"),
+            alerts=self.storage.alerts,
             all_keys=self.control_repo.all_keys,
         )
-        usage = SQLiteMeteringRepository(self.store)  # metering's tables, in the same database
-        self.metering = make_metering(usage, options) if options.metering else None
+        self.metering = make_metering(self.storage.metering, options) if options.metering else None
         if self.metering is not None:
             self.metering.changes = self.changes
         if self.metering is not None:
@@ -203,13 +208,19 @@ class Platform:
         self.announce: Callable[[Platform], None] | None = None
         self._quantum: asyncio.Task[QuantumService] | None = None
 
+    @property
+    def follows_changes(self) -> bool:
+        """Whether other gateways write this store: their changes are followed here."""
+        return self.options.watch_changes or self.storage.shared
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         sandbox.check(self.options.runtime)
-        self.store.open()
-        # Finishes an interrupted master rotation; encrypts values from before encryption.
-        await self.store.call(self.encryptor.open, self.store)
-        if self.options.watch_changes:
+        await self.storage.open(self.encryptor)
+        if self.storage.sqlite is None:
+            self.store.open()
+            await self.store.call(self._privacy_encryptor.open, self.store)
+        if self.follows_changes:
             # Before any cache is filled: no change can fall between the two.
             self._subscription = await self.changes.subscribe()
             log.info("following the changes other gateways make to this store")
@@ -231,7 +242,7 @@ class Platform:
         await self.control.warm_all()
         await self.control.collect_bundles()  # leftovers of a crash or of removed functions
         await self.events.start()
-        if (self.quantum_dir / "quantum.db").exists():
+        if await self.storage.has_quantum_jobs():
             # Jobs from before a restart resume; a platform that never ran one stays lean.
             self.quantum_service_task()
         if self.options.demo_dir is not None:
@@ -250,7 +261,6 @@ class Platform:
         await cancel_and_wait(self._change_follower)
         if self._subscription is not None:
             await self._subscription.aclose()
-        self.changes.close()
         await self.events.stop(drain_s=EVENTS_DRAIN_S)
         if self._quantum is not None:
             with contextlib.suppress(BaseException):
@@ -264,7 +274,9 @@ class Platform:
         await self.privacy.stop()
         await self.recorder.stop()
         await self.audit.stop()
-        self.store.close()
+        if self.storage.sqlite is None:
+            self.store.close()
+        await self.storage.close()
         self.tracing.shutdown()
 
     # ------------------------------------------------------------ invocations
@@ -422,10 +434,8 @@ class Platform:
 
     async def _start_quantum(self) -> QuantumService:
         from cumulo.quantum.service import QuantumService
-        from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 
-        jobs = SQLiteQuantumJobRepository(self.quantum_dir / "quantum.db")
-        service = QuantumService(jobs)
+        service = QuantumService(self.storage.quantum())
         await service.start()
         return service
 

@@ -34,6 +34,7 @@ from cumulo.store.postgres_quantum import PostgresQuantumJobRepository
 
 if TYPE_CHECKING:
     from cumulo.store.postgres_audit import PostgresAuditRepository
+    from cumulo.store.postgres_bundles import PostgresBundleRepository
     from cumulo.store.postgres_changes import PostgresChangeFeed
     from cumulo.store.postgres_invocations import PostgresInvocationRepository
     from cumulo.store.postgres_jobs import PostgresJobQueueRepository
@@ -532,6 +533,32 @@ class PostgresStore:
         from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 
         return PostgresJobQueueRepository(self, encryptor)
+
+    @property
+    def bundles(self) -> PostgresBundleRepository:
+        """Function bundles, fetched by gateways that lack one on disk (store/bundles.py)."""
+        from cumulo.store.postgres_bundles import PostgresBundleRepository
+
+        return PostgresBundleRepository(self)
+
+    # ------------------------------------------------------------ health and meta
+    async def ping(self) -> None:
+        """One round trip; StoreUnavailable when the database cannot be reached."""
+        async with self.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def claim_master_id(self, master_id: str) -> str:
+        """Record `master_id` as the master key that wraps this database's data keys unless
+        one is recorded already; the recorded id either way (the caller compares)."""
+        async with self.connection() as conn:
+            await conn.execute(
+                "INSERT INTO crypto_meta (name, value) VALUES ('master_id', %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (master_id,),
+            )
+            cur = await conn.execute("SELECT value FROM crypto_meta WHERE name = 'master_id'")
+            row = await cur.fetchone()
+        return str(row[0]) if row else master_id
 
     @property
     def audit(self) -> PostgresAuditRepository:
