@@ -214,3 +214,43 @@ def test_master_rotation_is_refused_on_postgres_with_a_clear_error(
         "message": "master key rotation runs on the embedded SQLite store only; on "
         "PostgreSQL it is not available yet (docs/storage.md)",
     }
+
+
+def test_a_job_on_a_sigkilled_gateway_runs_again_on_another(
+    cluster: PgCluster, tmp_path: Path, unique_name: str
+) -> None:
+    dsn = cluster.create_database()
+    (tmp_path / "one").mkdir()
+    one = start_platform(tmp_path / "one", "--db", dsn)
+    two: RunningPlatform | None = None
+    try:
+        one.client().deploy(KIT, name=unique_name, handler="kit.sleepy")
+        with one.http() as http:
+            accepted = http.post(f"/async/default/{unique_name}", json={"s": 3})
+            assert accepted.status_code == 202, accepted.text
+            job = accepted.json()["id"]
+            wait_until(
+                lambda: http.get(f"/v1/invocations/{job}").json()["status"] == "running",
+                20,
+                "gateway one to claim the job",
+            )
+        one.stop(signal.SIGKILL)  # mid-job: its lease is left to run out
+        (tmp_path / "two").mkdir()
+        two = start_platform(
+            tmp_path / "two", "--db", dsn, data_dir=second_data_dir(one, tmp_path / "two")
+        )
+        with two.http() as http:
+
+            def done() -> bool:
+                return bool(http.get(f"/v1/invocations/{job}").json()["status"] == "succeeded")
+
+            wait_until(done, 60, "gateway two to run the job once the lease ran out")
+            record = http.get(f"/v1/invocations/{job}").json()
+        # The 3 s job was running when gateway one (and its workers, which die with it)
+        # was killed: only gateway two can have finished it.
+        assert one.proc.returncode == -signal.SIGKILL
+        assert isinstance(record["result"]["pid"], int), record
+    finally:
+        one.stop(signal.SIGKILL)
+        if two is not None:
+            two.stop(signal.SIGKILL)
