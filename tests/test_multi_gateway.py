@@ -8,6 +8,7 @@ bounded polls: the 1 s propagation target is measured in bench/, not asserted he
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -109,3 +110,58 @@ def test_a_quota_set_on_one_gateway_is_enforced_by_the_other(
     follows("the quota enforced on gateway two", lambda: status_on_two() == 429)
     tenant.set_quota(invocations=None)
     follows("the quota lifted on gateway two", lambda: status_on_two() == 200)
+
+
+def test_a_secret_changed_on_one_gateway_is_read_on_the_other(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    tenant = one.client(namespace=unique_name)
+    tenant.set_secret("API_TOKEN", "first")
+    tenant.deploy(KIT, name="reader", handler="kit.secret")
+
+    def token_on_two() -> object:
+        with two.http() as http:
+            return http.post(f"/fn/{unique_name}/reader", json={}).json().get("token")
+
+    assert token_on_two() == "first"
+    tenant.set_secret("API_TOKEN", "second")
+    follows("the new secret on gateway two", lambda: token_on_two() == "second")
+
+
+def test_an_idempotency_key_holds_across_gateways(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    one.client().deploy(KIT, name=unique_name, handler="kit.echo")
+    key = {"idempotency-key": f"order-{unique_name}"}
+    with one.http() as first, two.http() as second:
+        accepted = first.post(f"/async/default/{unique_name}", json={"n": 1}, headers=key)
+        again = second.post(f"/async/default/{unique_name}", json={"n": 1}, headers=key)
+        other = second.post(f"/async/default/{unique_name}", json={"n": 2}, headers=key)
+    assert accepted.status_code == again.status_code == 202
+    assert again.json()["id"] == accepted.json()["id"]  # one job, whichever gateway
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_both_gateways_appending_keep_one_verifiable_audit_chain(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    clients = [one.client(namespace=unique_name), two.client(namespace=unique_name)]
+
+    def append(index: int) -> None:
+        for n in range(10):
+            clients[index].set_secret(f"S{index}_{n}", "x")
+
+    threads = [threading.Thread(target=append, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for client in clients:  # each gateway checks the chain both appended to
+        report = client.verify_audit()
+        assert report["ok"] is True, report
+        (chain,) = [c for c in report["chains"] if c["namespace"] == unique_name]
+        assert chain["rows"] >= 20
