@@ -15,6 +15,7 @@ again without a restart.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from cumulo.store.postgres_secrets import PostgresSecretRepository
     from cumulo.store.postgres_state import PostgresStateRepository
 
+# After a call finds the database unreachable, calls fail at once for FAIL_FAST_S, then
+# the next one tries again waiting at most RETRY_TIMEOUT_S (not the full pool timeout).
+FAIL_FAST_S = 1.0
+RETRY_TIMEOUT_S = 1.0
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
 
@@ -386,6 +391,8 @@ class PostgresStore:
     ) -> None:
         self.dsn = dsn
         self.timeout = timeout
+        self._failed_at: float | None = None  # the last time no connection could be had
+        self._failure = ""
         self.pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             dsn,
             min_size=min_size,
@@ -433,11 +440,29 @@ class PostgresStore:
     async def connection(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
         """A pooled connection (autocommit; use `conn.transaction()` for several
         statements). Connection failures inside become StoreUnavailable."""
+        timeout = self.timeout
+        if self._failed_at is not None:
+            # Known down: fail at once for a moment, then let a call through to try again
+            # on a short wait, so clients get their 503 fast instead of `timeout` each.
+            if time.monotonic() - self._failed_at < FAIL_FAST_S:
+                raise StoreUnavailable(self._failure)
+            timeout = min(timeout, RETRY_TIMEOUT_S)
+        acquired = False
         try:
-            async with self.pool.connection() as conn:
+            async with self.pool.connection(timeout=timeout) as conn:
+                acquired, self._failed_at = True, None
                 yield conn
         except psycopg.OperationalError as exc:
+            # No connection to be had (PoolTimeout), or the one we had broke: down. A
+            # query's own failure (a statement timeout) says nothing about the server.
+            if not acquired or conn.broken:
+                raise self._down(exc) from exc
             raise _unavailable(exc) from exc
+
+    def _down(self, exc: psycopg.Error) -> StoreUnavailable:
+        error = _unavailable(exc)
+        self._failed_at, self._failure = time.monotonic(), str(error)
+        return error
 
     # ------------------------------------------------------------ migrations
     async def migrate(self) -> list[int]:
