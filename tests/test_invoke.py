@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 
+from cumulo import __version__
 from cumulo.client import Client
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 
@@ -204,12 +207,53 @@ def test_metrics_count_invocations_and_cold_starts(
     with platform.http() as http:
         text = http.get("/metrics").text
     assert (
-        f'cumulo_invocations_total{{function="{unique_name}",namespace="default",status="200"}} 2.0'
+        f'cumulo_invocations_total{{code="200",function="{unique_name}",namespace="default"}} 2.0'
         in text
     )
     assert f'cumulo_cold_starts_total{{function="{unique_name}",namespace="default"}} 1.0' in text
     assert "cumulo_invocation_duration_seconds_bucket" in text
     assert "cumulo_workers{" in text
+
+
+def test_metrics_carry_the_process_the_build_and_the_async_queue(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    client = platform.client()
+    client.deploy(KIT, name=unique_name, handler="kit.boom")
+    with platform.http() as http:
+        assert http.post(f"/async/default/{unique_name}", json={}).status_code == 202
+        text = http.get("/metrics").text
+    assert (
+        f'cumulo_build_info{{python="{sys.version.split()[0]}",version="{__version__}"}} 1.0'
+        in text
+    )
+    assert "\nprocess_resident_memory_bytes " in text
+    assert "\nprocess_open_fds " in text
+    assert 'cumulo_async_jobs{status="queued"}' in text
+    assert "\ncumulo_dead_letters " in text
+
+
+def test_metrics_speak_openmetrics_when_asked(platform: RunningPlatform) -> None:
+    with platform.http() as http:
+        response = http.get(
+            "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        plain = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+    assert "# TYPE cumulo_invocations counter" in response.text
+    assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_a_namespace_key_sees_none_of_the_platform_series(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    key = platform.client(unique_name).create_key(["read"], name=unique_name)["key"]
+    response = httpx.get(f"{platform.url}/metrics", headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    for platform_series in ("process_", "cumulo_build_info", "cumulo_async_jobs"):
+        assert platform_series not in response.text
 
 
 def test_health_endpoints_need_no_key(platform: RunningPlatform) -> None:

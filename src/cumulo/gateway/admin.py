@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from cumulo.control.service import DeployRequest
-from cumulo.errors import BadRequest, Conflict, Forbidden, NotFound
+from cumulo.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from cumulo.gateway.auth import principal_of
 from cumulo.gateway.platform import Platform
 from cumulo.sdk.spec import SECRET_NAME_RE, validate_name
@@ -324,11 +325,18 @@ async def _follow(p: Platform, namespace: str, name: str) -> AsyncIterator[bytes
         yield orjson.dumps(record.public()) + b"\n"
 
 
-def metrics_response(p: Platform, principal: Principal) -> Response:
+async def metrics_response(p: Platform, principal: Principal, accept: str) -> Response:
     """A platform admin key sees every series; any other key only its own namespace's
     (series without a namespace label, and the reserved `_system` namespace, are the
-    platform's)."""
-    from cumulo.observability.metrics import CONTENT_TYPE
+    platform's). OpenMetrics when `accept` asks for it."""
+    from cumulo.observability.metrics import scrape_families
 
     namespace = None if principal.namespace == ALL_NAMESPACES else principal.namespace
-    return Response(p.metrics.render(namespace), media_type=CONTENT_TYPE)
+    extra = []
+    if namespace is None:  # the queue and quantum series carry no namespace label
+        job_counts: dict[str, int] | None = None
+        with contextlib.suppress(StoreUnavailable):  # a scrape still answers while it is down
+            job_counts = await p.events.counts()
+        extra = scrape_families(job_counts, p.quantum_counts())
+    body, content_type = p.metrics.render(namespace, accept=accept, extra=extra)
+    return Response(body, media_type=content_type)

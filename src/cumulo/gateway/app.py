@@ -107,10 +107,11 @@ def build_admin_app(platform: Platform) -> FastAPI:
 
     @app.get("/metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
-        """Prometheus text: `read` scope; a namespace key sees its own namespace's series."""
+        """Prometheus text (OpenMetrics when asked): `read` scope; a namespace key sees its
+        own namespace's series."""
         principal = principal_of(request.scope)
         principal.require("read")
-        return metrics_response(platform, principal)
+        return await metrics_response(platform, principal, request.headers.get("accept", ""))
 
     add_docs_routes(app, "cumulo")
     app.state.platform = platform

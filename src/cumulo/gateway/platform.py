@@ -422,6 +422,14 @@ class Platform:
             self._quantum = asyncio.get_running_loop().create_task(self._start_quantum())
         return self._quantum
 
+    def quantum_counts(self) -> dict[str, int] | None:
+        """Unfinished quantum jobs by state, or None while the service has not started
+        (it is started on first use: asking must not load Qiskit)."""
+        task = self._quantum
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result().state_counts()
+
     async def quantum_service(self) -> QuantumService:
         """The quantum job service, started on first use (it loads Qiskit: ~100 MB)."""
         task = self.quantum_service_task()

@@ -1,23 +1,29 @@
 """Prometheus metrics. Counters are bumped on the invoke path; pool gauges are read only
-when /metrics is scraped, so keeping them costs the hot path nothing."""
+when /metrics is scraped, so keeping them costs the hot path nothing.
+
+`render` answers in the Prometheus text format, or in OpenMetrics when the scraper's
+`Accept` asks for it (`prometheus_client.exposition.choose_encoder`). Besides the series
+below: `process_*` (the gateway process), `cumulo_build_info`, and the families the caller
+gathered at scrape time (the async queue, dead letters, quantum jobs: `scrape_families`)."""
 
 from __future__ import annotations
 
 import bisect
+import platform as host_platform
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from cumulo.runtime.pool import VersionPool
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -56,6 +62,46 @@ class PoolCollector(Collector):
         return [workers, zygotes, queue]
 
 
+class BuildInfo(Collector):
+    def collect(self) -> Iterable[Metric]:
+        from cumulo import __version__
+
+        info = GaugeMetricFamily(
+            "cumulo_build_info",
+            "cumulo's version and the Python it runs on (always 1)",
+            labels=["version", "python"],
+        )
+        info.add_metric([__version__, host_platform.python_version()], 1)
+        return [info]
+
+
+def scrape_families(
+    job_counts: dict[str, int] | None, quantum_counts: dict[str, int] | None
+) -> list[Metric]:
+    """The families read at scrape time from the events queue and the quantum service
+    (None: that room could not be asked, so its series are left out, not zeroed)."""
+    families: list[Metric] = []
+    if job_counts is not None:
+        jobs = GaugeMetricFamily(
+            "cumulo_async_jobs", "Async invocation jobs by status", labels=["status"]
+        )
+        for status, count in sorted(job_counts.items()):
+            jobs.add_metric([status], count)
+        dead = GaugeMetricFamily(
+            "cumulo_dead_letters", "Async jobs that ended without success (failed or dead)"
+        )
+        dead.add_metric([], job_counts.get("failed", 0) + job_counts.get("dead", 0))
+        families += [jobs, dead]
+    if quantum_counts is not None:
+        quantum = GaugeMetricFamily(
+            "cumulo_quantum_jobs", "Quantum jobs not finished yet, by state", labels=["state"]
+        )
+        for state, count in sorted(quantum_counts.items()):
+            quantum.add_metric([state], count)
+        families.append(quantum)
+    return families
+
+
 class InvocationStats(Collector):
     """Invocation counters and the latency histogram, kept as plain numbers.
 
@@ -88,8 +134,8 @@ class InvocationStats(Collector):
     def collect(self) -> Iterable[Metric]:
         invocations = CounterMetricFamily(
             "cumulo_invocations",
-            "Invocations by function and HTTP status",
-            labels=["namespace", "function", "status"],
+            "Invocations by function and HTTP status code",
+            labels=["namespace", "function", "code"],
         )
         for (ns, fn, status), count in sorted(self.counts.items()):
             invocations.add_metric([ns, fn, str(status)], count)
@@ -120,21 +166,43 @@ class Metrics:
         self.stats = InvocationStats()
         self.registry.register(self.stats)
         self.registry.register(PoolCollector(pools))
+        self.registry.register(BuildInfo())
+        ProcessCollector(registry=self.registry)  # process_*: CPU, memory, fds of the gateway
         self.observe = self.stats.observe
 
-    def render(self, namespace: str | None = None) -> bytes:
-        """The exposition text: every series (namespace None: the platform admin), or only
-        the series labelled with `namespace`. Series without a namespace label describe the
-        whole platform and are left out of a namespace's view."""
-        if namespace is None:
-            return bytes(generate_latest(self.registry))
-        return bytes(generate_latest(_Scoped(self.registry, namespace)))
+    def render(
+        self,
+        namespace: str | None = None,
+        *,
+        accept: str = "",
+        extra: Iterable[Metric] = (),
+    ) -> tuple[bytes, str]:
+        """The exposition (and its content type, from `accept`): every series (namespace
+        None: the platform admin), or only the series labelled with `namespace`. Series
+        without a namespace label describe the whole platform and are left out of a
+        namespace's view. `extra`: families gathered for this scrape."""
+        encode, content_type = choose_encoder(accept)
+        everything = _WithExtra(self.registry, list(extra))
+        source = everything if namespace is None else _Scoped(everything, namespace)
+        return bytes(encode(source)), content_type
+
+
+class _WithExtra:
+    """The registry's families, then this scrape's own."""
+
+    def __init__(self, registry: CollectorRegistry, extra: list[Metric]) -> None:
+        self._registry = registry
+        self._extra = extra
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._registry.collect()
+        yield from self._extra
 
 
 class _Scoped:
     """A registry view holding only one namespace's samples (what generate_latest reads)."""
 
-    def __init__(self, registry: CollectorRegistry, namespace: str) -> None:
+    def __init__(self, registry: _WithExtra, namespace: str) -> None:
         self._registry = registry
         self._namespace = namespace
 

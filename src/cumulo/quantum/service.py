@@ -193,6 +193,14 @@ class QuantumService:
 
     # ------------------------------------------------------------------ public API
 
+    def state_counts(self) -> dict[str, int]:
+        """Jobs this gateway runs or holds, by state (queued, running, cancelling: 0 when
+        none), for /metrics."""
+        counts = dict.fromkeys(ACTIVE, 0)
+        for job in self._active.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
     async def submit(
         self,
         namespace: str,
