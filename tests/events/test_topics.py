@@ -231,6 +231,19 @@ def test_binary_mode_other_bodies_are_base64() -> None:
     assert "data" not in parse_binary(headers, None, b"")
 
 
+def test_binary_mode_without_a_content_type_reads_json_data_else_bytes() -> None:
+    """Regression: a binary-mode event with no Content-Type had its JSON body base64'd;
+    the spec reads data with no datacontenttype as application/json."""
+    headers = [("ce-specversion", "1.0"), ("ce-id", "b-3"), ("ce-source", "/s"), ("ce-type", "t")]
+    as_json = parse_binary(headers, None, b'{"order": 3}')
+    assert as_json["data"] == {"order": 3}
+    assert "datacontenttype" not in as_json
+    assert "data_base64" not in as_json
+    as_bytes = parse_binary(headers, None, b"\xffnot json")
+    assert base64.b64decode(as_bytes["data_base64"]) == b"\xffnot json"
+    assert "data" not in as_bytes
+
+
 def test_binary_mode_errors() -> None:
     base = [("ce-id", "b"), ("ce-source", "/s"), ("ce-type", "t")]
     assert error_of(lambda: parse_http("application/json", base, b"{}")).details == {

@@ -202,7 +202,8 @@ def parse_binary(
     headers: Iterable[tuple[str, str]], content_type: str | None, body: bytes
 ) -> dict[str, Any]:
     """Binary mode: attributes in `ce-*` headers (percent-encoded), the body is the data and
-    Content-Type its datacontenttype. A JSON body becomes `data`, any other `data_base64`."""
+    Content-Type its datacontenttype. A JSON body becomes `data`, any other `data_base64`;
+    without a Content-Type, a body that parses as JSON is JSON data, any other bytes."""
     event: dict[str, Any] = {}
     for name, value in headers:
         lowered = name.lower()
@@ -222,6 +223,13 @@ def parse_binary(
     if body:
         if is_json_media(event.get("datacontenttype")):
             event["data"] = _load_json(body, "the body (datacontenttype JSON)")
+        elif not content_type:
+            # The spec reads data without a datacontenttype as application/json: JSON
+            # when it parses, else it stays the bytes that were sent.
+            try:
+                event["data"] = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                event["data_base64"] = base64.b64encode(body).decode()
         else:
             event["data_base64"] = base64.b64encode(body).decode()
     return validate_event(event)
