@@ -152,3 +152,43 @@ def test_concurrent_builds_of_one_hash_build_once(tmp_path: Path) -> None:
     assert first == second
     assert builder.builds == 1
     assert [p.name for p in (data / "envs").iterdir()] == [first]
+
+
+RAISES = """
+import cumulo
+import humanize
+
+
+@cumulo.function()
+def fail(event: dict, ctx: cumulo.Context) -> dict:
+    return {"text": humanize.intcomma(event["n"]) + 1}
+
+
+@cumulo.function()
+def deep(event: dict, ctx: cumulo.Context) -> dict:
+    return {"text": humanize.naturalsize("not a number")}
+"""
+
+
+def test_a_requirements_env_traceback_holds_only_the_users_frames(
+    platform: RunningPlatform, unique_name: str, tmp_path: Path
+) -> None:
+    """Regression: in a requirements.txt env cumulo is imported through a symlink, so its
+    frames (with the env's server path) were not recognised as the platform's."""
+    client = platform.client()
+    code = _function_dir(tmp_path / "fn", RAISES, REQUIREMENT)
+    client.deploy(code, name=unique_name, handler="main.fail")
+    with platform.http() as http:
+        error = http.post(f"/fn/default/{unique_name}", json={"n": 5}).json()["error"]
+    lines = error["traceback"].splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1] == '  File "main.py", line 8, in fail'
+    assert lines[-1] == 'TypeError: can only concatenate str (not "int") to str'
+    assert str(platform.data_dir) not in error["traceback"]
+    assert "cumulo" not in error["traceback"].replace(unique_name, "")
+    client.deploy(code, name=unique_name, handler="main.deep")
+    with platform.http() as http:
+        deep = http.post(f"/fn/default/{unique_name}", json={}).json()["error"]["traceback"]
+    assert '  File "main.py", line 13, in deep' in deep
+    assert '  File "humanize/filesize.py"' in deep  # the dependency, by its import path
+    assert str(platform.data_dir) not in deep

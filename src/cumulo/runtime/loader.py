@@ -23,11 +23,19 @@ from cumulo.sdk.on import topics_of
 from cumulo.sdk.schedule import schedules_of
 from cumulo.sdk.spec import FunctionConfig, default_name
 
-# Frames from these paths are the platform's, not the user's: stdlib, importlib, cumulo.
-_PLATFORM_PATHS = (
-    "<frozen",
-    sysconfig.get_paths()["stdlib"],
-    str(Path(__file__).resolve().parent.parent),
+# Frames from these paths are the platform's, not the user's: stdlib, importlib, cumulo
+# (as imported, which in a requirements.txt env is a symlink in its `cumulo-platform/`, and
+# as resolved).
+_PACKAGE = Path(__file__).parent.parent
+_PLATFORM_PATHS = tuple(
+    dict.fromkeys(
+        (
+            "<frozen",
+            sysconfig.get_paths()["stdlib"],
+            f"{_PACKAGE}/",
+            f"{_PACKAGE.resolve()}/",
+        )
+    )
 )
 
 KIND_EVENT = "event"  # f(event: dict, ctx)
@@ -85,6 +93,12 @@ def _relative(filename: str, roots: tuple[str, ...]) -> str | None:
     return None
 
 
+def _import_relative(filename: str) -> str:
+    roots = sorted((p.rstrip("/") + "/" for p in sys.path if p), key=len, reverse=True)
+    found = _relative(filename, tuple(roots))
+    return found if found is not None else Path(filename).name
+
+
 def user_traceback(exc: BaseException, code_dir: Path) -> str:
     """The traceback with platform and importlib frames removed: only the user's lines, their
     files named relative to the code dir (`boom.py`), never by a server path."""
@@ -98,6 +112,11 @@ def user_traceback(exc: BaseException, code_dir: Path) -> str:
             frame.filename = relative
         elif frame.filename.startswith(_PLATFORM_PATHS):
             continue
+        else:
+            # A dependency's frame (a requirements.txt package): named from its import
+            # root (`humanize/number.py`), never by the server path it is installed at.
+            _ = frame.line
+            frame.filename = _import_relative(frame.filename)
         frames.append(frame)
     lines = ["Traceback (most recent call last):\n"] if frames else []
     lines += traceback.format_list(frames)
