@@ -8,6 +8,7 @@ bounded polls: the 1 s propagation target is measured in bench/, not asserted he
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -109,3 +110,53 @@ def test_a_quota_set_on_one_gateway_is_enforced_by_the_other(
     follows("the quota enforced on gateway two", lambda: status_on_two() == 429)
     tenant.set_quota(invocations=None)
     follows("the quota lifted on gateway two", lambda: status_on_two() == 200)
+
+
+# A function's rate limit, offered far over the rate through both gateways. The platform
+# should admit one bucket's worth: burst + rate x elapsed. The documented accuracy
+# (docs/auth.md) allows (gateways - 1) x (burst + rate x lag) more, the lag being one sync
+# interval (100 ms) plus the exchange itself; LAG_S is generous for a loaded CI box. Two
+# gateways that did not share would admit twice one bucket: the bound below excludes it.
+RATE, BURST = 10, 10
+OFFER_S = 4.0
+LAG_S = 1.0
+MAX_REQUESTS = 1000
+PACE_S = 0.01  # ~100 requests a second: 5x the rate on each gateway, and a long offer
+
+
+def test_a_function_rate_limit_holds_across_both_gateways(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    one.client().deploy(KIT, name=unique_name, handler="kit.echo", rate_limit=f"{RATE}/s")
+    clients = [one.http(), two.http()]
+    statuses: list[int] = []
+    limited: list[httpx.Response] = []
+    try:
+        for http in clients:  # warm both (a cold start would eat into the offer)
+            assert http.post(f"/fn/default/{unique_name}", json={}).status_code == 200
+        time.sleep(BURST / RATE + 0.5)  # both buckets refill to a full burst
+        started = time.monotonic()
+        while time.monotonic() - started < OFFER_S and len(statuses) < MAX_REQUESTS:
+            response = clients[len(statuses) % 2].post(f"/fn/default/{unique_name}", json={})
+            statuses.append(response.status_code)
+            if response.status_code == 429 and len(limited) < 5:
+                limited.append(response)
+            time.sleep(PACE_S)
+        elapsed = time.monotonic() - started
+    finally:
+        for http in clients:
+            http.close()
+    admitted = statuses.count(200)
+    one_bucket = BURST + RATE * elapsed
+    assert set(statuses) <= {200, 429}
+    assert admitted <= one_bucket + (2 - 1) * (BURST + RATE * LAG_S), (admitted, elapsed)
+    assert admitted >= 0.7 * one_bucket, (admitted, elapsed)
+    assert admitted < 2 * one_bucket - 5  # not each gateway its own limit
+    assert statuses.count(429) > 0
+    body = limited[0].json()["error"]
+    assert body["code"] == "function_rate_limited"
+    assert body["message"] == f"{unique_name} is over its rate limit of {RATE}/s"
+    assert 1 <= int(limited[0].headers["retry-after"]) <= 60
+    for gateway in gateways:
+        assert "shared limits unavailable" not in gateway.log()

@@ -28,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
@@ -36,12 +39,18 @@ from cumulo.security.ratelimit import ConcurrencyQuota, RateLimiter
 from cumulo.store.limits import MAX_NAME, LimitExchange, LimitRepository
 from cumulo.tasks import cancel_and_wait
 
-__all__ = ["SharedLimits", "limit_key"]
+__all__ = ["SharedLimits", "limit_key", "new_gateway_id"]
 
 log = logging.getLogger("cumulo")
 
 INTERVAL_S = 0.1
 TTL_S = 5.0  # a dead gateway's in-flight invocations stop counting this long after
+
+
+def new_gateway_id() -> str:
+    """This process's id among the gateways sharing a store: host, pid and a random part
+    (a pid reused after a restart must not inherit the dead process's rows)."""
+    return f"{socket.gethostname()[:200]}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 def limit_key(prefix: str, key: object) -> str:
