@@ -7,9 +7,12 @@ bounded polls: the 1 s propagation target is measured in bench/, not asserted he
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,9 +23,7 @@ KIT = FUNCTIONS / "kit.py"
 FOLLOW_S = 10.0  # generous: a loaded CI box must not fail a feed that works
 
 
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningPlatform, ...]]:
-    root = tmp_path_factory.mktemp("gateways")
+def two_gateways(root: Path, *extra: str) -> Iterator[tuple[RunningPlatform, ...]]:
     data_dir = root / "data"
     started: list[RunningPlatform] = []
     try:
@@ -30,13 +31,18 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running
             (root / name).mkdir()
             started.append(
                 start_platform(
-                    root / name, "--watch-changes", "--idle-timeout", "2", data_dir=data_dir
+                    root / name, "--watch-changes", "--idle-timeout", "2", *extra, data_dir=data_dir
                 )
             )
         yield tuple(started)
     finally:
         for running in started:
             running.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningPlatform, ...]]:
+    yield from two_gateways(tmp_path_factory.mktemp("gateways"))
 
 
 def version_on(gateway: RunningPlatform, name: str) -> str | None:
@@ -160,3 +166,48 @@ def test_a_function_rate_limit_holds_across_both_gateways(
     assert 1 <= int(limited[0].headers["retry-after"]) <= 60
     for gateway in gateways:
         assert "shared limits unavailable" not in gateway.log()
+
+
+HOLD_S = 4.0  # how long the calls on gateway one hold the namespace's two slots
+
+
+@pytest.fixture(scope="module")
+def limited_gateways(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningPlatform, ...]]:
+    yield from two_gateways(tmp_path_factory.mktemp("limited"), "--namespace-concurrency", "2")
+
+
+def inflight_reported(data_dir: Path) -> int:
+    """What the gateways have reported in flight, read from the store they share."""
+    try:
+        with sqlite3.connect(data_dir / "limits.db") as db:
+            row = db.execute("SELECT coalesce(sum(inflight), 0) FROM limit_inflight").fetchone()
+    except sqlite3.Error:
+        return 0  # not created yet
+    return int(row[0])
+
+
+def test_namespace_concurrency_holds_across_both_gateways(
+    limited_gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = limited_gateways
+    tenant = one.client(namespace=unique_name)
+    tenant.deploy(KIT, name="slow", handler="kit.sleepy", max_instances=4)
+    tenant.deploy(KIT, name="fast", handler="kit.echo")
+
+    def call(gateway: RunningPlatform, name: str, body: dict[str, float]) -> httpx.Response:
+        with gateway.http() as http:
+            return http.post(f"/fn/{unique_name}/{name}", json=body)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(call, one, "slow", {"s": HOLD_S}) for _ in range(2)]
+        follows("gateway one reporting 2 in flight", lambda: inflight_reported(one.data_dir) == 2)
+        refused = call(two, "fast", {})
+        if refused.status_code == 200:  # two had not read them yet: one more interval
+            follows("gateway two refusing", lambda: call(two, "fast", {}).status_code == 429)
+            refused = call(two, "fast", {})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "namespace_concurrency"
+        assert [f.result().status_code for f in slow] == [200, 200]
+    follows("gateway two admitting again", lambda: call(two, "fast", {}).status_code == 200)
