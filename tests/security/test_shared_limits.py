@@ -244,3 +244,19 @@ def test_a_key_without_a_local_bucket_is_not_charged() -> None:
         assert two.functions.take(("ns", "f"), rate) == 0.0
 
     asyncio.run(main())
+
+
+def test_a_gateway_with_no_limit_in_use_skips_the_exchange(tmp_path: Path) -> None:
+    """No bucket, no quota: nothing is written (a store that cannot be reached is not even
+    tried), so gateways without limits cost the store nothing."""
+    clock = Clock()
+    idle = Gateway("idle", SQLiteLimitRepository(tmp_path / "missing" / "limits.db"), clock)
+
+    async def main() -> None:
+        assert await idle.sync.sync_once()
+        assert idle.sync.healthy
+        idle.keys.take("k", Rate(per_s=1, burst=1))
+        assert not await idle.sync.sync_once()  # a bucket now: it exchanges
+
+    asyncio.run(main())
+    assert not (tmp_path / "missing").exists()

@@ -98,6 +98,10 @@ class RateLimiter:
             self.used[key] = self.used.get(key, 0) + 1
         return wait
 
+    def __len__(self) -> int:
+        """How many keys have a bucket."""
+        return len(self._buckets)
+
     def charge(self, key: object, tokens: int) -> None:
         """Take `tokens` other gateways took from `key`'s bucket. A key this gateway has
         no bucket for is skipped: its first request starts from a full burst."""

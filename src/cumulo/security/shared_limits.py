@@ -112,7 +112,10 @@ class SharedLimits:
     async def sync_once(self) -> bool:
         """One exchange; False when the store could not be reached (then every limit is
         this gateway's alone until an exchange succeeds)."""
-        report = LimitExchange(self.gateway, self._drain(), dict(self.quota.inflight), self.ttl_s)
+        used = self._drain()
+        if not used and not self.quota.limit and not any(map(len, self.limiters.values())):
+            return True  # no limit in use here: nothing to report, nothing to charge
+        report = LimitExchange(self.gateway, used, dict(self.quota.inflight), self.ttl_s)
         try:
             totals = await self.repo.exchange(report)
         except Exception as exc:
