@@ -7,9 +7,13 @@ bounded polls: the 1 s propagation target is measured in bench/, not asserted he
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,9 +24,7 @@ KIT = FUNCTIONS / "kit.py"
 FOLLOW_S = 10.0  # generous: a loaded CI box must not fail a feed that works
 
 
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningPlatform, ...]]:
-    root = tmp_path_factory.mktemp("gateways")
+def two_gateways(root: Path, *extra: str) -> Iterator[tuple[RunningPlatform, ...]]:
     data_dir = root / "data"
     started: list[RunningPlatform] = []
     try:
@@ -30,13 +32,18 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running
             (root / name).mkdir()
             started.append(
                 start_platform(
-                    root / name, "--watch-changes", "--idle-timeout", "2", data_dir=data_dir
+                    root / name, "--watch-changes", "--idle-timeout", "2", *extra, data_dir=data_dir
                 )
             )
         yield tuple(started)
     finally:
         for running in started:
             running.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningPlatform, ...]]:
+    yield from two_gateways(tmp_path_factory.mktemp("gateways"))
 
 
 def version_on(gateway: RunningPlatform, name: str) -> str | None:
@@ -165,3 +172,101 @@ def test_both_gateways_appending_keep_one_verifiable_audit_chain(
         assert report["ok"] is True, report
         (chain,) = [c for c in report["chains"] if c["namespace"] == unique_name]
         assert chain["rows"] >= 20
+
+
+# A function's rate limit, offered far over the rate through both gateways. The platform
+# should admit one bucket's worth: burst + rate x elapsed. The documented accuracy
+# (docs/auth.md) allows (gateways - 1) x (burst + rate x lag) more, the lag being one sync
+# interval (100 ms) plus the exchange itself; LAG_S is generous for a loaded CI box. Two
+# gateways that did not share would admit twice one bucket: the bound below excludes it.
+RATE, BURST = 10, 10
+OFFER_S = 4.0
+LAG_S = 1.0
+MAX_REQUESTS = 1000
+PACE_S = 0.01  # ~100 requests a second: 5x the rate on each gateway, and a long offer
+
+
+def test_a_function_rate_limit_holds_across_both_gateways(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = gateways
+    one.client().deploy(KIT, name=unique_name, handler="kit.echo", rate_limit=f"{RATE}/s")
+    clients = [one.http(), two.http()]
+    statuses: list[int] = []
+    limited: list[httpx.Response] = []
+    try:
+        for http in clients:  # warm both (a cold start would eat into the offer)
+            assert http.post(f"/fn/default/{unique_name}", json={}).status_code == 200
+        time.sleep(BURST / RATE + 0.5)  # both buckets refill to a full burst
+        started = time.monotonic()
+        while time.monotonic() - started < OFFER_S and len(statuses) < MAX_REQUESTS:
+            response = clients[len(statuses) % 2].post(f"/fn/default/{unique_name}", json={})
+            statuses.append(response.status_code)
+            if response.status_code == 429 and len(limited) < 5:
+                limited.append(response)
+            time.sleep(PACE_S)
+        elapsed = time.monotonic() - started
+    finally:
+        for http in clients:
+            http.close()
+    admitted = statuses.count(200)
+    one_bucket = BURST + RATE * elapsed
+    assert set(statuses) <= {200, 429}
+    assert admitted <= one_bucket + (2 - 1) * (BURST + RATE * LAG_S), (admitted, elapsed)
+    assert admitted >= 0.7 * one_bucket, (admitted, elapsed)
+    assert admitted < 2 * one_bucket - 5  # not each gateway its own limit
+    assert statuses.count(429) > 0
+    body = limited[0].json()["error"]
+    assert body["code"] == "function_rate_limited"
+    assert body["message"] == f"{unique_name} is over its rate limit of {RATE}/s"
+    assert 1 <= int(limited[0].headers["retry-after"]) <= 60
+    for gateway in gateways:
+        assert "shared limits unavailable" not in gateway.log()
+
+
+HOLD_S = 4.0  # how long the calls on gateway one hold the namespace's two slots
+
+
+@pytest.fixture(scope="module")
+def limited_gateways(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningPlatform, ...]]:
+    yield from two_gateways(tmp_path_factory.mktemp("limited"), "--namespace-concurrency", "2")
+
+
+def inflight_reported(gateway: RunningPlatform) -> int:
+    """What the gateways have reported in flight, read from the store they share."""
+    query = "SELECT coalesce(sum(inflight), 0) FROM limit_inflight"
+    if gateway.database is not None:  # PostgreSQL: the same table in the shared database
+        return int(gateway.store_query(query)[0][0])
+    try:
+        with sqlite3.connect(gateway.data_dir / "limits.db") as db:
+            row = db.execute(query).fetchone()
+    except sqlite3.Error:
+        return 0  # not created yet
+    return int(row[0])
+
+
+def test_namespace_concurrency_holds_across_both_gateways(
+    limited_gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    one, two = limited_gateways
+    tenant = one.client(namespace=unique_name)
+    tenant.deploy(KIT, name="slow", handler="kit.sleepy", max_instances=4)
+    tenant.deploy(KIT, name="fast", handler="kit.echo")
+
+    def call(gateway: RunningPlatform, name: str, body: dict[str, float]) -> httpx.Response:
+        with gateway.http() as http:
+            return http.post(f"/fn/{unique_name}/{name}", json=body)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(call, one, "slow", {"s": HOLD_S}) for _ in range(2)]
+        follows("gateway one reporting 2 in flight", lambda: inflight_reported(one) == 2)
+        refused = call(two, "fast", {})
+        if refused.status_code == 200:  # two had not read them yet: one more interval
+            follows("gateway two refusing", lambda: call(two, "fast", {}).status_code == 429)
+            refused = call(two, "fast", {})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "namespace_concurrency"
+        assert [f.result().status_code for f in slow] == [200, 200]
+    follows("gateway two admitting again", lambda: call(two, "fast", {}).status_code == 200)

@@ -34,7 +34,7 @@ from cumulo.privacy.api import build_router as build_privacy_router
 from cumulo.quantum.api import build_router as build_quantum_router
 from cumulo.request_body import reject_lone_surrogates
 from cumulo.security.auth import ALL_NAMESPACES
-from cumulo.security.ratelimit import Rate, RateLimiter
+from cumulo.security.ratelimit import Rate
 
 
 def quantum_namespace(request: Request) -> str:
@@ -161,7 +161,7 @@ class Gateway:
     def __init__(self, platform: Platform) -> None:
         options = platform.options
         key_rate = Rate.parse(options.key_rate) if options.key_rate else None
-        limiter = RateLimiter()  # one bucket per key, whichever path the key uses
+        limiter = platform.key_limiter  # one bucket per key, whichever path the key uses
         # Dashboard logins: a session cookie authenticates like its key (gateway/ui.py).
         self.sessions = SessionStore(platform.auth)
 

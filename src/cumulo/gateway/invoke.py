@@ -31,7 +31,6 @@ from cumulo.runtime.loader import KIND_ASGI, KIND_MODEL, KIND_PROCESS, KIND_REQU
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import Principal
-from cumulo.security.ratelimit import RateLimiter
 from cumulo.store.base import LogRecord
 
 PREFIX = "/fn/"
@@ -91,7 +90,7 @@ class InvokeApp:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.limit = platform.options.runtime.max_request_bytes
-        self.limiter = RateLimiter()
+        self.limiter = platform.function_limiter  # shared with other gateways' (platform.py)
         self.tracing = platform.tracing
         self.meta_headers = list(FUNCTION_SECURITY_HEADERS)
         if platform.options.tls:

@@ -45,7 +45,8 @@ from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
 from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
-from cumulo.security.ratelimit import ConcurrencyQuota
+from cumulo.security.ratelimit import ConcurrencyQuota, RateLimiter
+from cumulo.security.shared_limits import SharedLimits, new_gateway_id
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.changes import Change, Subscription
 from cumulo.store.control import ControlRepository
@@ -156,6 +157,21 @@ class Platform:
         self._change_follower: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: list(self.executor.pools.values()))
         self.quota = ConcurrencyQuota(options.namespace_concurrency)
+        # ---- Platform-wide rate limits and namespace concurrency (docs/auth.md). Requests
+        # are admitted in memory; with a store shared by other gateways a background task
+        # exchanges this gateway's usage with theirs every 100 ms (security/shared_limits).
+        # Alone (the embedded default) nothing is counted and nothing runs.
+        self.key_limiter = RateLimiter()  # per API key, whichever path the key uses
+        self.function_limiter = RateLimiter()  # per function with a rate_limit
+        self.shared_limits: SharedLimits | None = None
+        if self.follows_changes:
+            self.shared_limits = SharedLimits(
+                self.storage.limits,
+                new_gateway_id(),
+                {"key": self.key_limiter, "fn": self.function_limiter},
+                self.quota,
+            )
+        # ---- end of shared limits
         self.tracing = make_tracing(options.tracing or TracingSettings.from_env())
         self.events = EventsService(
             self.storage.jobs,
@@ -251,6 +267,8 @@ class Platform:
             self._change_follower = asyncio.get_running_loop().create_task(
                 self._follow_changes(self._subscription)
             )
+        if self.shared_limits is not None:
+            self.shared_limits.start()
         self.ready = True
         if self.announce is not None:
             self.announce(self)
@@ -267,6 +285,8 @@ class Platform:
                 await (await self._quantum).stop()
         await self.insights.stop()
         await self.executor.stop()
+        if self.shared_limits is not None:
+            await self.shared_limits.stop()  # withdraws this gateway's in-flight counts
         await cancel_and_wait(self._outcome_drainer)
         self.drain_outcomes()  # every finished invocation reaches its observers
         if self.metering is not None:

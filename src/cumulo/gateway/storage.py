@@ -31,6 +31,7 @@ from cumulo.store.changes import ChangeFeed
 from cumulo.store.control import ControlRepository
 from cumulo.store.invocations import InvocationRepository
 from cumulo.store.jobs import JobQueueRepository
+from cumulo.store.limits import LimitRepository
 from cumulo.store.logs import LogRepository
 from cumulo.store.metering import MeteringRepository
 from cumulo.store.secrets import SecretRepository
@@ -100,6 +101,7 @@ class Storage:
     alerts: AlertRepository
     metering: MeteringRepository
     changes: ChangeFeed
+    limits: LimitRepository  # rate-limit usage and in-flight counts shared by gateways
     sqlite: SQLiteStore | None = None  # the embedded default's store (privacy still uses it)
     postgres: PostgresStore | None = None
     bundles: BundleRepository | None = None  # None: bundles are files in the data dir
@@ -189,6 +191,7 @@ def sqlite_storage(data_dir: Path, encryptor: Encryptor) -> Storage:
     from cumulo.store.sqlite_control import SQLiteControlRepository
     from cumulo.store.sqlite_invocations import SQLiteInvocationRepository
     from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
+    from cumulo.store.sqlite_limits import SQLiteLimitRepository
     from cumulo.store.sqlite_logs import SQLiteLogRepository
     from cumulo.store.sqlite_metering import SQLiteMeteringRepository
     from cumulo.store.sqlite_secrets import SQLiteSecretRepository
@@ -210,6 +213,8 @@ def sqlite_storage(data_dir: Path, encryptor: Encryptor) -> Storage:
         alerts=SQLiteAlertRepository(data_dir / "insights.db"),
         metering=SQLiteMeteringRepository(store),
         changes=changes,
+        # Its own file: a limit exchange never waits on cumulo.db's write lock.
+        limits=SQLiteLimitRepository(data_dir / "limits.db"),
         sqlite=store,
         closers=[changes.close],
         quantum_path=data_dir / "quantum" / "quantum.db",
@@ -234,6 +239,7 @@ def postgres_storage(dsn: str, encryptor: Encryptor, *, pool_size: int = 8) -> S
         alerts=store.alerts,
         metering=store.metering,
         changes=store.changes(),
+        limits=store.limits,
         postgres=store,
         bundles=store.bundles,
     )

@@ -1,6 +1,10 @@
 """Token buckets for rate limits, and counters for concurrency quotas.
 
 Plain in-memory objects with an injectable clock, so tests drive time instead of sleeping.
+With several gateways on one store, `cumulo.security.shared_limits` makes them hold
+platform-wide: it reads what this gateway took (`RateLimiter.used`, `ConcurrencyQuota.
+inflight`) and feeds back what the others took (`RateLimiter.charge`, `ConcurrencyQuota.
+others`), in the background; a request never waits for it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,13 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / rate.per_s
 
+    def charge(self, tokens: float, now: float) -> None:
+        """Take `tokens` other gateways took: the bucket may go below zero, and then
+        refills from there (the others' share is paid back before this gateway's next)."""
+        self.tokens = min(self.rate.burst, self.tokens + (now - self.stamp) * self.rate.per_s)
+        self.stamp = now
+        self.tokens -= tokens
+
 
 class RateLimiter:
     """One bucket per key (an API key id, a function), the least recently used evicted."""
@@ -67,6 +78,9 @@ class RateLimiter:
         self._clock = clock
         self._max_keys = max_keys
         self._buckets: OrderedDict[object, TokenBucket] = OrderedDict()
+        # Tokens taken per key since the synchronizer last read them; None (a gateway that
+        # shares its store with no other): not counted, the hot path pays nothing.
+        self.used: dict[object, int] | None = None
 
     def take(self, key: object, rate: Rate) -> float:
         if rate.unlimited:
@@ -79,19 +93,35 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take(now)
+        wait = bucket.take(now)
+        if wait == 0.0 and self.used is not None:
+            self.used[key] = self.used.get(key, 0) + 1
+        return wait
+
+    def __len__(self) -> int:
+        """How many keys have a bucket."""
+        return len(self._buckets)
+
+    def charge(self, key: object, tokens: int) -> None:
+        """Take `tokens` other gateways took from `key`'s bucket. A key this gateway has
+        no bucket for is skipped: its first request starts from a full burst."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.charge(tokens, self._clock())
 
 
 class ConcurrencyQuota:
-    """In-flight invocations per namespace, capped."""
+    """In-flight invocations per namespace, capped (`others`: what other gateways on the
+    same store have in flight, as last synchronized; empty for a gateway on its own)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.inflight: dict[str, int] = {}
+        self.others: dict[str, int] = {}
 
     def enter(self, namespace: str) -> bool:
         current = self.inflight.get(namespace, 0)
-        if self.limit and current >= self.limit:
+        if self.limit and current + self.others.get(namespace, 0) >= self.limit:
             return False
         self.inflight[namespace] = current + 1
         return True

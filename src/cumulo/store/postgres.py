@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cumulo.store.postgres_invocations import PostgresInvocationRepository
     from cumulo.store.postgres_jobs import PostgresJobQueueRepository
     from cumulo.store.postgres_keys import DataKeyCipher
+    from cumulo.store.postgres_limits import PostgresLimitRepository
     from cumulo.store.postgres_logs import PostgresLogRepository
     from cumulo.store.postgres_secrets import PostgresSecretRepository
     from cumulo.store.postgres_state import PostgresStateRepository
@@ -357,6 +358,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             value text NOT NULL);
         """,
     ),
+    Migration(
+        12,
+        "shared limits: token usage per window and in-flight counts per gateway "
+        "(store/postgres_limits.py)",
+        """
+        CREATE TABLE limit_usage (
+            key text NOT NULL,
+            win bigint NOT NULL,
+            gateway text NOT NULL,
+            used bigint NOT NULL,
+            PRIMARY KEY (key, win, gateway));
+        CREATE INDEX limit_usage_by_win ON limit_usage (win);
+        CREATE TABLE limit_inflight (
+            gateway text NOT NULL,
+            namespace text NOT NULL,
+            inflight bigint NOT NULL,
+            expires_at double precision NOT NULL,
+            PRIMARY KEY (gateway, namespace));
+        CREATE INDEX limit_inflight_by_expiry ON limit_inflight (expires_at);
+        """,
+    ),
 )
 
 
@@ -584,6 +606,13 @@ class PostgresStore:
             cur = await conn.execute("SELECT value FROM crypto_meta WHERE name = 'master_id'")
             row = await cur.fetchone()
         return str(row[0]) if row else master_id
+
+    @property
+    def limits(self) -> PostgresLimitRepository:
+        """Shared rate-limit usage and in-flight counts, on the database clock."""
+        from cumulo.store.postgres_limits import PostgresLimitRepository
+
+        return PostgresLimitRepository(self)
 
     @property
     def audit(self) -> PostgresAuditRepository:
