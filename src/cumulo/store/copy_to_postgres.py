@@ -76,16 +76,21 @@ def _job_error(value: bytes | str | None) -> str | None:
     return "\\x" + value.hex() if isinstance(value, bytes) else value
 
 
-def _log_message(value: bytes | str) -> bytes:
-    # PostgreSQL's log repository opens every line (postgres_logs): a line from before
-    # sealing would be unreadable there. A platform start seals them (seal_legacy_rows).
-    if not is_sealed(value):
-        raise ConfigError(
-            "cumulo.db holds log lines from before sealing: start the platform once with "
-            "this cumulo (it seals them), stop it, then migrate"
-        )
-    assert isinstance(value, bytes)
-    return value
+def _sealed(what: str) -> Convert:
+    """A column PostgreSQL's repository always opens (postgres_logs, _state, _secrets): a
+    value from before sealing would be unreadable there. A platform start seals them
+    (Encryptor.open, seal_legacy_rows), so the way out is one start."""
+
+    def check(value: bytes | str) -> bytes:
+        if not is_sealed(value):
+            raise ConfigError(
+                f"cumulo.db holds {what} from before sealing: start the platform once with "
+                "this cumulo (it seals them), stop it, then migrate"
+            )
+        assert isinstance(value, bytes)
+        return value
+
+    return check
 
 
 # ---------------------------------------------------------------- the mapping
@@ -167,13 +172,17 @@ COPIED: tuple[Table, ...] = (
     _t("event_published", "namespace source event_id topic deliveries published_at"),
     # migration 7: data keys (verbatim: the same master opens everything), state, secrets
     _t("data_keys", "namespace version master_id wrapped created_at"),
-    _t("state", "namespace function key key_sealed value version updated_at"),
-    _t("secrets", "namespace name value updated_at"),
+    _t(
+        "state",
+        "namespace function key key_sealed value version updated_at",
+        convert={"value": _sealed("state values")},
+    ),
+    _t("secrets", "namespace name value updated_at", convert={"value": _sealed("secrets")}),
     # migration 8: logs (seqs kept: unique per function, as log_heads hands them out)
     _t(
         "logs",
         "namespace function seq version invocation_id ts level message",
-        convert={"message": _log_message},
+        convert={"message": _sealed("log lines")},
         order="seq",
     ),
     _t(
