@@ -71,8 +71,8 @@ async def _add_embedded_rows(data_dir: Path) -> None:
     await quantum.aclose()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CUMULO, *args], capture_output=True, text=True, timeout=120)
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CUMULO, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +256,37 @@ def test_an_unmapped_postgres_table_is_refused(source: Path, pg_dsn: str) -> Non
 
     asyncio.run(main())
     assert set(asyncio.run(_dest_rows(pg_dsn)).values()) == {0}
+
+
+def test_an_unmapped_sqlite_table_is_refused(source: Path, pg_dsn: str, tmp_path: Path) -> None:
+    grown = tmp_path / "data"
+    shutil.copytree(source, grown)
+    with sqlite3.connect(grown / "cumulo.db") as db:
+        db.execute("CREATE TABLE future_thing (id TEXT)")
+    proc = cli("migrate", "--from", str(grown), "--to", pg_dsn)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: SQLite table cumulo.db:future_thing has no mapping in cumulo migrate "
+        "(store/copy_to_postgres.py): nothing was copied"
+    )
+
+
+def test_from_defaults_to_the_default_data_dir(source: Path, pg_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / ".cumulo").symlink_to(source)  # what `cumulo up` uses without --data-dir
+    proc = cli("migrate", "--to", pg_dsn, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"copied {source}" in proc.stdout
+
+
+def test_a_database_the_server_refuses_is_one_line(source: Path, pg_dsn: str) -> None:
+    # The test cluster trusts every login, so a wrong password cannot be staged: a missing
+    # database is refused by the server at the same step.
+    missing = pg_dsn.rsplit("/", 1)[0] + "/no_such_database"
+    proc = cli("migrate", "--from", str(source), "--to", missing)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert 'database "no_such_database" does not exist' in lines[0]
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(source: Path) -> None:
