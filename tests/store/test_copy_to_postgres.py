@@ -10,6 +10,7 @@ checkout's `src` on PYTHONPATH (inherited), so the command is this tree's.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import sqlite3
@@ -20,7 +21,13 @@ import orjson
 import psycopg
 import pytest
 
-from cumulo.security.crypto import Encryptor, load_master_key
+from cumulo.security.crypto import (
+    MASTER_ENV,
+    Encryptor,
+    format_master_key,
+    generate_master_key,
+    load_master_key,
+)
 from cumulo.store.alerts import Alert
 from cumulo.store.copy_to_postgres import (
     COPIED,
@@ -71,8 +78,18 @@ async def _add_embedded_rows(data_dir: Path) -> None:
     await quantum.aclose()
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CUMULO, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    # The environment is inherited (PYTHONPATH: this checkout's code), `env` added to it.
+    return subprocess.run(
+        [CUMULO, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +314,31 @@ def test_an_unreachable_database_is_one_line_without_the_password(source: Path) 
     assert len(lines) == 1
     assert lines[0].startswith("error: the database is unavailable")
     assert "hunter2secret" not in proc.stderr + proc.stdout
+
+
+def test_the_source_master_key_is_needed_and_checked(source: Path, tmp_path: Path) -> None:
+    other = {MASTER_ENV: format_master_key(generate_master_key())}
+    proc = cli("migrate", "--from", str(source), "--to", "postgresql://127.0.0.1:1/x", env=other)
+    assert proc.returncode == 1
+    assert "is not the one that wraps this database's data keys" in proc.stderr
+    keyless = tmp_path / "data"
+    shutil.copytree(source, keyless)
+    (keyless / "master.key").unlink()
+    proc = cli("migrate", "--from", str(keyless), "--to", "postgresql://127.0.0.1:1/x")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"error: no master key: {keyless / 'master.key'} is missing and {MASTER_ENV} is not set"
+    )
+    assert not (keyless / "master.key").exists()  # not created by the attempt
+
+
+def test_a_data_dir_that_is_not_sqlite_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cumulo.db").write_bytes(b"not a database, not at all" * 100)
+    proc = cli("migrate", "--from", str(tmp_path), "--to", "postgresql://127.0.0.1:1/x")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot read {tmp_path / 'cumulo.db'}: file is not a database"
+    ]
 
 
 @pytest.mark.parametrize(

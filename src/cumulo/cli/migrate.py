@@ -47,9 +47,9 @@ def data_dir_of(source: str) -> Path:
 def master_of(data_dir: Path) -> MasterKey:
     """The source's master key, never created here (load_master_key would make one)."""
     from cumulo.security.crypto import MASTER_ENV, MASTER_FILE, check_master_key, load_master_key
+    from cumulo.store.copy_to_postgres import check_source
 
-    if not (data_dir / "cumulo.db").is_file():
-        raise ConfigError(f"{data_dir} is not a cumulo data dir (no cumulo.db)")
+    check_source(data_dir)  # a data dir, readable, before its key is looked for
     if MASTER_ENV not in os.environ and not (data_dir / MASTER_FILE).exists():
         raise ConfigError(
             f"no master key: {data_dir / MASTER_FILE} is missing and {MASTER_ENV} is not set"

@@ -251,6 +251,7 @@ NOT_YET: dict[str, str] = {
 SOURCE_NOT_COPIED: dict[str, str] = {
     "control_changes": "change-feed signals, not data (PostgreSQL notifies instead)",
     "sqlite_sequence": "SQLite's own AUTOINCREMENT counters (sequences are advanced instead)",
+    "sqlite_stat1": "SQLite's planner statistics",
     **NOT_YET,
 }
 
@@ -296,6 +297,11 @@ def parse_dsn(dsn: str) -> None:
         raise ConfigError(f"--to is not a valid PostgreSQL URL: {first}") from None
 
 
+def check_source(data_dir: Path) -> None:
+    """ConfigError, one line, unless `data_dir` holds a readable cumulo platform."""
+    Source(data_dir).close()
+
+
 class Source:
     """The data dir's SQLite files, read-only, each in one read transaction."""
 
@@ -306,25 +312,29 @@ class Source:
             raise ConfigError(f"{data_dir} is not a cumulo data dir (no {PLATFORM_DB})")
         self._conns: dict[str, sqlite3.Connection] = {}
         self._tables: dict[str, set[str]] = {}
-        for name in (PLATFORM_DB, INSIGHTS_DB, QUANTUM_DB):
-            if (data_dir / name).is_file():
-                self._open(name)
-        if not set(PLATFORM_TABLES) <= self._tables[PLATFORM_DB]:
-            raise ConfigError(
-                f"{data_dir} is not a cumulo data dir ({PLATFORM_DB} has no platform)"
-            )
+        try:
+            for name in (PLATFORM_DB, INSIGHTS_DB, QUANTUM_DB):
+                if (data_dir / name).is_file():
+                    self._open(name)
+            if not set(PLATFORM_TABLES) <= self._tables[PLATFORM_DB]:
+                raise ConfigError(
+                    f"{data_dir} is not a cumulo data dir ({PLATFORM_DB} has no platform)"
+                )
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, name: str) -> None:
         uri = (self.data_dir / name).resolve().as_uri() + "?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._conns[name] = conn  # closed by close(), whatever fails next
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("BEGIN")  # one snapshot: a running platform's later writes unseen
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             self._tables[name] = {str(r[0]) for r in rows}
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot read {self.data_dir / name}: {exc}") from None
-        self._conns[name] = conn
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -341,7 +351,9 @@ class Source:
             f"{file}:{table}"
             for file, tables in self._tables.items()
             for table in tables
-            if (file, table) not in sources and table not in SOURCE_NOT_COPIED
+            if (file, table) not in sources
+            and table not in SOURCE_NOT_COPIED
+            and not table.startswith("sqlite_")  # SQLite's own (sequences, statistics)
         )
 
     def count(self, file: str, sql: str) -> int:
