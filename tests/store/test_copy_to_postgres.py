@@ -259,6 +259,29 @@ def test_a_failure_mid_copy_leaves_the_destination_empty(
     assert set(asyncio.run(_dest_rows(pg_dsn)).values()) == {0}  # api_keys went in first
 
 
+def test_a_tampered_audit_chain_fails_the_check(source: Path, pg_dsn: str, tmp_path: Path) -> None:
+    edited = tmp_path / "data"
+    shutil.copytree(source, edited)
+    with sqlite3.connect(edited / "cumulo.db") as db:
+        db.execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 1")
+    proc = cli("migrate", "--from", str(edited), "--to", pg_dsn)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: the audit log does not verify on the destination: ")
+    assert "(recreate the database to retry)" in proc.stderr
+
+
+def test_privacy_data_is_named_as_left_behind(source: Path, pg_dsn: str, tmp_path: Path) -> None:
+    private = tmp_path / "data"
+    shutil.copytree(source, private)
+    with sqlite3.connect(private / "cumulo.db") as db:
+        db.execute("INSERT INTO privacy_retention (namespace, ttl_s) VALUES ('default', 60)")
+    proc = cli("migrate", "--from", str(private), "--to", pg_dsn)
+    assert proc.returncode == 0, proc.stderr
+    assert "not copied: privacy_retention (1 rows) stays in cumulo.db of the data dir" in (
+        proc.stdout
+    )
+
+
 def test_an_unmapped_postgres_table_is_refused(source: Path, pg_dsn: str) -> None:
     async def main() -> None:
         store = PostgresStore(pg_dsn)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cumulo.errors import ConfigError, CumuloError
 
@@ -105,9 +106,13 @@ async def _migrate(data_dir: Path, dsn: str, master: MasterKey) -> str | None:
     try:
         report = await copy_data_dir(data_dir, store)
         _print_counts(report)
-        if not report.ok:
-            return "row counts differ between the source and the destination"
-        return await _check_audit(store, master, data_dir, report)
+        problem = (
+            await _check_audit(store, master, data_dir, report)
+            if report.ok
+            else "row counts differ between the source and the destination"
+        )
+        # The copy committed before it was checked: say what to do with it.
+        return None if problem is None else f"{problem} (recreate the database to retry)"
     finally:
         await store.close()
 
@@ -141,7 +146,7 @@ def migrate(
     except (CumuloError, OSError) as exc:
         problem = str(exc)
     if problem is not None:
-        err.print(f"[red]error:[/red] {_scrub(problem, password)}", markup=True)
+        err.print(f"[red]error:[/red] {escape(_scrub(problem, password))}", markup=True)
         raise typer.Exit(1)
     out.print(f"copied {data_dir} to {masked(to)}")
 
