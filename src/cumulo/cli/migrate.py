@@ -121,12 +121,16 @@ def migrate(
     to: Annotated[
         str,
         typer.Option(
-            "--to", help="The empty PostgreSQL database: postgresql://USER:PASSWORD@HOST/DB."
+            "--to",
+            help="The empty PostgreSQL database: postgresql://USER:PASSWORD@HOST/DB.",
+            metavar="URL",
         ),
     ],
     source: Annotated[
         str,
-        typer.Option("--from", help="The data dir to copy: sqlite:///ABS/PATH or a path."),
+        typer.Option(
+            "--from", help="The data dir to copy: sqlite:///ABS/PATH or a path.", metavar="DIR"
+        ),
     ] = DEFAULT_DATA_DIR,
 ) -> None:
     """Copy a platform (data dir) into an empty PostgreSQL database, then verify the copy."""
