@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cumulo.cli import profiles, render
 from cumulo.cli.alerts import register as register_alerts
+from cumulo.cli.migrate import register as register_migrate
 from cumulo.cli.privacy import app as privacy_app
 from cumulo.cli.privacy import privacy_settings
 from cumulo.cli.progress import progress, wait_for_invocation
@@ -893,6 +894,7 @@ def context_use(name: str) -> None:
 # After the core commands, so `cumulo --help` lists them in this order.
 register_usage(app)  # `cumulo usage`, `cumulo quota`
 register_alerts(app)  # `cumulo alerts`
+register_migrate(app)  # `cumulo migrate`
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ Commands:
   usage        Metered usage and cost.
   quota        Monthly quotas of a namespace.
   alerts       Anomaly alerts on usage.
+  migrate      Copy a platform's data dir into an empty PostgreSQL database.
   login        Save a platform's URL and API key as a context.
   context      List the saved contexts or pick the current one.
 
