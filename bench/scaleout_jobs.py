@@ -92,7 +92,7 @@ class Pair:
     dsn: str | None = None
     postmaster: int | None = None
     gateways: dict[str, Platform] = field(default_factory=dict)
-    log_lines: list[str] = field(default_factory=list)
+    api_key: str = ""  # the admin key (in the shared data dir's credentials.json)
 
     def start(self, name: str) -> Platform:
         plat = Platform(
@@ -104,6 +104,7 @@ class Pair:
             plat.stop()
             raise
         self.gateways[name] = plat
+        self.api_key = self.api_key or plat.api_key
         return plat
 
     def kill(self, name: str) -> None:
@@ -123,7 +124,7 @@ class Pair:
 
     @property
     def auth(self) -> str:
-        return f"Bearer {self.gateways['A'].api_key}"
+        return f"Bearer {self.api_key}"
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each gateway process, its children, and PostgreSQL."""
@@ -311,7 +312,14 @@ class _Load:
                         conns[name][1].request("POST", "/async/default/counter", body, self.auth),
                         timeout=10,
                     )
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError):
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    TimeoutError,
+                    ValueError,
+                    IndexError,
+                    KeyError,
+                ):
                     # the gateway died under this request (or before it): not accepted
                     self.refused += 1
                     conns.pop(name, None)
@@ -440,9 +448,10 @@ def main() -> dict[str, Any]:
         ):
             try:
                 out[f"{part}_{backend}"] = fn()
-            except BenchError as exc:  # one part failing must not lose the others
-                log(f"scaleout_jobs: {part} on {backend} failed: {exc}")
-                out[f"{part}_{backend}"] = {"error": str(exc)}
+            except Exception as exc:  # one part failing must not lose the others
+                why = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+                log(f"scaleout_jobs: {part} on {backend} failed: {why}")
+                out[f"{part}_{backend}"] = {"error": why}
     pg = out["throughput_postgresql"].get("jobs_per_s")
     lite = out["throughput_sqlite"].get("jobs_per_s")
     if pg is not None:
