@@ -8,6 +8,10 @@ workers, cumulo 2 gateways, cumulo 1 gateway, bare 1 worker; the order reversed 
 round), and the ratios are medians of per-round ratios. wrk runs on the same cores as the
 servers (one wrk thread), so neither side gets two whole cores.
 
+uvicorn's 2 workers accept from one shared socket, so a round may find all 32 wrk
+connections on one worker (about 1-worker speed) or split (about 2×): the per-run numbers
+show which; SO_REUSEPORT spreads cumulo's connections by hash, evenly on average.
+
 Target: 2 gateways ≥ 0.9× bare Starlette with 2 workers. Informative: 2 gateways / 1
 gateway, and bare 2 workers / bare 1 worker (how much a second process buys here at all).
 """
