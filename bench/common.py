@@ -814,9 +814,11 @@ def kill_matching(needle: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def starlette_server() -> Iterator[tuple[str, Proc]]:
+def starlette_server(workers: int = 1) -> Iterator[tuple[str, Proc]]:
     """The bare Starlette peer (bench/peers/starlette_echo.py) on uvicorn with uvloop and
-    httptools, one process, no access log. Yields (echo URL, process) once it answers."""
+    httptools, no access log: one process, or `workers` processes behind uvicorn's
+    supervisor (`--workers N`, one shared listening socket). Yields (echo URL, process)
+    once it answers."""
     port = free_port()
     proc = Proc(
         [
@@ -825,6 +827,7 @@ def starlette_server() -> Iterator[tuple[str, Proc]]:
             *("--host", HOST, "--port", str(port)),
             *("--loop", "uvloop", "--http", "httptools"),
             *("--no-access-log", "--log-level", "warning"),
+            *(("--workers", str(workers)) if workers > 1 else ()),
         ],
         name="starlette",
         log_path=Path(tempfile.mkstemp(prefix="bench-starlette-", suffix=".log")[1]),
@@ -883,3 +886,30 @@ def interleaved_ratio(
         ratios.append(got[a[0]] / got[b[0]])
         log(f"{label} round {r + 1}: {a[0]} {got[a[0]]:,.0f} req/s, {b[0]} {got[b[0]]:,.0f}")
     return PairResult(median(a_rps), median(b_rps), median(ratios))
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster on loopback (tests/pg.py `PgCluster`: Debian's
+    binaries, fsync off); yields the cluster (`create_database()` gives a DSN), stops and
+    deletes it after. BenchError when PostgreSQL or psycopg is not installed."""
+    try:
+        from tests.pg import PgCluster, why_unavailable
+    except ImportError as exc:
+        raise BenchError(f"tests/pg.py does not import ({exc}): pip install psycopg") from exc
+    why = why_unavailable()
+    if why is not None:
+        raise BenchError(why)
+    try:
+        cluster = PgCluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"PostgreSQL did not start: {_first(str(exc))}") from exc
+    log(f"PostgreSQL {cluster.bindir.parent.name} on 127.0.0.1:{cluster.port}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _first(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else ""

@@ -1,25 +1,28 @@
 """Several gateways, one store (issue 12): how long a control change takes to reach the
 gateway that did not make it.
 
-Two `cumulo up --watch-changes` gateways share one data dir (the SQLite change feed,
-store/sqlite_changes.py). A function has versions 1 and 2; each trial moves all traffic to
-the other version through gateway A and, from the moment A answers, calls the function on
-gateway B back to back until B answers with the new version. The delay is that moment minus
-A's answer. Trials start at random moments (0-150 ms apart), so they do not lock onto the
-SQLite feed's 100 ms poll. Target: p99 <= 200 ms. The PostgreSQL feed (NOTIFY) joins when a
-gateway runs on PostgreSQL (`cumulo up --db postgresql://…`, not yet wired).
+Two `cumulo up --watch-changes` gateways share one data dir: on SQLite they share its
+database too (the SQLite change feed, store/sqlite_changes.py, polled every 100 ms); on
+PostgreSQL both run `--db` on one database (its change feed is LISTEN/NOTIFY) and the data
+dir gives them the same master.key and keyhash.secret. A function has versions 1 and 2;
+each trial moves all traffic to the other version through gateway A and, from the moment A
+answers, calls the function on gateway B back to back until B answers with the new version.
+The delay is that moment minus A's answer. Trials start at random moments (0-150 ms apart),
+so they do not lock onto the SQLite feed's 100 ms poll. Target: p99 <= 200 ms, on each backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import HttpConn, Platform, log, median, percentile
+from bench.common import BenchError, HttpConn, Platform, log, median, percentile, postgres_cluster
 
 TRIALS = 60
 GIVE_UP_S = 5.0  # a change not seen by then counts as lost
@@ -39,9 +42,11 @@ def _version(conn: HttpConn, auth: dict[str, str]) -> str:
     return response.headers.get("x-cumulo-version", "")
 
 
-def propagation(trials: int = TRIALS) -> dict[str, Any]:
-    one = Platform(label="gateway A", extra=["--watch-changes"])
-    with one, Platform(label="gateway B", extra=["--watch-changes"], data_dir=one.data_dir) as two:
+def propagation(trials: int = TRIALS, dsn: str | None = None) -> dict[str, Any]:
+    """Two gateways on one data dir; on the PostgreSQL database `dsn` when given."""
+    extra = ["--watch-changes", *(["--db", dsn] if dsn else [])]
+    one = Platform(label="gateway A", extra=extra)
+    with one, Platform(label="gateway B", extra=extra, data_dir=one.data_dir) as two:
         src = Path(tempfile.mkdtemp(prefix="cumulo-bench-gw-")) / "who.py"
         src.write_text(FUNCTION)
         one.deploy(src, "who")
@@ -76,9 +81,17 @@ def propagation(trials: int = TRIALS) -> dict[str, Any]:
             a.close()
             b.close()
     p99 = percentile(delays_ms, 99) if delays_ms else float("nan")
-    log(f"gateways: propagation p50 {median(delays_ms):.1f} ms, p99 {p99:.1f} ms, lost {lost}")
+    backend = (
+        "postgresql (two gateways, one database, NOTIFY)"
+        if dsn
+        else "sqlite (two gateways, one data dir)"
+    )
+    log(
+        f"gateways: {backend.split()[0]}: propagation p50 {median(delays_ms):.1f} ms, "
+        f"p99 {p99:.1f} ms, lost {lost}"
+    )
     return {
-        "backend": "sqlite (two gateways, one data dir)",
+        "backend": backend,
         "trials": trials,
         "p50_ms": median(delays_ms) if delays_ms else None,
         "p99_ms": p99,
@@ -90,7 +103,16 @@ def propagation(trials: int = TRIALS) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    return {"propagation": propagation()}
+    trials = 20 if os.environ.get("CUMULO_BENCH_QUICK") == "1" else TRIALS
+    out: dict[str, Any] = {"propagation": propagation(trials)}
+    try:
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(postgres_cluster())
+            out["propagation_postgresql"] = propagation(trials, cluster.create_database())
+    except BenchError as exc:  # no PostgreSQL here: the SQLite row stands alone
+        log(f"gateways: PostgreSQL row not measured: {exc}")
+        out["propagation_postgresql"] = {"error": str(exc)}
+    return out
 
 
 if __name__ == "__main__":

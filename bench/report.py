@@ -13,6 +13,7 @@ PLOTS = {
     "coldstart": "bench-coldstart.png",
     "memory": "bench-memory.png",
     "reliability": "bench-reliability.png",
+    "scaleout": "bench-scaleout.png",  # rows 12a and 12b (part scaleout_jobs draws in it too)
 }
 
 
@@ -54,7 +55,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
-    return rows + _reliability_rows(r) + _gateway_rows(r)
+    return rows + _reliability_rows(r) + _scaleout_rows(r) + _gateway_rows(r)
 
 
 def _summary_rows(r: dict[str, Any]) -> list[list[str]]:
@@ -318,21 +319,85 @@ def _reliability_rows(r: dict[str, Any]) -> list[list[str]]:
 
 
 def _gateway_rows(r: dict[str, Any]) -> list[list[str]]:
-    """Issue 12: a control change made through one gateway, served by the other."""
-    prop = _get(r, "gateways", "propagation") or {}
-    if not _ok(prop.get("p99_ms")):
-        return []
-    return [
-        [
-            f"12c. Traffic change reaching the other gateway ({prop.get('backend')}, "
-            f"{prop.get('trials')} changes)",
-            _f(prop["p99_ms"], ".1f", " ms p99"),
-            f"p50 {_f(prop.get('p50_ms'), '.1f', ' ms')}, lost {prop.get('lost')}",
-            "—",
-            "p99 ≤ 200 ms",
-            _verdict(prop.get("pass")),
-        ]
-    ]
+    """Issue 12: a control change made through one gateway, served by the other (one row
+    per backend)."""
+    rows = []
+    for key in ("propagation", "propagation_postgresql"):
+        prop = _get(r, "gateways", key) or {}
+        if not _ok(prop.get("p99_ms")):
+            continue
+        rows.append(
+            [
+                f"12c. Traffic change reaching the other gateway ({prop.get('backend')}, "
+                f"{prop.get('trials')} changes)",
+                _f(prop["p99_ms"], ".1f", " ms p99"),
+                f"p50 {_f(prop.get('p50_ms'), '.1f', ' ms')}, lost {prop.get('lost')}",
+                "—",
+                "p99 ≤ 200 ms",
+                _verdict(prop.get("pass")),
+            ]
+        )
+    return rows
+
+
+def _scaleout_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 12: two gateways' throughput (12a) and async jobs with two claimers (12b)."""
+    rows: list[list[str]] = []
+    so = r.get("scaleout") or {}
+    servers, ratios = so.get("servers") or {}, so.get("ratios") or {}
+    if _ok(ratios.get("gateways2_vs_starlette_2w")):
+        rows.append(
+            [
+                "12a. Warm throughput, `cumulo up --gateways 2`, JSON echo, 32 connections "
+                "(median of per-round ratios; wrk shares the 2 cores)",
+                _f(_get(servers, "cumulo_2g", "rps"), ",.0f", " req/s"),
+                "bare Starlette, `uvicorn --workers 2`: "
+                + _f(_get(servers, "starlette_2w", "rps"), ",.0f", " req/s")
+                + "; 1 gateway: "
+                + _f(_get(servers, "cumulo_1g", "rps"), ",.0f", " req/s")
+                + f" (2 gateways / 1: {_f(ratios.get('gateways2_vs_gateways1'), '.3f', '×')})",
+                _f(ratios["gateways2_vs_starlette_2w"], ".3f", "×"),
+                "≥ 0.9×",
+                _verdict(so.get("pass")),
+            ]
+        )
+    jobs = r.get("scaleout_jobs") or {}
+    pg, lite = jobs.get("throughput_postgresql") or {}, jobs.get("throughput_sqlite") or {}
+    if _ok(pg.get("jobs_per_s")):
+        rows.append(
+            [
+                f"12b. Async jobs/s end to end, PostgreSQL, 2 gateways enqueuing and claiming "
+                f"({pg.get('jobs')} echo jobs)",
+                _f(pg["jobs_per_s"], ",.0f", " jobs/s"),
+                "same on SQLite, 2 gateways on one data dir: "
+                + _f(lite.get("jobs_per_s"), ",.0f", " jobs/s"),
+                _f(jobs.get("postgresql_vs_sqlite"), ".2f", "×"),
+                "≥ 2,000 jobs/s",
+                _verdict(jobs.get("pass")),
+            ]
+        )
+    faults = {b: jobs.get(f"faults_{b}") or {} for b in ("postgresql", "sqlite")}
+    if any(_ok(f.get("accepted")) for f in faults.values()):
+
+        def cell(f: dict[str, Any]) -> str:
+            if not _ok(f.get("accepted")):
+                return "not measured " + _first_line(f.get("error"))
+            return (
+                f"{f.get('lost')} of {f.get('accepted')} accepted jobs lost, "
+                f"{f.get('duplicate_executions')} duplicate executions"
+            )
+
+        rows.append(
+            [
+                "12b'. Two SIGKILLs (and restarts) of a gateway under a paced async load",
+                "PostgreSQL: " + cell(faults["postgresql"]),
+                "SQLite: " + cell(faults["sqlite"]),
+                "—",
+                "0 accepted jobs lost (duplicates allowed: at least once)",
+                _verdict(all(f.get("pass") for f in faults.values() if _ok(f.get("accepted")))),
+            ]
+        )
+    return rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -400,6 +465,119 @@ def _throughput_details(tp: dict[str, Any]) -> list[str]:
         lines += ["", "; ".join(notes) + "."]
     for name, err in (tp.get("errors") or {}).items():
         lines += ["", f"**{name} not measured:**", "", "```", str(err).strip()[-1500:], "```"]
+    return lines
+
+
+def _scaleout_details(so: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Row 1's wrk settings and JSON echo: {so.get('connections')} connections, "
+        f"{so.get('wrk_threads')} wrk thread on the same cores as the servers, a "
+        f"{so.get('warmup_s')} s warm-up per server, then {so.get('rounds')} interleaved runs "
+        f"of {so.get('duration_s')} s (order reversed every round). `cumulo up --gateways 2`: "
+        "two gateway processes on one port (SO_REUSEPORT) and one SQLite data dir; bare "
+        "Starlette on `uvicorn --workers 2` (one shared listening socket). Ratios are medians "
+        "of per-round ratios. CPU per request: user+system time of the server's whole process "
+        "tree (supervisor, gateways or uvicorn workers, cumulo's zygotes and workers), and "
+        "of wrk.",
+        "",
+    ]
+    rows = []
+    for name, s in (so.get("servers") or {}).items():
+        runs = ", ".join(f"{x['rps']:,.0f}" for x in s.get("runs", []))
+        cpu = s.get("cpu_us_per_request") or {}
+        total = (so.get("cpu_us_per_request_total") or {}).get(name)
+        rows.append(
+            [
+                name,
+                _f(s["rps"], ",.0f"),
+                runs,
+                _f(s["p50_ms"], ".2f"),
+                _f(s["p99_ms"], ".2f"),
+                str(s["errors"]),
+                _f(total, ".0f"),
+                _f(cpu.get("wrk"), ".0f"),
+            ]
+        )
+    header = ["server", "req/s (median)", "req/s per run", "p50 ms", "p99 ms", "errors"]
+    lines += _table([*header, "CPU µs/req: server tree", "CPU µs/req: wrk"], rows)
+    ratios = so.get("ratios") or {}
+    if ratios:
+        lines += ["", "Ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()) + "."]
+    for name, err in (so.get("errors") or {}).items():
+        lines += ["", f"**{name} not measured:**", "", "```", str(err).strip()[-1500:], "```"]
+    return lines
+
+
+def _scaleout_jobs_details(sj: dict[str, Any]) -> list[str]:
+    lines = [
+        "Two `cumulo up --watch-changes` gateways on one data dir (PostgreSQL: both `--db` on "
+        "one database of a throwaway cluster on loopback, fsync off; SQLite: the data dir's "
+        "database). Throughput: echo jobs enqueued through both gateways (16 connections "
+        "each), from the first `POST /async` to the last job's `finished_at`, after a warm-up "
+        "round. CPU seconds per 1,000 jobs, first enqueue until the newest job is done: each "
+        "gateway process, its zygotes and workers, the PostgreSQL server, the bench client.",
+        "",
+    ]
+    rows = []
+    cpu_cols: list[str] = []
+    for backend in ("postgresql", "sqlite"):
+        t = sj.get(f"throughput_{backend}") or {}
+        cpu_cols += [k for k in t.get("cpu_s_per_1000_jobs") or {} if k not in cpu_cols]
+    for backend in ("postgresql", "sqlite"):
+        t = sj.get(f"throughput_{backend}") or {}
+        if t.get("error"):
+            lines += [f"- {backend}: not measured: {_first_line(t['error'])}"]
+            continue
+        cpu = t.get("cpu_s_per_1000_jobs") or {}
+        rows.append(
+            [
+                backend,
+                str(t.get("jobs")),
+                _f(t.get("jobs_per_s"), ",.0f"),
+                ", ".join(f"{x['per_s']:,.0f}" for x in t.get("runs", [])),
+                _f(t.get("enqueue_per_s"), ",.0f"),
+                _f(t.get("queue_latency_p50_ms"), ".0f"),
+                *[_f(cpu.get(k), ".3f") for k in cpu_cols],
+            ]
+        )
+    header = ["backend", "jobs", "jobs/s (median)", "per round", "enqueue/s", "queue p50 ms"]
+    lines += _table([*header, *[f"CPU s/1k: {k}" for k in cpu_cols]], rows)
+    lines += [
+        "",
+        "Faults: a paced load of a function that counts its runs per job in its state "
+        "(`ctx.state.incr`); gateway B's process group (gateway, zygotes, workers) is "
+        "SIGKILLed and B restarted, then the same for A. Refused: enqueues a dying gateway "
+        "never answered 202 (not accepted); lost: accepted jobs not `succeeded` after 120 s; "
+        "duplicates: runs beyond one per accepted job.",
+        "",
+    ]
+    frows = []
+    for backend in ("postgresql", "sqlite"):
+        f = sj.get(f"faults_{backend}") or {}
+        if f.get("error"):
+            lines += [f"- {backend}: not measured: {_first_line(f['error'])}"]
+            continue
+        if not f:
+            continue
+        restarts = "; ".join(
+            f"{x['gateway']} killed at {x['killed_at_s']:.1f} s, back after "
+            f"{x['back_after_s']:.1f} s"
+            for x in f.get("restarts", [])
+        )
+        frows.append(
+            [
+                backend,
+                f"{f.get('sent')} at {_f(f.get('rate_per_s'), '.0f')}/s",
+                str(f.get("accepted")),
+                str(f.get("refused")),
+                str(f.get("lost")),
+                str(f.get("duplicate_executions")),
+                str(f.get("jobs_run_more_than_once")),
+                restarts,
+            ]
+        )
+    header = ["backend", "sent", "accepted (202)", "refused", "lost", "duplicate runs"]
+    lines += _table([*header, "jobs run twice+", "SIGKILLs"], frows)
     return lines
 
 
@@ -559,6 +737,9 @@ def _memory_details(mem: dict[str, Any]) -> list[str]:
                 "```",
             ]
     return lines
+
+
+DETAILS = {"scaleout": _scaleout_details, "scaleout_jobs": _scaleout_jobs_details}
 
 
 def _cell(v: Any) -> str:
@@ -738,6 +919,49 @@ def plot(r: dict[str, Any], docs: Path) -> dict[str, str]:
         made["reliability"] = PLOTS["reliability"]
         _save(fig, docs / PLOTS["reliability"], plt)
 
+    so_servers = _get(r, "scaleout", "servers") or {}
+    tput = [
+        ("Starlette\n1 worker", _get(so_servers, "starlette_1w", "rps"), "#bbbbbb"),
+        ("Starlette\n2 workers", _get(so_servers, "starlette_2w", "rps"), "#888888"),
+        ("cumulo\n1 gateway", _get(so_servers, "cumulo_1g", "rps"), "#9ecae1"),
+        ("cumulo\n2 gateways", _get(so_servers, "cumulo_2g", "rps"), "#1f77b4"),
+    ]
+    tput = [x for x in tput if _ok(x[1])]
+    sj = r.get("scaleout_jobs") or {}
+    jps = [
+        ("SQLite\n2 gateways", _get(sj, "throughput_sqlite", "jobs_per_s"), "#888888"),
+        ("PostgreSQL\n2 gateways", _get(sj, "throughput_postgresql", "jobs_per_s"), "#1f77b4"),
+    ]
+    jps = [x for x in jps if _ok(x[1])]
+    if tput or jps:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+        for ax, series, title, unit in (
+            (axes[0], tput, "12a. JSON echo, wrk, 32 connections, 2 cores", "requests / s"),
+            (axes[1], jps, "12b. async echo jobs end to end", "jobs / s"),
+        ):
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel(unit)
+            if not series:
+                ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+                continue
+            bars(ax, [x[0] for x in series], [x[1] for x in series], [x[2] for x in series])
+        st2 = _get(so_servers, "starlette_2w", "rps")
+        if _ok(st2):
+            axes[0].axhline(0.9 * st2, color="red", linestyle="--", linewidth=1)
+            axes[0].annotate(
+                "target: 90% of Starlette, 2 workers",
+                (0, 0.9 * st2),
+                xytext=(3, 3),
+                textcoords="offset points",
+                color="red",
+                fontsize=8,
+            )
+        if jps:
+            axes[1].axhline(2000, color="red", linestyle="--", linewidth=1)
+        fig.suptitle("Several gateways (issue 12)")
+        made["scaleout"] = PLOTS["scaleout"]
+        _save(fig, docs / PLOTS["scaleout"], plt)
+
     for key, name in PLOTS.items():
         if key not in made and key in r:  # this section ran but has nothing to draw
             (docs / name).unlink(missing_ok=True)
@@ -890,6 +1114,12 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
             "gateways",
             "Several gateways (issue 12: a change reaches the other gateway, p99 ≤ 200 ms)",
         ),
+        ("scaleout", "Two gateways' warm throughput (issue 12a: ≥ 0.9× uvicorn --workers 2)"),
+        (
+            "scaleout_jobs",
+            "Async jobs, two gateways claiming (issue 12b: ≥ 2,000 jobs/s on PostgreSQL, "
+            "0 lost across SIGKILLs)",
+        ),
     ):
         extra = r.get(key)
         lines += [f"## {title}", ""]
@@ -897,10 +1127,14 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
             lines += ["Not run in this invocation (`--only`).", ""]
         elif isinstance(extra, dict) and extra.get("skipped"):
             lines += [f"Skipped: {extra['skipped']}", ""]
+        elif isinstance(extra, dict) and key in DETAILS and not extra.get("error"):
+            lines += [*DETAILS[key](extra), ""]
         else:
             lines += [*_generic(extra), ""]
-        if key in plots:
-            lines += [f"![{title}]({plots[key]})", ""]
+        # 12a and 12b share one figure: under 12a's section, or 12b's when 12a did not run
+        plot_key = "scaleout" if key == "scaleout_jobs" and "scaleout" not in r else key
+        if plot_key in plots:
+            lines += [f"![{title}]({plots[plot_key]})", ""]
     lines += [
         "## How to run",
         "",

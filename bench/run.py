@@ -3,7 +3,7 @@
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
                                           #   memory, auth, app, async, quantum, cli, reliability,
-                                          #   gateways
+                                          #   gateways, scaleout, scaleout_jobs
                                           #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
@@ -24,13 +24,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import coldstart, memory, report, throughput
+from bench import coldstart, memory, report, scaleout_bench, throughput
 from bench.common import BENCH_DIR, DOCS_DIR, BenchError, Options, log, machine_info, stop_all
 
 BENCHMARKS: dict[str, Callable[[Options], dict[str, Any]]] = {
     "throughput": throughput.main,
     "coldstart": coldstart.main,
     "memory": memory.main,
+    "scaleout": scaleout_bench.main,  # issue 12a: 2 gateways vs uvicorn --workers 2 (wrk)
 }
 # Benchmarks of later issues, each a module with main() -> dict, run after the core ones.
 EXTRAS = {
@@ -44,7 +45,8 @@ EXTRAS = {
     "anomaly": "bench.anomaly_bench",
     "reliability": "bench.reliability_bench",
     "cli": "bench.cli_startup",  # issue 17: `cumulo --help` / `invoke` vs `python -c pass`
-    "gateways": "bench.gateways_bench",  # issue 12: a change reaching the other gateway
+    "gateways": "bench.gateways_bench",  # issue 12c: a change reaching the other gateway
+    "scaleout_jobs": "bench.scaleout_jobs",  # issue 12b: async jobs/s, 2 gateways, SIGKILLs
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options.quick() if args.quick else Options()
     if args.quick:
         os.environ.setdefault("CUMULO_BENCH_SOAK_S", "60")  # bench.reliability_bench
+        os.environ.setdefault("CUMULO_BENCH_QUICK", "1")  # bench.scaleout_jobs, gateways_bench
     if args.no_ray:
         opts.ray = False
     if args.duration:
