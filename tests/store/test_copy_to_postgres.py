@@ -44,6 +44,9 @@ from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 from tests.conftest import CUMULO, FUNCTIONS, free_port, start_platform, wait_until
 
+# Its source is a SQLite platform by definition: not rerun with CUMULO_TEST_STORE=postgresql.
+pytestmark = pytest.mark.sqlite_only(reason="copies a SQLite platform to PostgreSQL")
+
 KIT = FUNCTIONS / "kit.py"
 TOPIC_FNS = FUNCTIONS / "topic_fns.py"
 SECRET = "s3cr3t-value-for-the-copy"
