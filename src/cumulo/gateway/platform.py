@@ -32,6 +32,8 @@ from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.outcomes import Denial, DenialObserver, Outcome, OutcomeObserver
 from cumulo.observability.tracing import TracingSettings, make_tracing
+from cumulo.privacy.data import Rooms
+from cumulo.privacy.keystore import KEYSTORE_FILE
 from cumulo.privacy.service import PrivacyService, PrivacySettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
@@ -60,8 +62,10 @@ from cumulo.store.sqlite_invocations import SQLiteInvocationRepository
 from cumulo.store.sqlite_jobs import SQLiteJobQueueRepository
 from cumulo.store.sqlite_logs import SQLiteLogRepository
 from cumulo.store.sqlite_metering import SQLiteMeteringRepository
+from cumulo.store.sqlite_privacy import SQLitePrivacyRepository
 from cumulo.store.sqlite_secrets import SQLiteSecretRepository
 from cumulo.store.sqlite_state import SQLiteStateRepository
+from cumulo.store.sqlite_subject_keys import SQLiteNamespaceKeys, SQLiteSubjectKeyStore
 from cumulo.store.state import StateRepository
 from cumulo.tasks import cancel_and_wait
 
@@ -137,7 +141,13 @@ class Platform:
         self.recorder = Recorder(self.log_repo, self.invocation_repo)
         # Data subjects, consent, retention, redaction: the recorder's guard (docs/privacy.md).
         self.privacy = PrivacyService(
-            self.store, self.encryptor, self.audit, data_dir, options.privacy
+            SQLitePrivacyRepository(self.store),
+            SQLiteSubjectKeyStore(data_dir / KEYSTORE_FILE, self.store),
+            SQLiteNamespaceKeys(self.store, self.encryptor),
+            # The job queue is built below: reached through a callable.
+            Rooms(self.invocation_repo, self.log_repo, self.control_repo, lambda: self.events.jobs),
+            self.audit,
+            options.privacy,
         )
         self.recorder.guard = self.privacy
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
