@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.pg import keys_database_for
+
 from bench.common import BenchError, HttpConn, Platform, log, median, percentile, postgres_cluster
 
 TRIALS = 60
@@ -44,7 +46,9 @@ def _version(conn: HttpConn, auth: dict[str, str]) -> str:
 
 def propagation(trials: int = TRIALS, dsn: str | None = None) -> dict[str, Any]:
     """Two gateways on one data dir; on the PostgreSQL database `dsn` when given."""
-    extra = ["--watch-changes", *(["--db", dsn] if dsn else [])]
+    extra = ["--watch-changes"]
+    if dsn:
+        extra += ["--db", dsn, "--subject-keys-db", keys_database_for(dsn)]
     one = Platform(label="gateway A", extra=extra)
     with one, Platform(label="gateway B", extra=extra, data_dir=one.data_dir) as two:
         src = Path(tempfile.mkdtemp(prefix="cumulo-bench-gw-")) / "who.py"

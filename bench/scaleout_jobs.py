@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.pg import keys_database_for
+
 from bench.async_bench import TERMINAL, Conn, _fan_out, _wait_all
 from bench.common import (
     FUNCTIONS_DIR,
@@ -149,7 +151,8 @@ def _pair(backend: str) -> Iterator[Pair]:
             if backend == "postgresql":
                 cluster = stack.enter_context(postgres_cluster())
                 pair.dsn = cluster.create_database()
-                pair.extra += ["--db", pair.dsn]
+                keys = keys_database_for(pair.dsn)
+                pair.extra += ["--db", pair.dsn, "--subject-keys-db", keys]
                 pid_file = cluster.datadir / "postmaster.pid"
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     pair.postmaster = int(pid_file.read_text().split()[0])

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from cumulo.client import Client
-from tests.pg import PgCluster, why_unavailable
+from tests.pg import PgCluster, keys_database_for, why_unavailable
 
 FUNCTIONS = Path(__file__).parent / "functions"
 # `cumulo up` saves a context in the per-user config (cumulo.cli.profiles): the suite's
@@ -159,6 +159,9 @@ def start_platform(
     database = platform_database(data_dir)
     if database is not None and "--db" not in extra:
         extra = (*extra, "--db", database)
+    if "--db" in extra and "--subject-keys-db" not in extra:
+        main_db = extra[list(extra).index("--db") + 1]
+        extra = (*extra, "--subject-keys-db", keys_database_for(main_db))
     log_path = tmp / "platform.log"
     with log_path.open("wb") as logfile:
         proc = subprocess.Popen(

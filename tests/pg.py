@@ -177,3 +177,17 @@ class PgCluster:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self.stop_server("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def keys_database_for(dsn: str) -> str:
+    """The DSN of `<database>_keys` on the same server (created when absent): the subject-key
+    database a `cumulo up --db DSN` needs beside its main one (`--subject-keys-db`)."""
+    base, name = dsn.rsplit("/", 1)
+    keys = f"{name}_keys"
+    with psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (keys,)).fetchone()
+        if exists is None:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(keys))
+            )
+    return f"{base}/{keys}"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import CUMULO, FUNCTIONS, free_port, platform_database, wait_until
+from tests.pg import keys_database_for
 
 KIT = FUNCTIONS / "kit.py"
 pytestmark = pytest.mark.integration  # run again on PostgreSQL by make test
@@ -36,7 +37,7 @@ class Supervised:
         extra: list[str] = []
         database = platform_database(self.data_dir)
         if database is not None:
-            extra = ["--db", database]
+            extra = ["--db", database, "--subject-keys-db", keys_database_for(database)]
         self.log_path = tmp / "gateways.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

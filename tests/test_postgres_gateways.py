@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CUMULO, FUNCTIONS, RunningPlatform, start_platform, wait_until
-from tests.pg import PgCluster, why_unavailable
+from tests.pg import PgCluster, keys_database_for, why_unavailable
 
 KIT = FUNCTIONS / "kit.py"
 SHARED_FILES = ("master.key", "keyhash.secret", "credentials.json")
@@ -46,9 +46,11 @@ def second_data_dir(first: RunningPlatform, root: Path) -> Path:
     return data_dir
 
 
-def up(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def up(
+    *args: str, cwd: Path, keys: str = "postgresql://127.0.0.1:1/keys"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CUMULO, "up", "--port", "0", *args],
+        [CUMULO, "up", "--port", "0", *args, "--subject-keys-db", keys],
         capture_output=True,
         text=True,
         timeout=60,
@@ -132,7 +134,9 @@ def test_a_gateway_with_another_master_key_is_refused(
 ) -> None:
     one, _ = gateways
     dsn = one.log().split("data in PostgreSQL ", 1)[1].split(",", 1)[0]
-    done = up("--data-dir", str(tmp_path / "data"), "--db", dsn, cwd=tmp_path)
+    done = up(
+        "--data-dir", str(tmp_path / "data"), "--db", dsn, cwd=tmp_path, keys=keys_database_for(dsn)
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert "is not the one this database's data keys are wrapped with" in last
@@ -233,3 +237,28 @@ def test_a_job_on_a_sigkilled_gateway_runs_again_on_another(
         one.stop(signal.SIGKILL)
         if two is not None:
             two.stop(signal.SIGKILL)
+
+
+def test_postgres_without_a_subject_keys_database_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            CUMULO,
+            "up",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--db",
+            "postgresql://127.0.0.1:1/cumulo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --db postgresql://… needs --subject-keys-db postgresql://…: a database of its "
+        "own for the subject keys, so a backup of the main one never holds one "
+        "(docs/privacy.md)"
+    )

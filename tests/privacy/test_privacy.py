@@ -3,6 +3,7 @@ included), consent gating, request deadlines, retention evidence, and PII redact
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -17,6 +18,7 @@ from cumulo.privacy.keystore import KEYSTORE_FILE, SubjectKeys
 from cumulo.privacy.subjects import CLOCK_ENV
 from cumulo.security.crypto import CryptoError, Encryptor, load_master_key
 from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.sqlite_subject_keys import SQLiteNamespaceKeys, SQLiteSubjectKeyStore
 from tests.conftest import RunningPlatform, start_platform, wait_until
 
 FUNCTIONS = Path(__file__).parent / "functions" / "pii.py"
@@ -65,18 +67,14 @@ def _request(h: httpx.Client, kind: str, subject: str, **extra: object) -> dict[
 
 
 def _audit(p: RunningPlatform, action: str) -> list[dict[str, object]]:
-    uri = (p.data_dir / "cumulo.db").resolve().as_uri() + "?mode=ro"
-    with sqlite3.connect(uri, uri=True) as db:
-        rows = db.execute(
-            "SELECT target, result, details FROM audit_log WHERE action = ?", (action,)
-        ).fetchall()
+    rows = p.store_query(
+        "SELECT target, result, details FROM audit_log WHERE action = ?", (action,)
+    )
     return [{"target": r[0], "result": r[1], "details": json.loads(r[2])} for r in rows]
 
 
 def _count(p: RunningPlatform, table: str) -> int:
-    uri = (p.data_dir / "cumulo.db").resolve().as_uri() + "?mode=ro"
-    with sqlite3.connect(uri, uri=True) as db:
-        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+    return int(p.store_query(f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: S608
 
 
 def _raw(paths: list[Path]) -> bytes:
@@ -87,6 +85,10 @@ def _db_files(data_dir: Path) -> list[Path]:
     return [data_dir / "cumulo.db", data_dir / "cumulo.db-wal", data_dir / KEYSTORE_FILE]
 
 
+@pytest.mark.sqlite_only(
+    reason="reads SQLite files and a sqlite3 backup byte by byte; erasure on PostgreSQL "
+    "across gateways: tests/store/test_privacy_conformance.py"
+)
 def test_export_and_crypto_shredding_erasure(
     h: httpx.Client, plat: tuple[RunningPlatform, Path], tmp_path: Path
 ) -> None:
@@ -157,23 +159,10 @@ def test_export_and_crypto_shredding_erasure(
         assert needle.encode() not in raw, needle
 
     # The backup's ciphertext no longer opens with the live keys; bob's still does.
-    encryptor = Encryptor(load_master_key(p.data_dir))
-    store = SQLiteStore(backup, encryptor=encryptor)
-    store.open()
-    keys = SubjectKeys(p.data_dir / KEYSTORE_FILE, encryptor)
-    keys.open()
-    try:
-        with pytest.raises(CryptoError):
-            keys.open_value(
-                store, "default", pseudonym, "log", (alice_logs[0][0],), alice_logs[0][1]
-            )
-        iid, blob, bob_pseudonym = bob_logs[0]
-        assert people[bob].encode() in keys.open_value(
-            store, "default", bob_pseudonym, "log", (iid,), blob
-        )
-    finally:
-        keys.close()
-        store.close()
+    iid, blob, bob_pseudonym = bob_logs[0]
+    assert people[bob].encode() in asyncio.run(
+        _open_with_live_keys(p.data_dir, backup, pseudonym, alice_logs[0], bob_pseudonym, iid, blob)
+    )
 
     receipt = [a for a in _audit(p, "privacy.erasure.completed") if a["target"] == erased["id"]]
     wait_until(lambda: bool(_audit(p, "privacy.erasure.completed")), 5, "the erasure receipt")
@@ -187,6 +176,33 @@ def test_export_and_crypto_shredding_erasure(
     assert bob_export["manifest"]["logs"] >= 6
     assert people[bob] in json.dumps(bob_export)
     assert h.get(f"/v1/privacy/requests/{access['id']}/export").status_code == 404
+
+
+async def _open_with_live_keys(
+    data_dir: Path,
+    backup: Path,
+    alice: str,
+    alice_log: tuple[str, bytes],
+    bob: str,
+    iid: str,
+    blob: bytes,
+) -> bytes:
+    """Alice's backed-up log line fails to open with the live key store; bob's opens."""
+    encryptor = Encryptor(load_master_key(data_dir))
+    store = SQLiteStore(backup, encryptor=encryptor)
+    store.open()
+    keys = SubjectKeys(
+        SQLiteSubjectKeyStore(data_dir / KEYSTORE_FILE, store),
+        SQLiteNamespaceKeys(store, encryptor),
+    )
+    await keys.open()
+    try:
+        with pytest.raises(CryptoError):
+            await keys.opened("default", alice, "log", (alice_log[0],), alice_log[1])
+        return await keys.opened("default", bob, "log", (iid,), blob)
+    finally:
+        await keys.close()
+        store.close()
 
 
 def test_consent_gates_functions(h: httpx.Client, plat: tuple[RunningPlatform, Path]) -> None:

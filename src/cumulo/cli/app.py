@@ -156,6 +156,13 @@ def up(
             envvar="CUMULO_DB",
         ),
     ] = None,
+    subject_keys_db: Annotated[
+        str | None,
+        typer.Option(
+            help="With --db: postgresql://… of another database, for the data subjects' keys.",
+            envvar="CUMULO_SUBJECT_KEYS_DB",
+        ),
+    ] = None,
     executor: Annotated[str, typer.Option(help="Where workers run: local.")] = "local",
     demo: Annotated[
         bool, typer.Option("--demo", help="Deploy the example functions shipped with cumulo.")
@@ -360,6 +367,7 @@ def up(
         edge=edge,
         watch_changes=watch_changes,
         reuse_port=reuse_port,
+        subject_keys_db=subject_keys_db,
     )
 
 

@@ -18,7 +18,12 @@ from cumulo.errors import CumuloError
 from cumulo.gateway.app import create_app
 from cumulo.gateway.edge import EdgeLimits, edge_protocol, fit_to_fds, raise_fd_limit
 from cumulo.gateway.platform import Platform, PlatformOptions
-from cumulo.gateway.storage import check_database, parse_db_url, redact_dsn
+from cumulo.gateway.storage import (
+    check_database,
+    parse_db_url,
+    redact_dsn,
+    require_subject_keys_db,
+)
 from cumulo.observability.tracing import TracingSettings
 from cumulo.privacy.service import PrivacySettings
 from cumulo.runtime import sandbox
@@ -57,6 +62,7 @@ def serve(
     edge: EdgeLimits | None = None,
     watch_changes: bool = False,
     reuse_port: bool = False,
+    subject_keys_db: str | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
@@ -73,10 +79,12 @@ def serve(
         _refuse(exc)
     try:
         dsn = parse_db_url(db, data_dir)
+        keys_dsn = require_subject_keys_db(dsn, subject_keys_db)
     except CumuloError as exc:
         _refuse(exc)
     options = PlatformOptions(
         db=dsn,
+        subject_keys_db=keys_dsn,
         data_dir=data_dir.resolve(),
         url=f"{scheme}://{url_host}:{port}",
         key_rate=key_rate,

@@ -293,7 +293,7 @@ def _audit_routes(router: APIRouter) -> None:
         """Re-wrap every data key under a new master key (platform admins only)."""
         if principal.namespace != ALL_NAMESPACES:
             raise Forbidden("only a platform admin key may rotate the master key")
-        if p.storage.postgres is not None:
+        if p.store is None:
             raise Conflict(
                 "master key rotation runs on the embedded SQLite store only; on PostgreSQL "
                 "it is not available yet (docs/storage.md)",

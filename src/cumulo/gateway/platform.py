@@ -33,6 +33,7 @@ from cumulo.observability.logs import Recorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.outcomes import Denial, DenialObserver, Outcome, OutcomeObserver
 from cumulo.observability.tracing import TracingSettings, make_tracing
+from cumulo.privacy.data import Rooms
 from cumulo.privacy.service import PrivacyService, PrivacySettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
@@ -53,7 +54,6 @@ from cumulo.store.control import ControlRepository
 from cumulo.store.invocations import InvocationRepository
 from cumulo.store.logs import LogRepository
 from cumulo.store.secrets import SecretRepository
-from cumulo.store.sqlite import SQLiteStore
 from cumulo.store.state import StateRepository
 from cumulo.tasks import cancel_and_wait
 
@@ -93,6 +93,7 @@ class PlatformOptions:
     # A PostgreSQL DSN (`--db postgresql://…`): every room in that database, shared by
     # every gateway on it (which then always follows the others' changes); None: SQLite.
     db: str | None = None
+    subject_keys_db: str | None = None  # with `db`: the subject keys' own database
 
 
 class Platform:
@@ -111,15 +112,10 @@ class Platform:
             check_master_key(data_dir / "cumulo.db", master)
             self.storage: Storage = sqlite_storage(data_dir, self.encryptor)
         else:
-            self.storage = postgres_storage(options.db, self.encryptor)
-        if self.storage.sqlite is not None:
-            self.store = self.storage.sqlite
-        else:
-            # The privacy room is not on the seam yet: its tables stay in the data dir,
-            # under an Encryptor of their own (one Encryptor per database).
-            check_master_key(data_dir / "cumulo.db", master)
-            self._privacy_encryptor = Encryptor(master)
-            self.store = SQLiteStore(data_dir / "cumulo.db", encryptor=self._privacy_encryptor)
+            assert options.subject_keys_db is not None  # cli/serve.py requires it
+            self.storage = postgres_storage(options.db, options.subject_keys_db, self.encryptor)
+        # The embedded store (master rotation runs on it); None on PostgreSQL.
+        self.store = self.storage.sqlite
         self.control_repo: ControlRepository = self.storage.control
         self.state_repo: StateRepository = self.storage.state
         self.secret_repo: SecretRepository = self.storage.secrets
@@ -143,7 +139,13 @@ class Platform:
         self.recorder = Recorder(self.log_repo, self.invocation_repo)
         # Data subjects, consent, retention, redaction: the recorder's guard (docs/privacy.md).
         self.privacy = PrivacyService(
-            self.store, self.encryptor, self.audit, data_dir, options.privacy
+            self.storage.privacy,
+            self.storage.subject_keys,
+            self.storage.namespace_keys,
+            # The job queue is built below: reached through a callable.
+            Rooms(self.invocation_repo, self.log_repo, self.control_repo, lambda: self.events.jobs),
+            self.audit,
+            options.privacy,
         )
         self.recorder.guard = self.privacy
         self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
@@ -233,9 +235,6 @@ class Platform:
     async def start(self) -> None:
         sandbox.check(self.options.runtime)
         await self.storage.open(self.encryptor)
-        if self.storage.sqlite is None:
-            self.store.open()
-            await self.store.call(self._privacy_encryptor.open, self.store)
         if self.follows_changes:
             # Before any cache is filled: no change can fall between the two.
             self._subscription = await self.changes.subscribe()
@@ -294,8 +293,6 @@ class Platform:
         await self.privacy.stop()
         await self.recorder.stop()
         await self.audit.stop()
-        if self.storage.sqlite is None:
-            self.store.close()
         await self.storage.close()
         self.tracing.shutdown()
 

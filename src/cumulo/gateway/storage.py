@@ -34,8 +34,10 @@ from cumulo.store.jobs import JobQueueRepository
 from cumulo.store.limits import LimitRepository
 from cumulo.store.logs import LogRepository
 from cumulo.store.metering import MeteringRepository
+from cumulo.store.privacy import PrivacyRepository
 from cumulo.store.secrets import SecretRepository
 from cumulo.store.state import StateRepository
+from cumulo.store.subject_keys import NamespaceKeys, SubjectKeyStore
 
 if TYPE_CHECKING:
     from cumulo.security.crypto import Encryptor, MasterKey
@@ -102,6 +104,9 @@ class Storage:
     metering: MeteringRepository
     changes: ChangeFeed
     limits: LimitRepository  # rate-limit usage and in-flight counts shared by gateways
+    privacy: PrivacyRepository
+    subject_keys: SubjectKeyStore  # where no backup of the main database reaches
+    namespace_keys: NamespaceKeys  # the data keys that wrap subject keys
     sqlite: SQLiteStore | None = None  # the embedded default's store (privacy still uses it)
     postgres: PostgresStore | None = None
     bundles: BundleRepository | None = None  # None: bundles are files in the data dir
@@ -194,8 +199,14 @@ def sqlite_storage(data_dir: Path, encryptor: Encryptor) -> Storage:
     from cumulo.store.sqlite_limits import SQLiteLimitRepository
     from cumulo.store.sqlite_logs import SQLiteLogRepository
     from cumulo.store.sqlite_metering import SQLiteMeteringRepository
+    from cumulo.store.sqlite_privacy import SQLitePrivacyRepository
     from cumulo.store.sqlite_secrets import SQLiteSecretRepository
     from cumulo.store.sqlite_state import SQLiteStateRepository
+    from cumulo.store.sqlite_subject_keys import (
+        KEYSTORE_FILE,
+        SQLiteNamespaceKeys,
+        SQLiteSubjectKeyStore,
+    )
 
     db_path = data_dir / "cumulo.db"
     store = SQLiteStore(db_path, encryptor=encryptor)
@@ -215,15 +226,22 @@ def sqlite_storage(data_dir: Path, encryptor: Encryptor) -> Storage:
         changes=changes,
         # Its own file: a limit exchange never waits on cumulo.db's write lock.
         limits=SQLiteLimitRepository(data_dir / "limits.db"),
+        privacy=SQLitePrivacyRepository(store),
+        # A file of its own, never in cumulo.db: a backup of cumulo.db holds no subject key.
+        subject_keys=SQLiteSubjectKeyStore(data_dir / KEYSTORE_FILE, store),
+        namespace_keys=SQLiteNamespaceKeys(store, encryptor),
         sqlite=store,
         closers=[changes.close],
         quantum_path=data_dir / "quantum" / "quantum.db",
     )
 
 
-def postgres_storage(dsn: str, encryptor: Encryptor, *, pool_size: int = 8) -> Storage:
+def postgres_storage(
+    dsn: str, subject_keys_dsn: str, encryptor: Encryptor, *, pool_size: int = 8
+) -> Storage:
     """Every room on the PostgreSQL database `dsn`, sealed by `encryptor` (this store's
-    own: one Encryptor per database, cumulo.store.postgres_keys)."""
+    own: one Encryptor per database, cumulo.store.postgres_keys); subject keys in the
+    database `subject_keys_dsn` (another one: docs/privacy.md)."""
     from cumulo.store.postgres import PostgresStore
 
     store = PostgresStore(dsn, max_size=pool_size)
@@ -240,9 +258,32 @@ def postgres_storage(dsn: str, encryptor: Encryptor, *, pool_size: int = 8) -> S
         metering=store.metering,
         changes=store.changes(),
         limits=store.limits,
+        privacy=store.privacy(),
+        subject_keys=store.subject_keys(subject_keys_dsn),
+        namespace_keys=store.namespace_keys(encryptor),
         postgres=store,
         bundles=store.bundles,
     )
+
+
+def require_subject_keys_db(dsn: str | None, keys_dsn: str | None) -> str | None:
+    """The subject-key database's DSN for `--db postgresql://…` (None on SQLite).
+    ConfigError, one line, when it is missing or not PostgreSQL."""
+    if dsn is None:
+        if keys_dsn:
+            raise ConfigError("--subject-keys-db goes with --db postgresql://… only")
+        return None
+    if not keys_dsn:
+        raise ConfigError(
+            "--db postgresql://… needs --subject-keys-db postgresql://…: a database of its "
+            "own for the subject keys, so a backup of the main one never holds one "
+            "(docs/privacy.md)"
+        )
+    if urlsplit(keys_dsn).scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"unsupported --subject-keys-db {redact_dsn(keys_dsn)!r}: use postgresql://…"
+        )
+    return keys_dsn
 
 
 async def check_database(dsn: str, master: MasterKey) -> None:

@@ -1,11 +1,15 @@
-"""Subject data on the store thread: sealed writes, exports, erasure and retention purges.
+"""Subject data: sealed writes, exports, erasure and retention purges, over repositories.
 
-Each method runs inside `store.call(...)` on the platform store's one thread, next to the
-store's own methods (the keystore shares that thread)."""
+The privacy room's own rows go through `PrivacyRepository`; rows of a subject held by other
+rooms (job bodies sealed to it, plain invocation records of its invocations, old log lines)
+are reached through those rooms' repositories: erasure asks each room to erase the subject.
+Values are sealed here, under the subject key (keystore.SubjectKeys), before a repository
+sees them."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,15 +17,18 @@ import orjson
 
 from cumulo.privacy.keystore import SubjectKeys
 from cumulo.privacy.subjects import Pseudonymizer
-from cumulo.privacy.tables import SCHEMA, SUBJECT_TABLES
 from cumulo.security.crypto import CryptoError
 from cumulo.store.base import InvocationRecord, LogRecord
-from cumulo.store.sqlite import SQLiteStore
+from cumulo.store.control import ControlRepository
+from cumulo.store.invocations import InvocationRepository
+from cumulo.store.jobs import JobQueueRepository
+from cumulo.store.logs import LogRepository
+from cumulo.store.privacy import PrivacyRepository, SealedInvocation, SealedLog
 
 JOB_MAGIC = b"\xffCJ"  # a job body sealed to a subject: magic, raw pseudonym, ciphertext
 PSEUDONYM_BYTES = 32
 JOB_PREFIX_LEN = len(JOB_MAGIC) + PSEUDONYM_BYTES
-FINISHED_JOBS = ("succeeded", "failed", "dead")
+EXPORT_PARTS = ("state", "invocations", "logs", "jobs", "consent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,52 +43,60 @@ class SubjectInvocation:
     subject: str
 
 
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """The other rooms' repositories an erasure, export or purge reaches. `jobs` is a
+    callable: the composition root builds the job queue after the privacy room."""
+
+    invocations: InvocationRepository
+    logs: LogRepository
+    control: ControlRepository
+    jobs: Callable[[], JobQueueRepository]
+
+
 def job_prefix(pseudonym: str) -> bytes:
     return JOB_MAGIC + bytes.fromhex(pseudonym)
 
 
 class SubjectData:
-    def __init__(self, store: SQLiteStore, keys: SubjectKeys) -> None:
-        self.store = store
+    def __init__(self, repo: PrivacyRepository, keys: SubjectKeys, rooms: Rooms) -> None:
+        self.repo = repo
         self.keys = keys
+        self.rooms = rooms
         self.pseudo = Pseudonymizer(b"")  # replaced in open()
 
-    def open(self) -> None:
-        self.pseudo = Pseudonymizer(self.keys.open())
-        self.store.db.executescript(SCHEMA)
+    async def open(self) -> None:
+        self.pseudo = Pseudonymizer(await self.keys.open())
+        await self.repo.open()
 
-    def close(self) -> None:
-        self.keys.close()
+    async def close(self) -> None:
+        await self.keys.close()
 
     # ------------------------------------------------------------ sealing helpers
     def _seal(self, ns: str, p: str, purpose: str, item: tuple[str, ...], data: Any) -> bytes:
-        return self.keys.seal(self.store, ns, p, purpose, item, orjson.dumps(data))
+        return self.keys.seal(ns, p, purpose, item, orjson.dumps(data))
 
     def _open(self, ns: str, p: str, purpose: str, item: tuple[str, ...], blob: bytes) -> Any:
-        return orjson.loads(self.keys.open_value(self.store, ns, p, purpose, item, blob))
+        return orjson.loads(self.keys.open_value(ns, p, purpose, item, blob))
+
+    def _ids(self, ns: str, fn: str, subject: str, key: str) -> tuple[str, str]:
+        p = self.pseudo.pseudonym(ns, subject)
+        return p, self.pseudo.item_hash(ns, fn, p, key)
 
     # ------------------------------------------------------------ state
-    def _state_row(self, ns: str, fn: str, p: str, kh: str) -> tuple[bytes, int] | None:
-        row = self.store.db.execute(
-            "SELECT value, version FROM privacy_state WHERE namespace = ? AND function = ? "
-            "AND pseudonym = ? AND key_hash = ?",
-            (ns, fn, p, kh),
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), int(row[1]))
-
-    def state_get(self, ns: str, fn: str, subject: str, key: str) -> dict[str, Any] | None:
-        p = self.pseudo.pseudonym(ns, subject)
-        kh = self.pseudo.item_hash(ns, fn, p, key)
-        found = self._state_row(ns, fn, p, kh)
+    async def state_get(self, ns: str, fn: str, subject: str, key: str) -> dict[str, Any] | None:
+        p, kh = self._ids(ns, fn, subject, key)
+        found = await self.repo.state_get(ns, fn, p, kh)
         if found is None:
             return None
         try:
+            await self.keys.load(ns, p, create=False)
             payload = self._open(ns, p, "state", (fn, kh), found[0])
         except CryptoError:
             return None  # erased while the row was being written: gone for good
         return {"value": payload["value"], "version": found[1]}
 
-    def state_put(
+    async def state_put(
         self,
         ns: str,
         fn: str,
@@ -91,121 +106,97 @@ class SubjectData:
         expected: int | None,
         now: float,
     ) -> dict[str, Any]:
-        p = self.pseudo.pseudonym(ns, subject)
-        kh = self.pseudo.item_hash(ns, fn, p, key)
-        self.keys.key(self.store, ns, p, create=True)  # outside the transaction
-        with self.store.transaction() as db:
-            found = self._state_row(ns, fn, p, kh)
-            version = found[1] if found else 0
-            if expected is not None and expected != version:
-                return {"conflict": True, "version": version}
-            blob = self._seal(
-                ns, p, "state", (fn, kh), {"subject": subject, "key": key, "value": value}
-            )
-            db.execute(
-                "INSERT INTO privacy_state VALUES (?,?,?,?,?,?,?) ON CONFLICT "
-                "(namespace, function, pseudonym, key_hash) DO UPDATE SET value = excluded.value,"
-                " version = excluded.version, updated_at = excluded.updated_at",
-                (ns, fn, p, kh, blob, version + 1, now),
-            )
-        return {"version": version + 1}
+        p, kh = self._ids(ns, fn, subject, key)
+        await self.keys.load(ns, p, create=True)  # outside the atomic step
+        blob = self._seal(
+            ns, p, "state", (fn, kh), {"subject": subject, "key": key, "value": value}
+        )
 
-    def state_incr(self, ns: str, fn: str, subject: str, key: str, by: int, now: float) -> int:
-        p = self.pseudo.pseudonym(ns, subject)
-        kh = self.pseudo.item_hash(ns, fn, p, key)
-        self.keys.key(self.store, ns, p, create=True)
-        with self.store.transaction() as db:
-            found = self._state_row(ns, fn, p, kh)
-            current = 0
-            if found is not None:
-                current = self._open(ns, p, "state", (fn, kh), found[0])["value"]
-                if not isinstance(current, int) or isinstance(current, bool):
+        def update(_current: bytes | None, version: int) -> bytes | None:
+            return None if expected is not None and expected != version else blob
+
+        version, written = await self.repo.state_update(ns, fn, p, kh, update, now)
+        return {"version": version} if written else {"conflict": True, "version": version}
+
+    async def state_incr(
+        self, ns: str, fn: str, subject: str, key: str, by: int, now: float
+    ) -> int:
+        p, kh = self._ids(ns, fn, subject, key)
+        await self.keys.load(ns, p, create=True)
+        total = 0
+
+        def update(current: bytes | None, _version: int) -> bytes:
+            nonlocal total
+            value = 0
+            if current is not None:
+                value = self._open(ns, p, "state", (fn, kh), current)["value"]
+                if not isinstance(value, int) or isinstance(value, bool):
                     raise ValueError("not an integer")
-            total = current + by
-            blob = self._seal(
+            total = value + by
+            return self._seal(
                 ns, p, "state", (fn, kh), {"subject": subject, "key": key, "value": total}
             )
-            db.execute(
-                "INSERT INTO privacy_state VALUES (?,?,?,?,?,?,?) ON CONFLICT "
-                "(namespace, function, pseudonym, key_hash) DO UPDATE SET value = excluded.value,"
-                " version = excluded.version, updated_at = excluded.updated_at",
-                (ns, fn, p, kh, blob, (found[1] if found else 0) + 1, now),
-            )
+
+        await self.repo.state_update(ns, fn, p, kh, update, now)
         return total
 
-    def state_delete(self, ns: str, fn: str, subject: str, key: str) -> bool:
-        p = self.pseudo.pseudonym(ns, subject)
-        kh = self.pseudo.item_hash(ns, fn, p, key)
-        cur = self.store.db.execute(
-            "DELETE FROM privacy_state WHERE namespace = ? AND function = ? AND pseudonym = ? "
-            "AND key_hash = ?",
-            (ns, fn, p, kh),
-        )
-        return cur.rowcount > 0
+    async def state_delete(self, ns: str, fn: str, subject: str, key: str) -> bool:
+        p, kh = self._ids(ns, fn, subject, key)
+        return await self.repo.state_delete(ns, fn, p, kh)
 
     # ------------------------------------------------------------ logs and invocations
-    def append(self, logs: list[SubjectLog], invocations: list[SubjectInvocation]) -> None:
+    async def append(self, logs: list[SubjectLog], invocations: list[SubjectInvocation]) -> None:
         owners = {(x.record.namespace, x.subject) for x in logs}
         owners |= {(x.record.namespace, x.subject) for x in invocations}
-        for ns, subject in owners:  # keys are created outside the transaction
-            self.keys.key(self.store, ns, self.pseudo.pseudonym(ns, subject), create=True)
-        with self.store.transaction() as db:
-            for entry in logs:
-                r = entry.record
-                p = self.pseudo.pseudonym(r.namespace, entry.subject)
-                payload = {
-                    "subject": entry.subject,
-                    "function": r.function,
-                    "version": r.version,
-                    "invocation_id": r.invocation_id,
-                    "ts": r.ts,
-                    "level": r.level,
-                    "message": r.message,
-                    "fields": r.fields,
-                }
-                blob = self._seal(r.namespace, p, "log", (r.invocation_id,), payload)
-                db.execute(
-                    "INSERT INTO privacy_logs (namespace, function, pseudonym, invocation_id, ts,"
-                    " blob) VALUES (?,?,?,?,?,?)",
-                    (r.namespace, r.function, p, r.invocation_id, r.ts, blob),
-                )
-            for inv in invocations:
-                i = inv.record
-                p = self.pseudo.pseudonym(i.namespace, inv.subject)
-                blob = self._seal(
-                    i.namespace, p, "invocation", (i.id,), {"subject": inv.subject, **i.public()}
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO privacy_invocations VALUES (?,?,?,?,?,?)",
-                    (i.id, i.namespace, i.function, p, i.started_at, blob),
-                )
+        for ns, subject in owners:
+            await self.keys.load(ns, self.pseudo.pseudonym(ns, subject), create=True)
+        sealed_logs = []
+        for entry in logs:
+            r = entry.record
+            p = self.pseudo.pseudonym(r.namespace, entry.subject)
+            payload = {
+                "subject": entry.subject,
+                "function": r.function,
+                "version": r.version,
+                "invocation_id": r.invocation_id,
+                "ts": r.ts,
+                "level": r.level,
+                "message": r.message,
+                "fields": r.fields,
+            }
+            blob = self._seal(r.namespace, p, "log", (r.invocation_id,), payload)
+            sealed_logs.append(SealedLog(r.namespace, r.function, p, r.invocation_id, r.ts, blob))
+        sealed_invocations = []
+        for inv in invocations:
+            i = inv.record
+            p = self.pseudo.pseudonym(i.namespace, inv.subject)
+            blob = self._seal(
+                i.namespace, p, "invocation", (i.id,), {"subject": inv.subject, **i.public()}
+            )
+            sealed_invocations.append(
+                SealedInvocation(i.id, i.namespace, i.function, p, i.started_at, blob)
+            )
+        await self.repo.append(sealed_logs, sealed_invocations)
 
     # ------------------------------------------------------------ async job bodies
-    def seal_job(self, ns: str, function: str, subject: str, body: bytes) -> bytes:
+    async def seal_job(self, ns: str, function: str, subject: str, body: bytes) -> bytes:
         p = self.pseudo.pseudonym(ns, subject)
-        sealed = self.keys.seal(
-            self.store,
-            ns,
-            p,
-            "job",
-            (function,),
-            subject.encode() + b"\0" + body,
-            deterministic=True,
+        sealed = await self.keys.sealed(
+            ns, p, "job", (function,), subject.encode() + b"\0" + body, deterministic=True
         )
         return job_prefix(p) + sealed
 
-    def open_job(self, ns: str, function: str, blob: bytes) -> tuple[str, bytes]:
+    async def open_job(self, ns: str, function: str, blob: bytes) -> tuple[str, bytes]:
         p = blob[len(JOB_MAGIC) : JOB_PREFIX_LEN].hex()
-        plain = self.keys.open_value(self.store, ns, p, "job", (function,), blob[JOB_PREFIX_LEN:])
+        plain = await self.keys.opened(ns, p, "job", (function,), blob[JOB_PREFIX_LEN:])
         subject, _, body = plain.partition(b"\0")
         return subject.decode(), body
 
     # ------------------------------------------------------------ consent
-    def consent_append(
+    async def consent_append(
         self, ns: str, subject: str, purpose: str, granted: bool, source: str, now: float
     ) -> None:
         p = self.pseudo.pseudonym(ns, subject)
-        self.keys.key(self.store, ns, p, create=True)
         payload = {
             "subject": subject,
             "purpose": purpose,
@@ -213,214 +204,132 @@ class SubjectData:
             "source": source,
             "ts": now,
         }
-        blob = self._seal(ns, p, "consent", (purpose,), payload)
-        self.store.db.execute(
-            "INSERT INTO privacy_consent (namespace, pseudonym, purpose, granted, ts, blob) "
-            "VALUES (?,?,?,?,?,?)",
-            (ns, p, purpose, int(granted), now, blob),
-        )
+        blob = await self.keys.sealed(ns, p, "consent", (purpose,), orjson.dumps(payload))
+        await self.repo.consent_append(ns, p, purpose, granted, blob, now)
 
-    def consent_current(self) -> dict[tuple[str, str, str], bool]:
+    async def consent_current(self) -> dict[tuple[str, str, str], bool]:
         """The latest event per (namespace, pseudonym, purpose): the hot path's cache."""
-        rows = self.store.db.execute(
-            "SELECT namespace, pseudonym, purpose, granted FROM privacy_consent "
-            "WHERE seq IN (SELECT MAX(seq) FROM privacy_consent "
-            "GROUP BY namespace, pseudonym, purpose)"
-        ).fetchall()
-        return {(str(r[0]), str(r[1]), str(r[2])): bool(r[3]) for r in rows}
+        return await self.repo.consent_current()
 
-    def consent_history(self, ns: str, subject: str) -> list[dict[str, Any]]:
+    async def consent_history(self, ns: str, subject: str) -> list[dict[str, Any]]:
         p = self.pseudo.pseudonym(ns, subject)
-        return self._consent_of(ns, p)
+        rows = await self.repo.consent_of(ns, p)
+        if not rows:
+            return []
+        await self.keys.load(ns, p, create=False)
+        return self._consent_of(ns, p, rows)
 
-    def _consent_of(self, ns: str, p: str) -> list[dict[str, Any]]:
-        rows = self.store.db.execute(
-            "SELECT seq, purpose, blob FROM privacy_consent WHERE namespace = ? AND pseudonym = ?"
-            " ORDER BY seq",
-            (ns, p),
-        ).fetchall()
+    def _consent_of(self, ns: str, p: str, rows: list[Any]) -> list[dict[str, Any]]:
         out = []
-        for seq, purpose, blob in rows:
-            event = self._open(ns, p, "consent", (purpose,), bytes(blob))
-            out.append({"seq": seq, **{k: v for k, v in event.items() if k != "subject"}})
+        for row in rows:
+            event = self._open(ns, p, "consent", (row.purpose,), row.blob)
+            out.append({"seq": row.seq, **{k: v for k, v in event.items() if k != "subject"}})
         return out
 
     # ------------------------------------------------------------ export
-    def export(self, ns: str, p: str) -> dict[str, Any]:
+    async def export(self, ns: str, p: str) -> dict[str, Any]:
         """Everything held about one subject, decrypted: the access/portability answer."""
-        db = self.store.db
-        if not self.keys.has_key(ns, p):
-            empty: dict[str, Any] = {
-                k: [] for k in ("state", "invocations", "logs", "jobs", "consent")
-            }
-            return empty
+        if not await self.keys.has_key(ns, p):
+            return {k: [] for k in EXPORT_PARTS}
+        await self.keys.load(ns, p, create=False)
         state = []
-        for fn, kh, blob, version, updated in db.execute(
-            "SELECT function, key_hash, value, version, updated_at FROM privacy_state "
-            "WHERE namespace = ? AND pseudonym = ? ORDER BY function, updated_at",
-            (ns, p),
-        ).fetchall():
-            payload = self._open(ns, p, "state", (fn, kh), bytes(blob))
+        for row in await self.repo.subject_state(ns, p):
+            payload = self._open(ns, p, "state", (row.function, row.key_hash), row.value)
             state.append(
                 {
-                    "function": fn,
+                    "function": row.function,
                     "key": payload["key"],
                     "value": payload["value"],
-                    "version": version,
-                    "updated_at": updated,
+                    "version": row.version,
+                    "updated_at": row.updated_at,
                 }
             )
         invocations = [
             {
                 k: v
-                for k, v in self._open(ns, p, "invocation", (iid,), bytes(blob)).items()
+                for k, v in self._open(ns, p, "invocation", (i.id,), i.blob).items()
                 if k != "subject"
             }
-            for iid, blob in db.execute(
-                "SELECT id, blob FROM privacy_invocations WHERE namespace = ? AND pseudonym = ? "
-                "ORDER BY started_at",
-                (ns, p),
-            ).fetchall()
+            for i in await self.repo.subject_invocations(ns, p)
         ]
         logs = [
             {
                 k: v
-                for k, v in self._open(ns, p, "log", (iid,), bytes(blob)).items()
+                for k, v in self._open(ns, p, "log", (x.invocation_id,), x.blob).items()
                 if k != "subject"
             }
-            for iid, blob in db.execute(
-                "SELECT invocation_id, blob FROM privacy_logs WHERE namespace = ? AND pseudonym = ?"
-                " ORDER BY seq",
-                (ns, p),
-            ).fetchall()
+            for x in await self.repo.subject_logs(ns, p)
         ]
         jobs = []
-        prefix = job_prefix(p)
-        for jid, fn, status, created, body in db.execute(
-            "SELECT id, function, status, created_at, body FROM event_jobs WHERE namespace = ? "
-            "AND substr(body, 1, ?) = ? ORDER BY created_at",
-            (ns, JOB_PREFIX_LEN, prefix),
-        ).fetchall():
-            _, raw = self.open_job(ns, fn, bytes(body))
+        for j in await self.rooms.jobs().subject_jobs(ns, job_prefix(p)):
+            _, raw = await self.open_job(ns, j.function, j.body)
             job: dict[str, Any] = {
-                "id": jid,
-                "function": fn,
-                "status": status,
-                "created_at": created,
+                "id": j.id,
+                "function": j.function,
+                "status": j.status,
+                "created_at": j.created_at,
             }
             try:
                 job["payload"] = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 job["payload_base64"] = base64.b64encode(raw).decode()
             jobs.append(job)
+        consent = self._consent_of(ns, p, await self.repo.consent_of(ns, p))
         return {
             "state": state,
             "invocations": invocations,
             "logs": logs,
             "jobs": jobs,
-            "consent": self._consent_of(ns, p),
+            "consent": consent,
         }
 
     # ------------------------------------------------------------ erasure
-    def erase(self, ns: str, p: str) -> dict[str, int]:
-        """Delete every row of the subject, then destroy its key (crypto-shredding): copies
-        of the rows elsewhere (backups, freed pages) stay ciphertext with no key."""
-        counts: dict[str, int] = {}
-        with self.store.transaction() as db:
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM privacy_invocations WHERE namespace = ? AND pseudonym = ?",
-                    (ns, p),
-                ).fetchall()
-            ]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"DELETE FROM invocations WHERE namespace = ? AND id IN ({marks})",  # noqa: S608
-                    (ns, *chunk),
-                )
-            for table in SUBJECT_TABLES:
-                cur = db.execute(
-                    f"DELETE FROM {table} WHERE namespace = ? AND pseudonym = ?",  # noqa: S608
-                    (ns, p),
-                )
-                counts[table.removeprefix("privacy_")] = cur.rowcount
-            cur = db.execute(
-                "DELETE FROM event_jobs WHERE namespace = ? AND substr(body, 1, ?) = ?",
-                (ns, JOB_PREFIX_LEN, job_prefix(p)),
-            )
-            counts["jobs"] = cur.rowcount
-            db.execute(
-                "UPDATE privacy_requests SET result = NULL WHERE namespace = ? AND pseudonym = ?",
-                (ns, p),
-            )
-        counts["subject_keys_destroyed"] = int(self.keys.destroy(ns, p))
-        # Fold the WAL back so the freed ciphertext leaves the -wal file as well.
-        self.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    async def erase(self, ns: str, p: str) -> dict[str, int]:
+        """Ask each room to erase the subject, then destroy its key (crypto-shredding):
+        copies of the rows elsewhere (backups, freed pages) stay ciphertext with no key. The
+        key goes last: a step that fails leaves the request failed and the data still
+        erasable by a retry."""
+        records = await self.repo.subject_invocations(ns, p)
+        await self.rooms.invocations.delete(ns, [r.id for r in records])
+        counts = await self.repo.erase_subject(ns, p)
+        counts["jobs"] = await self.rooms.jobs().erase_subject(ns, job_prefix(p))
+        counts["subject_keys_destroyed"] = int(await self.keys.destroy(ns, p))
+        await self.repo.scrub()
         return counts
 
     # ------------------------------------------------------------ retention
-    def namespaces(self) -> list[str]:
-        rows = self.store.db.execute(
-            "SELECT namespace FROM functions UNION SELECT namespace FROM privacy_retention "
-            "UNION SELECT DISTINCT namespace FROM invocations "
-            "UNION SELECT DISTINCT namespace FROM privacy_state"
-        ).fetchall()
-        return sorted(str(r[0]) for r in rows)
+    async def namespaces(self) -> list[str]:
+        found = set(await self.rooms.control.namespaces())
+        found |= set(await self.rooms.invocations.namespaces())
+        found |= set(await self.repo.namespaces())
+        return sorted(found)
 
-    def purge(self, ns: str, cutoff: float) -> dict[str, int]:
+    async def purge(self, ns: str, cutoff: float) -> dict[str, int]:
         """Delete what is older than `cutoff` in one namespace; counts per table."""
-        statements = {
-            "invocations": ("DELETE FROM invocations WHERE namespace = ? AND started_at < ?", ()),
-            "logs": ("DELETE FROM logs WHERE namespace = ? AND ts < ?", ()),
-            "subject_invocations": (
-                "DELETE FROM privacy_invocations WHERE namespace = ? AND started_at < ?",
-                (),
-            ),
-            "subject_logs": ("DELETE FROM privacy_logs WHERE namespace = ? AND ts < ?", ()),
-            "subject_state": (
-                "DELETE FROM privacy_state WHERE namespace = ? AND updated_at < ?",
-                (),
-            ),
-            "finished_jobs": (
-                "DELETE FROM event_jobs WHERE namespace = ? AND finished_at < ? "
-                "AND status IN ('succeeded', 'failed', 'dead')",
-                (),
-            ),
+        counts = {
+            "invocations": await self.rooms.invocations.purge(ns, cutoff),
+            "logs": await self.rooms.logs.purge(ns, cutoff),
         }
-        counts = {}
-        with self.store.transaction() as db:
-            for name, (sql, _) in statements.items():
-                counts[name] = db.execute(sql, (ns, cutoff)).rowcount
+        counts.update(await self.repo.purge(ns, cutoff))
+        counts["finished_jobs"] = await self.rooms.jobs().purge_finished(ns, cutoff)
         return counts
 
-    def retention_get(self) -> dict[str, float]:
-        rows = self.store.db.execute("SELECT namespace, ttl_s FROM privacy_retention").fetchall()
-        return {str(r[0]): float(r[1]) for r in rows}
+    async def retention_get(self) -> dict[str, float]:
+        return await self.repo.retention()
 
-    def retention_set(self, ns: str, ttl_s: float | None) -> None:
-        if ttl_s is None:
-            self.store.db.execute("DELETE FROM privacy_retention WHERE namespace = ?", (ns,))
-        else:
-            self.store.db.execute(
-                "INSERT INTO privacy_retention VALUES (?, ?) ON CONFLICT (namespace) "
-                "DO UPDATE SET ttl_s = excluded.ttl_s",
-                (ns, ttl_s),
-            )
+    async def retention_set(self, ns: str, ttl_s: float | None) -> None:
+        await self.repo.set_retention(ns, ttl_s)
 
-    def subject_counts(self) -> dict[str, int]:
-        return self.keys.count()
+    async def subject_counts(self) -> dict[str, int]:
+        return await self.keys.count()
 
-    def functions(self) -> list[tuple[str, str, dict[str, Any]]]:
+    async def functions(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(namespace, function, config of its newest version) for the processing report."""
-        rows = self.store.db.execute(
-            "SELECT v.namespace, v.function, v.config FROM versions v JOIN ("
-            " SELECT namespace, function, MAX(version) AS version FROM versions"
-            " GROUP BY namespace, function) m ON v.namespace = m.namespace"
-            " AND v.function = m.function AND v.version = m.version"
-            " JOIN functions f ON f.namespace = v.namespace AND f.name = v.function"
-            " ORDER BY v.namespace, v.function"
-        ).fetchall()
-        return [(str(r[0]), str(r[1]), orjson.loads(r[2])) for r in rows]
+        control = self.rooms.control
+        out = []
+        for ns in await control.namespaces():
+            for fn in await control.list_functions(ns):
+                versions = await control.list_versions(ns, fn.name)
+                if versions:
+                    out.append((ns, fn.name, versions[-1].config))
+        return out

@@ -1,16 +1,17 @@
 """Subject keys: one AES-256 key per (namespace, subject pseudonym), for crypto-shredding.
 
-They live in `<data-dir>/subject-keys.db`, a SQLite file of their own, never in cumulo.db:
-a backup of cumulo.db therefore never holds a subject key, and destroying the key here makes
+Where they are kept is a `cumulo.store.subject_keys.SubjectKeyStore` (on SQLite
+`<data-dir>/subject-keys.db`; on PostgreSQL a database of its own), never the main
+database: a backup of it therefore never holds a subject key, and destroying the key makes
 every copy of that subject's ciphertext (live database, WAL, backups) unreadable. Each key is
 wrapped by its namespace's data key (AES-GCM, AAD = namespace, pseudonym, key version), so the
-file alone reveals nothing either. The file runs with `secure_delete=ON` and a rollback journal
-(no WAL copy of deleted pages), and an erasure VACUUMs it: freed pages hold no key bytes.
+key store alone reveals nothing either. The same store keeps the pseudonym secret (see
+subjects.Pseudonymizer): the main database alone can not even confirm a guessed subject id.
 
-The same file keeps the pseudonym secret (see subjects.Pseudonymizer): cumulo.db alone can
-not even confirm a guessed subject id.
-
-Everything here runs on the platform store's thread (inside `store.call`), like the store.
+`load` reads the key store on every call (one indexed lookup) and caches only the unwrapped
+key, keyed by its wrapped bytes: a key destroyed through another gateway is never used again
+here, neither to read nor to write. `seal`/`open_value` are synchronous (no I/O): they use a
+key `load`ed just before (so they can run inside a repository's atomic step).
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import sqlite3
 import struct
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,141 +35,93 @@ from cumulo.security.crypto import (
     CryptoError,
     associated_data,
 )
+from cumulo.store.subject_keys import NamespaceKeys, SubjectKeyStore, WrappedKey
 
-if TYPE_CHECKING:
-    from cumulo.security.crypto import Encryptor
-    from cumulo.store.sqlite import SQLiteStore
-
-KEYSTORE_FILE = "subject-keys.db"
+KEYSTORE_FILE = "subject-keys.db"  # on SQLite, in the data dir
 _HEADER = struct.Struct(">3sBBI12s")  # the crypto.py header layout, key kind 1
 HEADER_LEN = _HEADER.size
 TAG_LEN = 16
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS subject_keys (
-    namespace TEXT NOT NULL, pseudonym TEXT NOT NULL, ns_key_version INTEGER NOT NULL,
-    wrapped BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (namespace, pseudonym));
-CREATE TABLE IF NOT EXISTS keystore_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-"""
 
 
 class SubjectKeyMissing(CryptoError):
     """The subject's key was destroyed (erased) or never existed: its data is unreadable."""
 
 
+def _wrap_aad(namespace: str, pseudonym: str, version: int) -> bytes:
+    return associated_data(b"cumulo subject key v1", namespace, pseudonym, str(version))
+
+
 class SubjectKeys:
-    def __init__(self, path: Path, encryptor: Encryptor) -> None:
-        self.path = path
-        self._encryptor = encryptor
-        self._conn: sqlite3.Connection | None = None
-        self._keys: dict[tuple[str, str], AESGCM] = {}
-        self._raw: dict[tuple[str, str], bytes] = {}  # for deterministic nonces (job bodies)
+    def __init__(self, store: SubjectKeyStore, namespace_keys: NamespaceKeys) -> None:
+        self.store = store
+        self.namespace_keys = namespace_keys
+        # (namespace, pseudonym) -> (wrapped bytes it came from, key, raw key)
+        self._keys: dict[tuple[str, str], tuple[bytes, AESGCM, bytes]] = {}
 
-    # ------------------------------------------------------------ file
-    def open(self) -> bytes:
-        """Open (creating 0600) the key store; returns the pseudonym secret."""
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # DELETE journal (no WAL holding old pages), deleted content zeroed in place.
-        conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute("PRAGMA secure_delete=ON")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
-        self._conn = conn
-        row = conn.execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT OR IGNORE INTO keystore_meta VALUES ('pseudonym', ?)", (os.urandom(32),)
-            )
-            row = conn.execute(
-                "SELECT value FROM keystore_meta WHERE name = 'pseudonym'"
-            ).fetchone()
-        return bytes(row[0])
+    async def open(self) -> bytes:
+        """Open (creating) the key store; returns the pseudonym secret."""
+        return await self.store.open()
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the subject key store is not open")
-        return self._conn
+    async def close(self) -> None:
+        self.forget_cache()
+        await self.store.aclose()
 
     # ------------------------------------------------------------ keys
-    def _wrap_aad(self, namespace: str, pseudonym: str, version: int) -> bytes:
-        return associated_data(b"cumulo subject key v1", namespace, pseudonym, str(version))
-
-    def key(self, store: SQLiteStore, namespace: str, pseudonym: str, *, create: bool) -> AESGCM:
-        cached = self._keys.get((namespace, pseudonym))
-        if cached is not None:
-            return cached
-        row = self.db.execute(
-            "SELECT ns_key_version, wrapped FROM subject_keys "
-            "WHERE namespace = ? AND pseudonym = ?",
-            (namespace, pseudonym),
-        ).fetchone()
-        if row is None:
+    async def load(self, namespace: str, pseudonym: str, *, create: bool) -> AESGCM:
+        """The subject's key, read from the key store (SubjectKeyMissing when it has none
+        and not `create`)."""
+        found = await self.store.get(namespace, pseudonym)
+        if found is None:
+            self._keys.pop((namespace, pseudonym), None)
             if not create:
                 raise SubjectKeyMissing("this subject has no key (erased, or never seen)")
             raw = os.urandom(KEY_LEN)
-            version, ns_cipher = self._encryptor.namespace_cipher(store, namespace)
+            version, ns_cipher = await self.namespace_keys.cipher(namespace)
             nonce = os.urandom(NONCE_LEN)
             wrapped = nonce + ns_cipher.encrypt(
-                nonce, raw, self._wrap_aad(namespace, pseudonym, version)
+                nonce, raw, _wrap_aad(namespace, pseudonym, version)
             )
-            self.db.execute(
-                "INSERT INTO subject_keys VALUES (?,?,?,?,?)",
-                (namespace, pseudonym, version, wrapped, time.time()),
+            # Racing gateways agree on the key that won the insert.
+            found = await self.store.insert(
+                namespace, pseudonym, WrappedKey(version, wrapped), time.time()
             )
-        else:
-            version, wrapped = int(row[0]), bytes(row[1])
-            _, ns_cipher = self._encryptor.namespace_cipher(store, namespace, version)
-            try:
-                raw = ns_cipher.decrypt(
-                    wrapped[:NONCE_LEN],
-                    wrapped[NONCE_LEN:],
-                    self._wrap_aad(namespace, pseudonym, version),
-                )
-            except InvalidTag as exc:
-                raise CryptoError("a subject key failed to unwrap (altered or moved)") from exc
+        cached = self._keys.get((namespace, pseudonym))
+        if cached is not None and cached[0] == found.wrapped:
+            return cached[1]
+        _, ns_cipher = await self.namespace_keys.cipher(namespace, found.ns_key_version)
+        try:
+            raw = ns_cipher.decrypt(
+                found.wrapped[:NONCE_LEN],
+                found.wrapped[NONCE_LEN:],
+                _wrap_aad(namespace, pseudonym, found.ns_key_version),
+            )
+        except InvalidTag as exc:
+            raise CryptoError("a subject key failed to unwrap (altered or moved)") from exc
         cipher = AESGCM(raw)
-        self._keys[(namespace, pseudonym)] = cipher
-        self._raw[(namespace, pseudonym)] = raw
+        self._keys[(namespace, pseudonym)] = (found.wrapped, cipher, raw)
         return cipher
 
-    def has_key(self, namespace: str, pseudonym: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM subject_keys WHERE namespace = ? AND pseudonym = ?",
-            (namespace, pseudonym),
-        ).fetchone()
-        return row is not None
+    async def has_key(self, namespace: str, pseudonym: str) -> bool:
+        return await self.store.has(namespace, pseudonym)
 
-    def destroy(self, namespace: str, pseudonym: str) -> bool:
-        """Crypto-shred: delete the key row (zeroed by secure_delete), VACUUM so no freed
-        page keeps it, and forget the cached copy."""
+    async def destroy(self, namespace: str, pseudonym: str) -> bool:
+        """Crypto-shred: the key store deletes the key so no page keeps it; the cached copy
+        is forgotten first."""
         self._keys.pop((namespace, pseudonym), None)
-        self._raw.pop((namespace, pseudonym), None)
-        cur = self.db.execute(
-            "DELETE FROM subject_keys WHERE namespace = ? AND pseudonym = ?",
-            (namespace, pseudonym),
-        )
-        self.db.execute("VACUUM")
-        return cur.rowcount > 0
+        return await self.store.destroy(namespace, pseudonym)
 
-    def count(self) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT namespace, COUNT(*) FROM subject_keys GROUP BY namespace"
-        ).fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
+    async def count(self) -> dict[str, int]:
+        return await self.store.counts()
+
+    def _loaded(self, namespace: str, pseudonym: str) -> tuple[AESGCM, bytes]:
+        cached = self._keys.get((namespace, pseudonym))
+        if cached is None:
+            raise SubjectKeyMissing("this subject has no key (erased, or never seen)")
+        return cached[1], cached[2]
 
     # ------------------------------------------------------------ values
     def seal(
         self,
-        store: SQLiteStore,
         namespace: str,
         pseudonym: str,
         purpose: str,
@@ -180,14 +130,13 @@ class SubjectKeys:
         *,
         deterministic: bool = False,
     ) -> bytes:
-        """AES-GCM under the subject key. `deterministic`: the nonce is an HMAC of the
-        plaintext, so the same job body seals the same (Idempotency-Key hashes agree)."""
-        cipher = self.key(store, namespace, pseudonym, create=True)
+        """AES-GCM under the subject key (`load`ed before). `deterministic`: the nonce is an
+        HMAC of the plaintext, so the same job body seals the same (Idempotency-Key hashes
+        agree)."""
+        cipher, raw = self._loaded(namespace, pseudonym)
         if deterministic:
-            raw = self._raw[(namespace, pseudonym)]
-            nonce = hmac.new(raw, associated_data(purpose, *item) + data, hashlib.sha256).digest()[
-                :NONCE_LEN
-            ]
+            mac = hmac.new(raw, associated_data(purpose, *item) + data, hashlib.sha256)
+            nonce = mac.digest()[:NONCE_LEN]
         else:
             nonce = os.urandom(NONCE_LEN)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_SUBJECT, 1, nonce)
@@ -197,20 +146,14 @@ class SubjectKeys:
         return header + cipher.encrypt(nonce, data, aad)
 
     def open_value(
-        self,
-        store: SQLiteStore,
-        namespace: str,
-        pseudonym: str,
-        purpose: str,
-        item: Sequence[str],
-        blob: bytes,
+        self, namespace: str, pseudonym: str, purpose: str, item: Sequence[str], blob: bytes
     ) -> bytes:
         if len(blob) < HEADER_LEN + TAG_LEN or not blob.startswith(MAGIC):
             raise CryptoError(f"{purpose} is not a subject ciphertext")
         _, fmt, kind, _, nonce = _HEADER.unpack_from(blob)
         if fmt != FORMAT_VERSION or kind != KIND_SUBJECT:
             raise CryptoError(f"{purpose} is not a subject ciphertext")
-        cipher = self.key(store, namespace, pseudonym, create=False)
+        cipher, _ = self._loaded(namespace, pseudonym)
         aad = associated_data(
             b"cumulo subject value v1", blob[:HEADER_LEN], namespace, pseudonym, purpose, *item
         )
@@ -219,6 +162,26 @@ class SubjectKeys:
         except InvalidTag as exc:
             raise CryptoError(f"a subject {purpose} failed to decrypt (altered or moved)") from exc
 
+    async def sealed(
+        self,
+        namespace: str,
+        pseudonym: str,
+        purpose: str,
+        item: Sequence[str],
+        data: bytes,
+        *,
+        deterministic: bool = False,
+    ) -> bytes:
+        """`load` (creating) then `seal`."""
+        await self.load(namespace, pseudonym, create=True)
+        return self.seal(namespace, pseudonym, purpose, item, data, deterministic=deterministic)
+
+    async def opened(
+        self, namespace: str, pseudonym: str, purpose: str, item: Sequence[str], blob: bytes
+    ) -> bytes:
+        """`load` (SubjectKeyMissing once erased) then `open_value`."""
+        await self.load(namespace, pseudonym, create=False)
+        return self.open_value(namespace, pseudonym, purpose, item, blob)
+
     def forget_cache(self) -> None:
         self._keys.clear()
-        self._raw.clear()

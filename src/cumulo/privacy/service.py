@@ -13,35 +13,36 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cumulo.errors import BadRequest, Conflict, Forbidden, NotFound
-from cumulo.privacy.data import JOB_MAGIC, SubjectData, SubjectInvocation, SubjectLog
-from cumulo.privacy.keystore import KEYSTORE_FILE, SubjectKeys
+from cumulo.privacy.data import JOB_MAGIC, Rooms, SubjectData, SubjectInvocation, SubjectLog
+from cumulo.privacy.keystore import SubjectKeys
 from cumulo.privacy.redact import KINDS, Redactor
 from cumulo.privacy.requests import (
     COMPLETED,
     FAILED,
     FINISHED,
     PROCESSING,
+    RECEIVED,
     REGIMES,
     TYPES,
-    RequestTable,
+    deadline,
+    new_request_id,
     public,
 )
 from cumulo.privacy.subjects import Pseudonymizer, check_subject, make_clock
 from cumulo.security.crypto import CryptoError
 from cumulo.store.base import InvocationRecord, LogRecord
+from cumulo.store.privacy import PrivacyRepository
+from cumulo.store.subject_keys import NamespaceKeys, SubjectKeyStore
 from cumulo.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cumulo.runtime.spec import VersionSpec
     from cumulo.security.audit import AuditLog
-    from cumulo.security.crypto import Encryptor
-    from cumulo.store.sqlite import SQLiteStore
 
 log = logging.getLogger("cumulo.privacy")
 
@@ -79,21 +80,25 @@ class PrivacySettings:
 
 
 class PrivacyService:
+    """The room over its repositories: `repo` (its own rows), `key_store` (subject keys:
+    not the main database), `namespace_keys` (the data keys that wrap them) and `rooms`
+    (the other rooms an erasure, export or purge reaches)."""
+
     def __init__(
         self,
-        store: SQLiteStore,
-        encryptor: Encryptor,
+        repo: PrivacyRepository,
+        key_store: SubjectKeyStore,
+        namespace_keys: NamespaceKeys,
+        rooms: Rooms,
         audit: AuditLog,
-        data_dir: Path,
         settings: PrivacySettings | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings or PrivacySettings()
-        self.store = store
+        self.repo = repo
         self.audit = audit
-        self.keys = SubjectKeys(data_dir / KEYSTORE_FILE, encryptor)
-        self.data = SubjectData(store, self.keys)
-        self.requests = RequestTable(store)
+        self.keys = SubjectKeys(key_store, namespace_keys)
+        self.data = SubjectData(repo, self.keys, rooms)
         self.redactor = Redactor(self.settings.redact)
         self.clock = clock or make_clock()
         self._active: dict[str, str] = {}  # invocation id -> subject, while it runs
@@ -111,9 +116,9 @@ class PrivacyService:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.store.call(self.data.open)
-        self._consent = await self.store.call(self.data.consent_current)
-        self._retention = await self.store.call(self.data.retention_get)
+        await self.data.open()
+        self._consent = await self.data.consent_current()
+        self._retention = await self.data.retention_get()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._flush_forever()),
@@ -125,7 +130,7 @@ class PrivacyService:
             await cancel_and_wait(task)
         self._tasks = []
         await self.flush()
-        await self.store.call(self.data.close)
+        await self.data.close()
 
     # ------------------------------------------------------------ hot path
     def enter(self, spec: VersionSpec, frame: dict[str, Any], subject: str | None) -> None:
@@ -175,7 +180,7 @@ class PrivacyService:
         logs, self._logs = self._logs, []
         invocations, self._invocations = self._invocations, []
         if logs or invocations:
-            await self.store.call(self.data.append, logs, invocations)
+            await self.data.append(logs, invocations)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -187,7 +192,7 @@ class PrivacyService:
 
     # ------------------------------------------------------------ worker rpc
     async def handle_rpc(self, spec: VersionSpec, op: str, args: dict[str, Any]) -> Any:
-        ns, fn, store = spec.namespace, spec.function, self.store
+        ns, fn = spec.namespace, spec.function
         subject = check_subject(args.get("subject"))
         if op == "privacy.has_consent":
             return self.has_consent(ns, subject, check_purpose(args.get("purpose")))
@@ -196,7 +201,7 @@ class PrivacyService:
             raise BadRequest("state keys are non-empty strings of at most 512 characters")
         now = self.clock()
         if op == "privacy.state.get":
-            return await store.call(self.data.state_get, ns, fn, subject, key)
+            return await self.data.state_get(ns, fn, subject, key)
         if op == "privacy.state.put":
             value = args.get("value")
             if len(orjson.dumps(value)) > 1024 * 1024:
@@ -204,22 +209,22 @@ class PrivacyService:
             expected = args.get("expected_version")
             if expected is not None and (not isinstance(expected, int) or expected < 0):
                 raise BadRequest("expected_version must be a non-negative integer")
-            return await store.call(self.data.state_put, ns, fn, subject, key, value, expected, now)
+            return await self.data.state_put(ns, fn, subject, key, value, expected, now)
         if op == "privacy.state.incr":
             by = args.get("by", 1)
             if not isinstance(by, int) or isinstance(by, bool):
                 raise BadRequest("incr takes an integer")
             try:
-                return await store.call(self.data.state_incr, ns, fn, subject, key, by, now)
+                return await self.data.state_incr(ns, fn, subject, key, by, now)
             except ValueError as exc:
                 raise BadRequest(f"state key {key!r} does not hold an integer") from exc
         if op == "privacy.state.delete":
-            return await store.call(self.data.state_delete, ns, fn, subject, key)
+            return await self.data.state_delete(ns, fn, subject, key)
         raise BadRequest(f"unknown operation {op!r}")
 
     # ------------------------------------------------------------ async jobs
     async def seal_job(self, namespace: str, function: str, subject: str, body: bytes) -> bytes:
-        return await self.store.call(self.data.seal_job, namespace, function, subject, body)
+        return await self.data.seal_job(namespace, function, subject, body)
 
     @staticmethod
     def is_subject_job(body: bytes) -> bool:
@@ -227,7 +232,7 @@ class PrivacyService:
 
     async def open_job(self, namespace: str, function: str, body: bytes) -> tuple[str, bytes]:
         try:
-            return await self.store.call(self.data.open_job, namespace, function, body)
+            return await self.data.open_job(namespace, function, body)
         except CryptoError:
             raise NotFound("the job's data subject was erased", code="subject_erased") from None
 
@@ -239,9 +244,7 @@ class PrivacyService:
         check_purpose(purpose)
         now = self.clock()
         source = source[:MAX_SOURCE]
-        await self.store.call(
-            self.data.consent_append, namespace, subject, purpose, granted, source, now
-        )
+        await self.data.consent_append(namespace, subject, purpose, granted, source, now)
         pseudonym = self.pseudo.pseudonym(namespace, subject)
         self._consent[(namespace, pseudonym, purpose)] = granted
         self.audit.record(
@@ -256,7 +259,7 @@ class PrivacyService:
     async def consent_of(self, namespace: str, subject: str) -> dict[str, Any]:
         check_subject(subject)
         try:
-            history = await self.store.call(self.data.consent_history, namespace, subject)
+            history = await self.data.consent_history(namespace, subject)
         except CryptoError:
             history = []
         current: dict[str, Any] = {}
@@ -274,8 +277,16 @@ class PrivacyService:
             raise BadRequest(f"regime must be one of {', '.join(REGIMES)}", code="invalid_regime")
         check_subject(subject)
         pseudonym = self.pseudo.pseudonym(namespace, subject)
-        row = await self.store.call(
-            self.requests.create, namespace, kind, regime, pseudonym, self.clock()
+        now = self.clock()
+        row = await self.repo.create_request(
+            new_request_id(now),
+            namespace,
+            kind,
+            regime,
+            pseudonym,
+            RECEIVED,
+            now,
+            deadline(regime, now),
         )
         self.audit.record(
             namespace,
@@ -289,7 +300,7 @@ class PrivacyService:
         return public(row, self.clock())
 
     async def get_request(self, rid: str) -> dict[str, Any]:
-        row = await self.store.call(self.requests.get, rid)
+        row = await self.repo.get_request(rid)
         if row is None:
             raise NotFound(f"request {rid!r} not found", code="request_not_found")
         return public(row, self.clock())
@@ -297,11 +308,11 @@ class PrivacyService:
     async def list_requests(self, namespace: str | None) -> list[dict[str, Any]]:
         await self.check_overdue()
         now = self.clock()
-        return [public(r, now) for r in await self.store.call(self.requests.all, namespace)]
+        return [public(r, now) for r in await self.repo.list_requests(namespace)]
 
     async def process(self, rid: str, subject: str) -> dict[str, Any]:
         async with self._lock:
-            row = await self.store.call(self.requests.get, rid)
+            row = await self.repo.get_request(rid)
             if row is None:
                 raise NotFound(f"request {rid!r} not found", code="request_not_found")
             check_subject(subject)
@@ -310,16 +321,14 @@ class PrivacyService:
                 raise Forbidden("the subject does not match the request", code="subject_mismatch")
             if row.status in FINISHED:
                 raise Conflict(f"request {rid!r} is {row.status}", code="request_finished")
-            ns, store = row.namespace, self.store
-            await store.call(self.requests.set_status, rid, PROCESSING, self.clock())
+            ns = row.namespace
+            await self._set_status(rid, PROCESSING)
             try:
                 if row.type == "erasure":
                     await self.flush()  # lines still buffered are erased too
-                    counts = await store.call(self.data.erase, ns, pseudonym)
+                    counts = await self.data.erase(ns, pseudonym)
                     self._forget(ns, pseudonym)
-                    await store.call(
-                        self.requests.set_status, rid, COMPLETED, self.clock(), counts=counts
-                    )
+                    await self._set_status(rid, COMPLETED, counts=counts)
                     # The receipt: no personal data, only the pseudonym and counts.
                     self.audit.record(
                         ns,
@@ -330,7 +339,7 @@ class PrivacyService:
                     )
                 else:
                     await self.flush()
-                    exported = await store.call(self.data.export, ns, pseudonym)
+                    exported = await self.data.export(ns, pseudonym)
                     manifest = {name: len(items) for name, items in exported.items()}
                     document = {
                         "format": "cumulo-privacy-export/1",
@@ -343,23 +352,10 @@ class PrivacyService:
                         "manifest": manifest,
                         **exported,
                     }
-                    blob = await store.call(
-                        self.keys.seal,
-                        store,
-                        ns,
-                        pseudonym,
-                        "export",
-                        (rid,),
-                        orjson.dumps(document),
+                    blob = await self.keys.sealed(
+                        ns, pseudonym, "export", (rid,), orjson.dumps(document)
                     )
-                    await store.call(
-                        self.requests.set_status,
-                        rid,
-                        COMPLETED,
-                        self.clock(),
-                        counts=manifest,
-                        result=blob,
-                    )
+                    await self._set_status(rid, COMPLETED, counts=manifest, result=blob)
                     self.audit.record(
                         ns,
                         ACTOR,
@@ -369,9 +365,7 @@ class PrivacyService:
                     )
             except Exception as exc:
                 log.exception("privacy: request %s failed", rid)
-                await store.call(
-                    self.requests.set_status, rid, FAILED, self.clock(), error=type(exc).__name__
-                )
+                await self._set_status(rid, FAILED, error=type(exc).__name__)
                 self.audit.record(
                     ns,
                     ACTOR,
@@ -382,35 +376,46 @@ class PrivacyService:
                 )
             return await self.get_request(rid)
 
+    async def _set_status(
+        self,
+        rid: str,
+        status: str,
+        *,
+        counts: dict[str, int] | None = None,
+        error: str | None = None,
+        result: bytes | None = None,
+    ) -> None:
+        await self.repo.set_request_status(
+            rid,
+            status,
+            self.clock(),
+            finished=status in FINISHED,
+            counts=orjson.dumps(counts).decode() if counts is not None else None,
+            error=error,
+            result=result,
+        )
+
     def _forget(self, namespace: str, pseudonym: str) -> None:
         """Erasure purges the caches: consent, and the subject key (done by the keystore)."""
         for key in [k for k in self._consent if k[0] == namespace and k[1] == pseudonym]:
             del self._consent[key]
 
     async def export(self, rid: str) -> dict[str, Any]:
-        row = await self.store.call(self.requests.get, rid)
+        row = await self.repo.get_request(rid)
         if row is None:
             raise NotFound(f"request {rid!r} not found", code="request_not_found")
-        blob = await self.store.call(self.requests.result, rid)
+        blob = await self.repo.request_result(rid)
         if row.type == "erasure" or row.status != COMPLETED or blob is None:
             raise NotFound(f"request {rid!r} has no export", code="export_not_found")
         try:
-            raw = await self.store.call(
-                self.keys.open_value,
-                self.store,
-                row.namespace,
-                row.pseudonym,
-                "export",
-                (rid,),
-                blob,
-            )
+            raw = await self.keys.opened(row.namespace, row.pseudonym, "export", (rid,), blob)
         except CryptoError:
             raise NotFound("the subject was erased since", code="subject_erased") from None
         document: dict[str, Any] = orjson.loads(raw)
         return document
 
     async def check_overdue(self) -> int:
-        rows = await self.store.call(self.requests.newly_overdue, self.clock())
+        rows = await self.repo.newly_overdue(self.clock())
         for row in rows:
             log.warning("privacy: request %s (%s) is past its deadline", row.id, row.type)
             self.audit.record(
@@ -434,7 +439,7 @@ class PrivacyService:
         return self._retention.get(namespace, self.settings.retention_s)
 
     async def set_retention(self, namespace: str, ttl_s: float | None) -> None:
-        await self.store.call(self.data.retention_set, namespace, ttl_s)
+        await self.data.retention_set(namespace, ttl_s)
         if ttl_s is None:
             self._retention.pop(namespace, None)
         else:
@@ -444,7 +449,7 @@ class PrivacyService:
         )
 
     async def retention(self) -> dict[str, Any]:
-        namespaces = await self.store.call(self.data.namespaces)
+        namespaces = await self.data.namespaces()
         return {
             "default_s": self.settings.retention_s,
             "namespaces": {ns: self.ttl_of(ns) for ns in namespaces},
@@ -456,14 +461,14 @@ class PrivacyService:
         await self.flush()
         now = self.clock()
         evidence = []
-        for ns in await self.store.call(self.data.namespaces):
+        for ns in await self.data.namespaces():
             if namespace is not None and ns != namespace:
                 continue
             ttl = self.ttl_of(ns)
             if ttl is None:
                 continue
             cutoff = now - ttl
-            counts = await self.store.call(self.data.purge, ns, cutoff)
+            counts = await self.data.purge(ns, cutoff)
             item = {"namespace": ns, "cutoff": cutoff, "ttl_s": ttl, "purged": counts}
             self.audit.record(ns, ACTOR, "privacy.retention.purge", ns, details=item)
             evidence.append(item)
@@ -487,10 +492,10 @@ class PrivacyService:
                 "data_categories": list(config.get("data_categories") or []),
                 "requires_consent": config.get("requires_consent") or None,
             }
-            for ns, fn, config in await self.store.call(self.data.functions)
+            for ns, fn, config in await self.data.functions()
             if namespace is None or ns == namespace
         ]
-        subjects = await self.store.call(self.data.subject_counts)
+        subjects = await self.data.subject_counts()
         retention = await self.retention()
         if namespace is not None:
             subjects = {k: v for k, v in subjects.items() if k == namespace}

@@ -15,8 +15,8 @@ codes and timings). An invocation id is unique across namespaces (the gateway ma
 
 Errors: a backend that cannot reach its database raises `cumulo.errors.StoreUnavailable`.
 
-Not on this seam yet: the privacy room deletes records with its own SQL (erasure by id and
-the retention purge: cumulo.privacy.data.SubjectData.erase and .purge), on SQLite only.
+The privacy room erases records by id (`delete`) and purges old ones (`purge`) through
+this interface (cumulo.privacy.data.SubjectData.erase and .purge).
 """
 
 from __future__ import annotations
@@ -46,6 +46,19 @@ class InvocationRepository(abc.ABC):
     async def recent(self, namespace: str, function: str, limit: int) -> list[InvocationRecord]:
         """At most `limit` of the function's records, latest `started_at` first (records
         started at the same instant in no promised order)."""
+
+    # ------------------------------------------------------------ privacy
+    @abc.abstractmethod
+    async def delete(self, namespace: str, ids: list[str]) -> int:
+        """Delete the namespace's records with those ids (erasure); how many."""
+
+    @abc.abstractmethod
+    async def purge(self, namespace: str, before: float) -> int:
+        """Delete the namespace's records started before `before` (retention); how many."""
+
+    @abc.abstractmethod
+    async def namespaces(self) -> list[str]:
+        """Every namespace holding a record, each once, sorted."""
 
     # ------------------------------------------------------------ lifecycle
     async def aclose(self) -> None:

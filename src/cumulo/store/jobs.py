@@ -164,6 +164,17 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class SubjectJob:
+    """A job as the privacy room exports it."""
+
+    id: str
+    function: str
+    status: str
+    created_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     id: str
     namespace: str
@@ -341,6 +352,22 @@ class JobQueueRepository(abc.ABC):
     async def prune_traces(self) -> int:
         """Forget the trace contexts whose job does not exist (pruned, or never inserted: an
         Idempotency-Key replay); how many."""
+
+    # ------------------------------------------------------------ data subjects
+    @abc.abstractmethod
+    async def subject_jobs(self, namespace: str, body_prefix: bytes) -> list[SubjectJob]:
+        """The namespace's jobs (any status) whose body starts with `body_prefix` (a body
+        sealed to a data subject starts with its marker and pseudonym: cumulo.privacy),
+        oldest `created_at` first, bodies as enqueued."""
+
+    @abc.abstractmethod
+    async def erase_subject(self, namespace: str, body_prefix: bytes) -> int:
+        """Delete those jobs, whatever their status; how many."""
+
+    @abc.abstractmethod
+    async def purge_finished(self, namespace: str, before: float) -> int:
+        """Delete the namespace's succeeded, failed and dead jobs finished before `before`
+        (retention); how many."""
 
     # ------------------------------------------------------------ lifecycle
     async def aclose(self) -> None:

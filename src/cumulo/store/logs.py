@@ -31,8 +31,8 @@ as its stored size plus `LINE_OVERHEAD` bytes.
 
 Errors: a backend that cannot reach its database raises `cumulo.errors.StoreUnavailable`.
 
-Not on this seam yet: the privacy room's retention purge deletes old lines with its own SQL
-(cumulo.privacy.data.SubjectData.purge), on SQLite only.
+The privacy room's retention purge deletes old lines through `purge`
+(cumulo.privacy.data.SubjectData.purge).
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ class LogRepository(abc.ABC):
         """Give back caches the backend grew (after a burst of appends); a no-op where
         there is nothing to give (the embedded store shrinks SQLite's page cache)."""
         return None
+
+    @abc.abstractmethod
+    async def purge(self, namespace: str, before: float) -> int:
+        """Delete the namespace's lines with `ts` before `before` (retention); how many."""
 
     # ------------------------------------------------------------ lifecycle
     async def aclose(self) -> None:

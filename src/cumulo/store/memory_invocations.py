@@ -27,3 +27,24 @@ class MemoryInvocationRepository(InvocationRepository):
         ]
         mine.sort(key=lambda r: r.started_at, reverse=True)
         return mine[: max(limit, 0)]
+
+    async def delete(self, namespace: str, ids: list[str]) -> int:
+        gone = [
+            i for i in ids if (r := self._records.get(i)) is not None and r.namespace == namespace
+        ]
+        for i in gone:
+            del self._records[i]
+        return len(gone)
+
+    async def purge(self, namespace: str, before: float) -> int:
+        return await self.delete(
+            namespace,
+            [
+                i
+                for i, r in self._records.items()
+                if r.namespace == namespace and r.started_at < before
+            ],
+        )
+
+    async def namespaces(self) -> list[str]:
+        return sorted({r.namespace for r in self._records.values()})

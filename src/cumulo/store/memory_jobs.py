@@ -26,6 +26,7 @@ from cumulo.store.jobs import (
     NotDeadLetter,
     Outcome,
     Schedule,
+    SubjectJob,
     interrupted_error,
     request_hash,
 )
@@ -330,3 +331,37 @@ class MemoryJobQueueRepository(JobQueueRepository):
         for job_id in gone:
             del self._traces[job_id]
         return len(gone)
+
+    # ------------------------------------------------------------ data subjects
+    def _subject(self, namespace: str, body_prefix: bytes) -> list[_Job]:
+        return [
+            j
+            for j in self.jobs.values()
+            if j.namespace == namespace and j.body.startswith(body_prefix)
+        ]
+
+    async def subject_jobs(self, namespace: str, body_prefix: bytes) -> list[SubjectJob]:
+        found = sorted(self._subject(namespace, body_prefix), key=lambda j: j.created_at)
+        return [SubjectJob(j.id, j.function, j.status, j.created_at, j.body) for j in found]
+
+    async def erase_subject(self, namespace: str, body_prefix: bytes) -> int:
+        return self._drop([j.id for j in self._subject(namespace, body_prefix)])
+
+    async def purge_finished(self, namespace: str, before: float) -> int:
+        return self._drop(
+            [
+                j.id
+                for j in self.jobs.values()
+                if j.namespace == namespace
+                and j.status in ("succeeded", "failed", "dead")
+                and j.finished_at is not None
+                and j.finished_at < before
+            ]
+        )
+
+    def _drop(self, ids: list[str]) -> int:
+        for jid in ids:
+            job = self.jobs.pop(jid)
+            if job.idempotency_key is not None:
+                self._keys.pop((job.namespace, job.idempotency_key), None)
+        return len(ids)

@@ -52,6 +52,15 @@ class MemoryLogRepository(LogRepository):
         lines = self._lines.get((namespace, function), [])
         return len(lines), sum(size for _, _, size in lines)
 
+    async def purge(self, namespace: str, before: float) -> int:
+        deleted = 0
+        for (ns, fn), lines in self._lines.items():
+            if ns == namespace:
+                kept = [line for line in lines if line[1].ts >= before]
+                deleted += len(lines) - len(kept)
+                self._lines[(ns, fn)] = kept
+        return deleted
+
 
 def _trimmed(lines: list[_Line], retain_rows: int | None, retain_bytes: int | None) -> list[_Line]:
     """The newest lines within both caps (lines are in seq order)."""

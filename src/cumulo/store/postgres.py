@@ -42,8 +42,14 @@ if TYPE_CHECKING:
     from cumulo.store.postgres_keys import DataKeyCipher
     from cumulo.store.postgres_limits import PostgresLimitRepository
     from cumulo.store.postgres_logs import PostgresLogRepository
+    from cumulo.store.postgres_privacy import PostgresPrivacyRepository
     from cumulo.store.postgres_secrets import PostgresSecretRepository
     from cumulo.store.postgres_state import PostgresStateRepository
+    from cumulo.store.postgres_subject_keys import (
+        PostgresNamespaceCipher,
+        PostgresNamespaceKeys,
+        PostgresSubjectKeyStore,
+    )
 
 # After a call finds the database unreachable, calls fail at once for FAIL_FAST_S, then
 # the next one tries again waiting at most RETRY_TIMEOUT_S (not the full pool timeout).
@@ -359,6 +365,70 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        11,
+        "privacy room: subject state, logs, invocations, consent, requests, retention "
+        "(subject keys live in a database of their own: store/postgres_subject_keys)",
+        """
+        CREATE TABLE privacy_state (
+            namespace text NOT NULL,
+            function text NOT NULL,
+            pseudonym text NOT NULL,
+            key_hash text NOT NULL,
+            value bytea NOT NULL,
+            version bigint NOT NULL,
+            updated_at double precision NOT NULL,
+            PRIMARY KEY (namespace, function, pseudonym, key_hash));
+        CREATE INDEX privacy_state_by_subject ON privacy_state (namespace, pseudonym);
+        CREATE TABLE privacy_logs (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            namespace text NOT NULL,
+            function text NOT NULL,
+            pseudonym text NOT NULL,
+            invocation_id text NOT NULL,
+            ts double precision NOT NULL,
+            blob bytea NOT NULL);
+        CREATE INDEX privacy_logs_by_subject ON privacy_logs (namespace, pseudonym, seq);
+        CREATE TABLE privacy_invocations (
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            function text NOT NULL,
+            pseudonym text NOT NULL,
+            started_at double precision NOT NULL,
+            blob bytea NOT NULL);
+        CREATE INDEX privacy_invocations_by_subject
+            ON privacy_invocations (namespace, pseudonym);
+        CREATE TABLE privacy_consent (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            namespace text NOT NULL,
+            pseudonym text NOT NULL,
+            purpose text NOT NULL,
+            granted boolean NOT NULL,
+            ts double precision NOT NULL,
+            blob bytea NOT NULL);
+        CREATE INDEX privacy_consent_by_subject
+            ON privacy_consent (namespace, pseudonym, purpose, seq);
+        CREATE TABLE privacy_requests (
+            id text PRIMARY KEY,
+            namespace text NOT NULL,
+            type text NOT NULL,
+            regime text NOT NULL,
+            pseudonym text NOT NULL,
+            status text NOT NULL,
+            received_at double precision NOT NULL,
+            due_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            completed_at double precision,
+            overdue_alerted boolean NOT NULL DEFAULT false,
+            counts text,
+            error text,
+            result bytea);
+        CREATE INDEX privacy_requests_by_subject ON privacy_requests (namespace, pseudonym);
+        CREATE TABLE privacy_retention (
+            namespace text PRIMARY KEY,
+            ttl_s double precision NOT NULL);
+        """,
+    ),
+    Migration(
         12,
         "shared limits: token usage per window and in-flight counts per gateway "
         "(store/postgres_limits.py)",
@@ -580,6 +650,27 @@ class PostgresStore:
         from cumulo.store.postgres_jobs import PostgresJobQueueRepository
 
         return PostgresJobQueueRepository(self, encryptor)
+
+    def privacy(self) -> PostgresPrivacyRepository:
+        """The privacy room's rows (migration 11), sealed by cumulo.privacy before they
+        arrive. Its subject keys are not here: `subject_keys(dsn, encryptor)`."""
+        from cumulo.store.postgres_privacy import PostgresPrivacyRepository
+
+        return PostgresPrivacyRepository(self)
+
+    def subject_keys(self, dsn: str) -> PostgresSubjectKeyStore:
+        """The subject-key store in the database at `dsn`, which must not be this one
+        (its `open()` refuses it with ConfigError): docs/privacy.md."""
+        from cumulo.store.postgres_subject_keys import PostgresSubjectKeyStore
+
+        return PostgresSubjectKeyStore(dsn, main=self)
+
+    def namespace_keys(self, encryptor: PostgresNamespaceCipher) -> PostgresNamespaceKeys:
+        """The namespace data keys (this database's `data_keys`) that wrap subject keys,
+        through `encryptor` (the one this database's other sealed repositories use)."""
+        from cumulo.store.postgres_subject_keys import PostgresNamespaceKeys
+
+        return PostgresNamespaceKeys(self, encryptor)
 
     @property
     def bundles(self) -> PostgresBundleRepository:

@@ -101,3 +101,27 @@ class PostgresInvocationRepository(InvocationRepository):
             )
             for r in rows
         ]
+
+    async def delete(self, namespace: str, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM invocations WHERE namespace = %s AND id = ANY(%s)",
+                (namespace, list(ids)),
+            )
+            return cur.rowcount
+
+    async def purge(self, namespace: str, before: float) -> int:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM invocations WHERE namespace = %s AND started_at < %s",
+                (namespace, before),
+            )
+            return cur.rowcount
+
+    async def namespaces(self) -> list[str]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute("SELECT DISTINCT namespace FROM invocations")
+            rows = await cur.fetchall()
+        return sorted(str(r[0]) for r in rows)

@@ -55,6 +55,7 @@ from cumulo.store.jobs import (
     NotDeadLetter,
     Outcome,
     Schedule,
+    SubjectJob,
     interrupted_error,
     request_hash,
 )
@@ -601,5 +602,35 @@ class PostgresJobQueueRepository(JobQueueRepository):
             cur = await conn.execute(
                 "DELETE FROM event_job_traces AS t"
                 " WHERE NOT EXISTS (SELECT 1 FROM event_jobs AS j WHERE j.id = t.id)"
+            )
+            return cur.rowcount
+
+    # ------------------------------------------------------------ data subjects
+    async def subject_jobs(self, namespace: str, body_prefix: bytes) -> list[SubjectJob]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, function, status, created_at, body FROM event_jobs"
+                " WHERE namespace = %s AND substring(body from 1 for %s) = %s"
+                " ORDER BY created_at",
+                (namespace, len(body_prefix), body_prefix),
+            )
+            rows = await cur.fetchall()
+        return [SubjectJob(r[0], r[1], r[2], float(r[3]), bytes(r[4])) for r in rows]
+
+    async def erase_subject(self, namespace: str, body_prefix: bytes) -> int:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM event_jobs WHERE namespace = %s"
+                " AND substring(body from 1 for %s) = %s",
+                (namespace, len(body_prefix), body_prefix),
+            )
+            return cur.rowcount
+
+    async def purge_finished(self, namespace: str, before: float) -> int:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM event_jobs WHERE namespace = %s AND finished_at < %s"
+                " AND status IN ('succeeded', 'failed', 'dead')",
+                (namespace, before),
             )
             return cur.rowcount

@@ -164,3 +164,10 @@ class PostgresLogRepository(LogRepository):
             cur = await conn.execute(_STATS, {"ns": namespace, "fn": function})
             row = await cur.fetchone()
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    async def purge(self, namespace: str, before: float) -> int:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM logs WHERE namespace = %s AND ts < %s", (namespace, before)
+            )
+            return cur.rowcount

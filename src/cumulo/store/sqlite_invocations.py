@@ -25,3 +25,34 @@ class SQLiteInvocationRepository(InvocationRepository):
 
     async def recent(self, namespace: str, function: str, limit: int) -> list[InvocationRecord]:
         return await self.store.call(self.store.list_invocations, namespace, function, limit)
+
+    async def delete(self, namespace: str, ids: list[str]) -> int:
+        def step() -> int:
+            deleted = 0
+            with self.store.transaction() as db:
+                for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                    chunk = ids[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    deleted += db.execute(
+                        f"DELETE FROM invocations WHERE namespace = ? AND id IN ({marks})",  # noqa: S608
+                        (namespace, *chunk),
+                    ).rowcount
+            return deleted
+
+        return await self.store.call(step) if ids else 0
+
+    async def purge(self, namespace: str, before: float) -> int:
+        def step() -> int:
+            return self.store.db.execute(
+                "DELETE FROM invocations WHERE namespace = ? AND started_at < ?",
+                (namespace, before),
+            ).rowcount
+
+        return await self.store.call(step)
+
+    async def namespaces(self) -> list[str]:
+        def step() -> list[str]:
+            rows = self.store.db.execute("SELECT DISTINCT namespace FROM invocations").fetchall()
+            return sorted(str(r[0]) for r in rows)
+
+        return await self.store.call(step)

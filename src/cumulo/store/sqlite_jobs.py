@@ -44,6 +44,7 @@ from cumulo.store.jobs import (
     NotDeadLetter,
     Outcome,
     Schedule,
+    SubjectJob,
     interrupted_error,
     request_hash,
 )
@@ -713,3 +714,34 @@ class SQLiteJobQueueRepository(JobQueueRepository):
 
     async def prune_traces(self) -> int:
         return await self._run(lambda q: q.prune_traces())
+
+    # ------------------------------------------------------------ data subjects
+    async def subject_jobs(self, namespace: str, body_prefix: bytes) -> list[SubjectJob]:
+        def step(q: SQLiteJobQueue) -> list[SubjectJob]:
+            rows = q._db.execute(
+                "SELECT id, function, status, created_at, body FROM event_jobs WHERE namespace = ?"
+                " AND substr(body, 1, ?) = ? ORDER BY created_at",
+                (namespace, len(body_prefix), body_prefix),
+            ).fetchall()
+            return [SubjectJob(r[0], r[1], r[2], float(r[3]), bytes(r[4])) for r in rows]
+
+        return await self._run(step)
+
+    async def erase_subject(self, namespace: str, body_prefix: bytes) -> int:
+        def step(q: SQLiteJobQueue) -> int:
+            return q._db.execute(
+                "DELETE FROM event_jobs WHERE namespace = ? AND substr(body, 1, ?) = ?",
+                (namespace, len(body_prefix), body_prefix),
+            ).rowcount
+
+        return await self._run(step)
+
+    async def purge_finished(self, namespace: str, before: float) -> int:
+        def step(q: SQLiteJobQueue) -> int:
+            return q._db.execute(
+                "DELETE FROM event_jobs WHERE namespace = ? AND finished_at < ? "
+                "AND status IN ('succeeded', 'failed', 'dead')",
+                (namespace, before),
+            ).rowcount
+
+        return await self._run(step)

@@ -40,3 +40,11 @@ class SQLiteLogRepository(LogRepository):
 
     async def shrink_memory(self) -> None:
         await self.store.call(self.store.shrink_memory)
+
+    async def purge(self, namespace: str, before: float) -> int:
+        def step() -> int:
+            return self.store.db.execute(
+                "DELETE FROM logs WHERE namespace = ? AND ts < ?", (namespace, before)
+            ).rowcount
+
+        return await self.store.call(step)
