@@ -234,8 +234,9 @@ NOT_COPIED: dict[str, str] = {
 }
 
 _PRIVACY = (
-    "privacy data is not on the store seam yet (PostgreSQL migration 11 will add it): it "
-    "stays in cumulo.db of the data dir"
+    "privacy data is not copied yet: its rows open only with the subject keys, which live "
+    "in a database of their own on PostgreSQL (--subject-keys-db) and are not copied there "
+    "yet; they stay in the data dir (cumulo.db, subject-keys.db)"
 )
 # Data not copied yet: the migrate command names those that hold rows.
 NOT_YET: dict[str, str] = {
@@ -260,7 +261,8 @@ SOURCE_NOT_COPIED: dict[str, str] = {
 
 def covered_tables() -> set[str]:
     """Every PostgreSQL table this copy accounts for (copied, derived, files, excused)."""
-    return {t.dest for t in COPIED} | {d.dest for d in DERIVED} | {BUNDLES} | set(NOT_COPIED)
+    copied = {t.dest for t in COPIED} | {d.dest for d in DERIVED} | {BUNDLES}
+    return copied | set(NOT_COPIED) | set(NOT_YET)
 
 
 # ---------------------------------------------------------------- the report
