@@ -346,6 +346,9 @@ def files_holding(data_dir: Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
+@pytest.mark.sqlite_only(
+    reason="scans cumulo.db and its WAL; on PostgreSQL: tests/store sealing tests"
+)
 def test_canary_values_never_reach_the_data_dir_in_plaintext(
     fresh_platform: Callable[..., RunningPlatform],
 ) -> None:
@@ -377,6 +380,7 @@ def test_canary_values_never_reach_the_data_dir_in_plaintext(
     assert client.invoke("reveal") == {"secret": secret_canary}
 
 
+@pytest.mark.sqlite_only(reason="pins the SQLite message; on PostgreSQL: test_postgres_gateways.py")
 def test_a_platform_with_an_env_master_key_refuses_another_one(
     fresh_platform: Callable[..., RunningPlatform], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cumulo.security.crypto import Encryptor, load_master_key
 from cumulo.store.base import LogRecord
@@ -33,6 +34,9 @@ def _finished(h: httpx.Client, job_id: str) -> dict[str, object]:
     return dict(h.get(f"/v1/invocations/{job_id}").json())
 
 
+@pytest.mark.sqlite_only(
+    reason="scans the data dir's SQLite files; on PostgreSQL the data is in the database"
+)
 def test_copy_of_the_data_dir_holds_no_tenant_plaintext(tmp_path: Path) -> None:
     p = start_platform(tmp_path)
     seed = "zq" + secrets.token_hex(6)

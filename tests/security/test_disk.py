@@ -276,6 +276,7 @@ def _db_bytes(p: RunningPlatform) -> int:
     return sum(f.stat().st_size for f in p.data_dir.glob("cumulo.db*") if f.is_file())
 
 
+@pytest.mark.sqlite_only(reason="reads the log table from cumulo.db")
 def test_log_flood_is_capped_visible_bounded_and_memory_returns(tmp_path: Path) -> None:
     p = start_platform(tmp_path)
     try:
