@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
+from pathlib import Path
 
 import pytest
 
 from cumulo.client import Client
 from cumulo.errors import FunctionCrashed, FunctionError, FunctionTimeout, PayloadTooLarge
+from cumulo.runtime import sandbox
+from cumulo.runtime.settings import RuntimeSettings
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 
 KIT = FUNCTIONS / "kit.py"
@@ -191,3 +195,58 @@ def test_call_queued_behind_a_dying_call_runs_on_a_new_worker(
         queued_status, queued_body = queued.result()
     assert doomed_status == (502 if then == "crash" else 504)
     assert queued_status == 200, queued_body
+
+
+NO_FORKS = """
+import resource
+
+# Runs in the zygote at import: from now on the kernel refuses it every fork.
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def handler(event, ctx):
+    return "never runs"
+"""
+
+
+def test_a_zygote_the_kernel_refuses_forks_answers_502_and_lives(
+    platform: RunningPlatform, unique_name: str, tmp_path: Path
+) -> None:
+    # A refused fork (EAGAIN from the pids limit) used to raise out of the zygote's loop:
+    # the zygote died and every caller waiting for a worker of it got zygote_died.
+    if os.geteuid() == 0 and not sandbox.status(RuntimeSettings()).drop_uid:
+        pytest.skip("zygotes run as root here, and root ignores RLIMIT_NPROC")
+    source = tmp_path / "no_forks.py"
+    source.write_text(NO_FORKS)
+    client = platform.client()
+    client.deploy(source, name=unique_name, handler="no_forks.handler")
+    zygotes = []
+    for _ in range(2):
+        with pytest.raises(FunctionCrashed) as info:
+            client.invoke(unique_name, {})
+        assert info.value.code == "worker_start_failed"
+        assert info.value.message.startswith("could not start a worker: ")
+        zygotes.append([z["pid"] for z in client.workers(unique_name)])
+    assert zygotes[0] == zygotes[1]
+    assert len(zygotes[0]) == 1
+
+
+OOM_SCORE = """
+def handler(event, ctx):
+    with open("/proc/self/oom_score_adj") as fh:
+        return int(fh.read())
+"""
+
+
+def test_the_oom_killer_takes_a_worker_before_its_zygote(
+    platform: RunningPlatform, unique_name: str, tmp_path: Path
+) -> None:
+    # A version over its memory lost its zygote to the OOM killer (the zygote is as big as
+    # any worker), and with it every worker and every fork in flight.
+    source = tmp_path / "oom_score.py"
+    source.write_text(OOM_SCORE)
+    client = platform.client()
+    client.deploy(source, name=unique_name, handler="oom_score.handler")
+    assert client.invoke(unique_name, {}) == 1000
+    zygote = client.workers(unique_name)[0]["pid"]
+    assert int(Path(f"/proc/{zygote}/oom_score_adj").read_text()) < 1000

@@ -3,6 +3,7 @@ works, with or without bubblewrap)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -24,6 +25,35 @@ def die_with_parent(expected_parent: int) -> None:
     # The parent may have died before prctl took effect.
     if os.getppid() != expected_parent:
         os._exit(1)
+
+
+# The most the kernel's OOM killer may prefer a process (proc(5), oom_score_adj).
+OOM_SCORE_ADJ_MAX = 1000
+PR_SET_DUMPABLE = 4
+
+
+def oom_first() -> None:
+    """Make this process the OOM killer's first choice. Raising one's own score needs no
+    privilege, and a worker can lower it back no further than its zygote's."""
+    try:
+        _write_oom_score_adj()
+    except PermissionError:
+        # After a uid drop the kernel marks us non-dumpable and /proc/self becomes root's:
+        # dumpable for this one write only (the uid's other processes are our siblings).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        try:
+            with contextlib.suppress(OSError):
+                _write_oom_score_adj()
+        finally:
+            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _write_oom_score_adj() -> None:
+    with open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write(str(OOM_SCORE_ADJ_MAX))
 
 
 def virtual_size() -> int:

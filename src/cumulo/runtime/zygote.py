@@ -110,12 +110,27 @@ class Zygote:
             self.stop(0)
 
     def fork(self, wid: str) -> None:
-        gateway_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A fork the kernel refuses (the version's pids or memory limit, its descriptors)
+        # fails this worker only: the zygote lives on for the workers it can still start.
+        try:
+            gateway_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fork_failed(wid, exc)
+            return
         zygote_pid = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            gateway_end.close()
+            worker_end.close()
+            self._fork_failed(wid, exc)
+            return
         if pid == 0:
             code = 0
             try:
+                # The kernel's OOM killer takes a worker before the zygote that serves the
+                # others (a version over its memory loses one worker, not all of them).
+                limits.oom_first()
                 # Its own process group first: the gateway and the zygote kill the group.
                 os.setpgid(0, 0)
                 if self.worker_filter is not None:
@@ -144,6 +159,11 @@ class Zygote:
         self.children[pid] = wid
         worker_end.close()
         gateway_end.close()
+
+    def _fork_failed(self, wid: str, exc: OSError) -> None:
+        message = {"op": "fork_failed", "wid": wid, "message": exc.strerror or str(exc)}
+        with contextlib.suppress(OSError):
+            _send(self.ctl, message)
 
     def reap(self) -> None:
         while self.children:

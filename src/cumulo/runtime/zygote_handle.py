@@ -281,6 +281,15 @@ class ZygoteHandle:
                 fut.set_result((sender, sock))
             elif sock is not None:
                 sock.close()
+        elif op == "fork_failed":
+            fut = self._forks.pop(str(message.get("wid")), None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    FunctionCrashed(
+                        f"could not start a worker: {str(message.get('message', ''))[:200]}",
+                        code="worker_start_failed",
+                    )
+                )
         elif op == "exit":
             fut = self._forks.pop(str(message.get("wid")), None)
             if fut is not None and not fut.done():
