@@ -270,3 +270,31 @@ def test_namespace_concurrency_holds_across_both_gateways(
         assert refused.json()["error"]["code"] == "namespace_concurrency"
         assert [f.result().status_code for f in slow] == [200, 200]
     follows("gateway two admitting again", lambda: call(two, "fast", {}).status_code == 200)
+
+
+def test_consent_granted_and_withdrawn_on_one_gateway_gates_the_other(
+    gateways: tuple[RunningPlatform, RunningPlatform], unique_name: str
+) -> None:
+    # Each gateway cached consent from its start: a withdrawal made on one was ignored by
+    # the other until it restarted.
+    one, two = gateways
+    pii = Path(__file__).parent / "privacy" / "functions" / "pii.py"
+    one.client().deploy(pii, name=unique_name, handler="pii.newsletter")
+    subject = f"user:{unique_name}"
+
+    def status_on_two() -> int:
+        with two.http() as http:
+            response = http.post(
+                f"/fn/default/{unique_name}", json={}, headers={"x-cumulo-subject": subject}
+            )
+            return response.status_code
+
+    assert status_on_two() == 403
+    grant = {"subject": subject, "purpose": "marketing", "action": "grant", "source": "signup"}
+    with one.http() as http:
+        assert http.post("/v1/privacy/consent", json=grant).status_code == 201
+    follows("the consent honoured on gateway two", lambda: status_on_two() == 200)
+    with one.http() as http:
+        withdraw = {**grant, "action": "withdraw"}
+        assert http.post("/v1/privacy/consent", json=withdraw).status_code == 201
+    follows("the withdrawal honoured on gateway two", lambda: status_on_two() == 403)

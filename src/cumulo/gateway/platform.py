@@ -212,6 +212,7 @@ class Platform:
             all_keys=self.control_repo.all_keys,
         )
         self.metering = make_metering(self.storage.metering, options) if options.metering else None
+        self.privacy.changes = self.changes
         if self.metering is not None:
             self.metering.changes = self.changes
         if self.metering is not None:
@@ -516,8 +517,11 @@ class Platform:
             await self.reload_keys()
         elif change.topic == "quota" and self.metering is not None:
             await self.metering.reload_quotas()
+        elif change.topic == "privacy":
+            await self.privacy.reload()
         elif change.topic == "resync":
             await self.reload_keys()
+            await self.privacy.reload()
             if self.metering is not None:
                 await self.metering.reload_quotas()
             await self.control.resync()

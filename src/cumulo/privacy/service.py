@@ -36,6 +36,7 @@ from cumulo.privacy.requests import (
 from cumulo.privacy.subjects import Pseudonymizer, check_subject, make_clock
 from cumulo.security.crypto import CryptoError
 from cumulo.store.base import InvocationRecord, LogRecord
+from cumulo.store.changes import Change, ChangeFeed
 from cumulo.store.privacy import PrivacyRepository
 from cumulo.store.subject_keys import NamespaceKeys, SubjectKeyStore
 from cumulo.tasks import cancel_and_wait
@@ -109,6 +110,8 @@ class PrivacyService:
         self._invocations: list[SubjectInvocation] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one request processed at a time
+        # Told of consent, erasure and retention changes, for the other gateways' caches.
+        self.changes: ChangeFeed | None = None
 
     @property
     def pseudo(self) -> Pseudonymizer:
@@ -124,6 +127,16 @@ class PrivacyService:
             loop.create_task(self._flush_forever()),
             loop.create_task(self._sweep_forever()),
         ]
+
+    async def reload(self) -> None:
+        """Another gateway changed consent, erased a subject or set a retention
+        (store/changes.py): the hot path's caches are read again."""
+        self._consent = await self.data.consent_current()
+        self._retention = await self.data.retention_get()
+
+    async def _announce(self, namespace: str) -> None:
+        if self.changes is not None:
+            await self.changes.publish(Change("privacy", namespace))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -247,6 +260,7 @@ class PrivacyService:
         await self.data.consent_append(namespace, subject, purpose, granted, source, now)
         pseudonym = self.pseudo.pseudonym(namespace, subject)
         self._consent[(namespace, pseudonym, purpose)] = granted
+        await self._announce(namespace)
         self.audit.record(
             namespace,
             ACTOR,
@@ -328,6 +342,7 @@ class PrivacyService:
                     await self.flush()  # lines still buffered are erased too
                     counts = await self.data.erase(ns, pseudonym)
                     self._forget(ns, pseudonym)
+                    await self._announce(ns)
                     await self._set_status(rid, COMPLETED, counts=counts)
                     # The receipt: no personal data, only the pseudonym and counts.
                     self.audit.record(
@@ -444,6 +459,7 @@ class PrivacyService:
             self._retention.pop(namespace, None)
         else:
             self._retention[namespace] = ttl_s
+        await self._announce(namespace)
         self.audit.record(
             namespace, ACTOR, "privacy.retention.set", namespace, details={"ttl_s": ttl_s}
         )

@@ -1,5 +1,6 @@
 """The change feed: how one gateway tells every other gateway on the same database that
-control data moved, so each drops what it cached (routes, keys, secrets, quotas).
+control data moved, so each drops what it cached (routes, keys, secrets, quotas, consent
+and retention).
 
 The feed carries signals, never data: a `Change` names what moved, and a subscriber reloads
 it from its repository. Changes are published after the write they describe has committed,
@@ -37,7 +38,7 @@ from types import TracebackType
 __all__ = ["RESYNC", "Change", "ChangeFeed", "MemoryChangeFeed", "Subscription"]
 
 # What a change is about. Subscribers match on these; unknown topics are ignored.
-TOPICS = frozenset({"function", "keys", "secrets", "quota", "resync"})
+TOPICS = frozenset({"function", "keys", "secrets", "quota", "privacy", "resync"})
 MAX_FIELD = 200  # namespaces and function names are far shorter (sdk.spec validates them)
 
 
