@@ -449,6 +449,93 @@ def test_sqlite_creates_its_file_on_first_use_not_before(tmp_path: Path) -> None
     asyncio.run(main())
 
 
+# ---------------------------------------------------------------- leases
+def test_a_lease_is_claimed_once_renewed_by_its_owner_and_free_once_it_runs_out(
+    backend: Backend,
+) -> None:
+    async def body(repo: QuantumJobRepository) -> None:
+        await repo.insert(dataclasses.replace(job("qj_1"), owner="a", lease_until=1010.0))
+        await repo.insert(job("qj_2", 1001.0))  # nobody's: claimable at once
+        got = await repo.get("qj_1")
+        assert got is not None
+        assert (got.owner, got.lease_until, got.cancel_requested) == ("a", 1010.0, False)
+        assert not await repo.claim("qj_1", "b", 1020.0, now=1005.0)  # a's live lease
+        assert await repo.claim("qj_1", "a", 1020.0, now=1005.0)  # its own: extended
+        assert await repo.claim("qj_2", "b", 1020.0, now=1005.0)
+        assert not await repo.claim("qj_2", "c", 1030.0, now=1006.0)
+        assert await repo.renew("a", 1040.0) == []
+        assert not await repo.claim("qj_1", "b", 1050.0, now=1030.0)  # renewed to 1040
+        assert await repo.claim("qj_1", "b", 1050.0, now=1041.0)  # ran out: b takes it
+        assert (await repo.get("qj_1")).owner == "b"  # type: ignore[union-attr]
+        assert await repo.renew("a", 1060.0) == []  # a holds nothing now
+        assert not await repo.claim("nope", "b", 1050.0, now=1041.0)
+
+    run(backend, body)
+
+
+def test_a_finished_job_is_never_claimed_and_a_cancel_reaches_its_owner(
+    backend: Backend,
+) -> None:
+    async def body(repo: QuantumJobRepository) -> None:
+        for i in range(3):
+            await repo.insert(
+                dataclasses.replace(job(f"qj_{i}", 1000.0 + i), owner="a", lease_until=1010.0)
+            )
+        assert await repo.update("qj_0", state="succeeded", events=[])
+        assert not await repo.claim("qj_0", "b", 2000.0, now=1500.0)
+        assert not await repo.request_cancel("qj_0")  # finished: nothing to cancel
+        assert not await repo.request_cancel("nope")
+        assert await repo.request_cancel("qj_2")
+        assert await repo.request_cancel("qj_1")
+        assert await repo.renew("a", 1020.0) == ["qj_1", "qj_2"]  # oldest first
+        assert (await repo.get("qj_1")).cancel_requested  # type: ignore[union-attr]
+        assert [r.cancel_requested for r in await repo.active()] == [True, True]
+
+    run(backend, body)
+
+
+def test_disowned_jobs_are_claimable_at_once(backend: Backend) -> None:
+    async def body(repo: QuantumJobRepository) -> None:
+        await repo.insert(dataclasses.replace(job("qj_1"), owner="a", lease_until=5000.0))
+        await repo.insert(dataclasses.replace(job("qj_2"), owner="c", lease_until=5000.0))
+        await repo.disown("a")
+        assert [(r.id, r.owner) for r in await repo.active()] == [("qj_1", None), ("qj_2", "c")]
+        assert await repo.claim("qj_1", "b", 1020.0, now=1000.0)
+        assert not await repo.claim("qj_2", "b", 1020.0, now=1000.0)
+
+    run(backend, body)
+
+
+def test_sqlite_adds_the_lease_columns_to_a_quantum_db_made_before_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "quantum.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """CREATE TABLE quantum_jobs (id TEXT PRIMARY KEY, namespace TEXT NOT NULL,
+            state TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+            idempotency_key TEXT, request_hash TEXT NOT NULL, request BLOB NOT NULL,
+            method TEXT, device TEXT, estimated_bytes INTEGER, num_pubs INTEGER NOT NULL,
+            seed INTEGER NOT NULL, timeout_s REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            events BLOB NOT NULL, error BLOB, result BLOB);
+            INSERT INTO quantum_jobs (id, namespace, state, created_at, request_hash, request,
+            num_pubs, seed, timeout_s, events) VALUES
+            ('qj_old', 'default', 'queued', 1.0, 'h', x'7b7d', 1, 7, 30.0, x'5b5d');"""
+        )
+    db.close()
+
+    async def main() -> None:
+        repo = SQLiteQuantumJobRepository(path)
+        try:
+            (old,) = await repo.active()
+            assert (old.id, old.owner, old.cancel_requested) == ("qj_old", None, False)
+            assert await repo.claim("qj_old", "b", 20.0, now=10.0)
+        finally:
+            await repo.aclose()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- PostgreSQL only
 def _pg(dsn: str, **kwargs: Any) -> PostgresStore:
     return PostgresStore(dsn, max_size=4, **kwargs)

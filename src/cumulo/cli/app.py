@@ -187,6 +187,15 @@ def up(
         bool,
         typer.Option("--reuse-port", hidden=True, help="Bind the port with SO_REUSEPORT."),
     ] = False,
+    quantum_lease: Annotated[
+        float,
+        typer.Option(
+            "--quantum-lease",
+            hidden=True,  # tests shorten it; operators have no reason to
+            help="Seconds a gateway's hold on a quantum job outlives the gateway.",
+            min=1.0,
+        ),
+    ] = 10.0,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
@@ -368,6 +377,7 @@ def up(
         watch_changes=watch_changes,
         reuse_port=reuse_port,
         subject_keys_db=subject_keys_db,
+        quantum_lease_s=quantum_lease,
     )
 
 

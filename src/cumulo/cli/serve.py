@@ -63,6 +63,7 @@ def serve(
     watch_changes: bool = False,
     reuse_port: bool = False,
     subject_keys_db: str | None = None,
+    quantum_lease_s: float = 10.0,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
@@ -109,6 +110,7 @@ def serve(
         ),
         demo_dir=examples_dir() if demo else None,
         watch_changes=watch_changes,
+        quantum_lease_s=quantum_lease_s,
         bundle_limits=UnpackLimits(
             max_bytes=bundle_limits[0] * MiB,
             max_files=bundle_limits[1],

@@ -90,6 +90,9 @@ class PlatformOptions:
     # Follow the changes other gateways on the same store make (store/changes.py); off
     # for the embedded default, where this gateway is the only writer.
     watch_changes: bool = False
+    # With other gateways: how long a dead gateway's quantum jobs wait before another
+    # takes them over.
+    quantum_lease_s: float = 10.0
     # A PostgreSQL DSN (`--db postgresql://…`): every room in that database, shared by
     # every gateway on it (which then always follows the others' changes); None: SQLite.
     db: str | None = None
@@ -461,7 +464,9 @@ class Platform:
     async def _start_quantum(self) -> QuantumService:
         from cumulo.quantum.service import QuantumService
 
-        service = QuantumService(self.storage.quantum())
+        # Several gateways on one store: each job runs on the one holding its lease.
+        lease_s = self.options.quantum_lease_s if self.follows_changes else None
+        service = QuantumService(self.storage.quantum(), lease_s=lease_s)
         await service.start()
         return service
 

@@ -16,12 +16,20 @@ Restart rule: a job that was queued or running when the platform stopped comes b
 and runs again, with the same seed, so it produces the result it would have produced. A job
 that was already started three times is failed instead ("interrupted 3 times"), so a job that
 takes the platform down cannot loop forever. A job caught mid-cancel comes back cancelled.
+
+Several gateways on one store (`lease_s` given): each job is run by the one gateway that
+holds its lease (the one that admitted it, at first), renewed every `lease_s / 3`. A gateway
+that stops cleanly gives its leases up; one that dies leaves them to run out, and then
+another gateway (or it, restarted) takes the job over by the restart rule above. A cancel
+sent to a gateway that does not run the job is stored, and the gateway that does acts on
+it at its next renewal. Waits on another gateway's job poll its record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -66,6 +74,8 @@ from cumulo.store.quantum import (
 log = logging.getLogger("cumulo.quantum")
 
 MAX_ATTEMPTS = 3
+# How often a wait on another gateway's job reads its record.
+REMOTE_POLL_S = 0.2
 MAX_IDEMPOTENCY_KEY = 255
 MEMORY_POLL_S = 0.05
 _FINISHED_CACHE = 128
@@ -112,8 +122,14 @@ class QuantumService:
         clock: Callable[[], float] = time.time,
         max_shots: int = 1_000_000,
         max_queued: int = 1000,
+        lease_s: float | None = None,
     ) -> None:
         self._jobs = jobs
+        # None: this gateway is the store's only one and runs every job (no leases).
+        self._lease_s = lease_s
+        self._owner = f"g_{secrets.token_hex(8)}"
+        self._lease_task: asyncio.Task[None] | None = None
+        self._adopting = asyncio.Lock()
         self._pool = WorkerPool(pool_size)
         self._memory_cap = max_qubits_memory_bytes
         self._job_timeout_s = float(job_timeout_s)
@@ -145,12 +161,18 @@ class QuantumService:
             loop.create_task(self._dispatch_loop(), name=f"quantum-dispatch-{i}")
             for i in range(self._pool.size)
         ]
+        if self._lease_s is not None:
+            self._lease_task = loop.create_task(self._lease_loop(self._lease_s))
 
     async def stop(self) -> None:
         if not self._started or self._stopping:
             return
         self._stopping = True
         self._pool.closing()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lease_task
         for task in self._dispatchers:
             task.cancel()
         await asyncio.gather(*self._dispatchers, return_exceptions=True)
@@ -166,6 +188,9 @@ class QuantumService:
                     self._event("queued", "the platform stopped; the job runs again on restart")
                 )
                 await self._jobs.update(job.id, state="queued", events=list(job.events))
+        if self._lease_s is not None:
+            with contextlib.suppress(ApiError):
+                await self._jobs.disown(self._owner)  # the other gateways take over at once
         # Release long-polls now (they answer 503) rather than holding up the shutdown.
         for job in self._active.values():
             job.done.set()
@@ -278,6 +303,8 @@ class QuantumService:
             events=list(job.events),
             error=None,
             result=None,
+            owner=self._owner if self._lease_s is not None else None,
+            lease_until=now + self._lease_s if self._lease_s is not None else None,
         )
         try:
             await self._jobs.insert(row)
@@ -319,7 +346,23 @@ class QuantumService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     await job.done.wait()
+        elif job is None and timeout_s > 0 and self._lease_s is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    return await self._wait_remote(namespace, job_id)
         return await self.get(namespace, job_id)
+
+    async def _wait_remote(self, namespace: str, job_id: str) -> dict[str, Any]:
+        """Another gateway runs the job (or it is finished): its record, once terminal."""
+        while True:
+            view = await self.get(namespace, job_id)
+            if view["state"] in TERMINAL:
+                return view
+            job = self._active.get(job_id)
+            if job is not None:  # taken over by this gateway meanwhile
+                await job.done.wait()
+                return await self.get(namespace, job_id)
+            await asyncio.sleep(REMOTE_POLL_S)
 
     async def wait_terminal(self, namespace: str, job_id: str) -> dict[str, Any]:
         """The job once it is terminal, however long that takes (the SDK bridge uses this)."""
@@ -327,12 +370,22 @@ class QuantumService:
         job = self._active.get(job_id)
         if job is not None and job.namespace == namespace:
             await job.done.wait()
+        elif job is None and self._lease_s is not None:
+            return await self._wait_remote(namespace, job_id)
         return await self.get(namespace, job_id)
 
     async def cancel(self, namespace: str, job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued one at once, a running one by killing its worker."""
         self._require_started()
         job = self._active.get(job_id)
+        if (
+            job is None
+            and self._lease_s is not None
+            and await self._cancel_elsewhere(namespace, job_id)
+        ):
+            job = self._active.get(job_id)
+            if job is None:  # stored for its gateway, or carried out here already
+                return await self.get(namespace, job_id)
         if job is None or job.namespace != namespace:
             view = await self.get(namespace, job_id)
             if view["state"] == "cancelled":
@@ -359,6 +412,33 @@ class QuantumService:
         await self._transition(job, "cancelling", "cancel requested; stopping the simulation")
         self._spawn_background(worker.kill())
         return self._view(job)
+
+    async def _cancel_elsewhere(self, namespace: str, job_id: str) -> bool:
+        """A cancel for an active job this gateway does not run: stored for the gateway
+        that does (it acts at its next renewal), or, when nobody holds the job any more,
+        carried out here. False when the job is not active (or not the namespace's)."""
+        row = await self._jobs.get(job_id, with_result=False)
+        if row is None or row.namespace != namespace or row.state not in ACTIVE:
+            return False
+        if not await self._jobs.request_cancel(job_id):
+            return False  # it finished meanwhile
+        await self._adopt()
+        return True
+
+    async def _lease_loop(self, lease_s: float) -> None:
+        """Keep this gateway's leases, act on cancels sent to other gateways, and take
+        over the jobs of gateways whose leases ran out."""
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                for job_id in await self._jobs.renew(self._owner, self._clock() + lease_s):
+                    job = self._active.get(job_id)
+                    if job is not None and not job.cancel_requested:
+                        with contextlib.suppress(ApiError):
+                            await self.cancel(job.namespace, job_id)
+                await self._adopt()
+            except ApiError as exc:  # the store is away: the next round tries again
+                log.warning("quantum leases not renewed: %s", exc.message)
 
     async def list_jobs(
         self, namespace: str, *, state: str | None = None, limit: int = 50
@@ -636,11 +716,13 @@ class QuantumService:
 
     def _row_view(self, row: JobRow, *, with_result: bool) -> dict[str, Any]:
         done = row.num_pubs if row.state == "succeeded" else 0
+        # Another gateway runs it and has yet to act on a cancel sent here.
+        pending = row.cancel_requested and row.state in ACTIVE
         return {
             "id": row.id,
             "object": "quantum.job",
             "namespace": row.namespace,
-            "state": row.state,
+            "state": "cancelling" if pending else row.state,
             "created_at": iso(row.created_at),
             "started_at": iso(row.started_at),
             "finished_at": iso(row.finished_at),
@@ -659,17 +741,38 @@ class QuantumService:
 
     async def _recover(self) -> None:
         """Bring back jobs the last run of the platform left unfinished (see module doc)."""
+        await self._adopt("re-queued after a platform restart")
+
+    async def _adopt(self, reason: str = "re-queued: the gateway that ran it stopped") -> None:
+        """Take over the active jobs nobody runs: all of them on a store of one gateway
+        (at start), those whose lease ran out on a shared one."""
+        async with self._adopting:  # one at a time: a job is never taken over twice
+            await self._adopt_unrun(reason)
+
+    async def _adopt_unrun(self, reason: str) -> None:
         rows = await self._jobs.active()
+        now = self._clock()
         for row in rows:
+            # This gateway's own row not yet in memory is a submission in flight.
+            if row.id in self._active or (row.owner is not None and row.owner == self._owner):
+                continue
+            if self._lease_s is not None and not await self._jobs.claim(
+                row.id, self._owner, now + self._lease_s, now
+            ):
+                continue
             prepared: PreparedJob | None = None
             failure: str | None = None
+            if row.cancel_requested:
+                row = dataclasses.replace(row, state="cancelling")
             if row.state != "cancelling" and row.attempts < MAX_ATTEMPTS:
                 try:
                     prepared = await self._prepare(orjson.loads(row.request))
                 except ApiError as exc:
                     failure = f"could not be re-admitted after a restart: {exc.message}"
             if prepared is None:
-                if row.state == "cancelling":
+                if row.cancel_requested:
+                    state, text = "cancelled", "cancelled while its gateway was away"
+                elif row.state == "cancelling":
                     state, text = "cancelled", "cancelled while the platform stopped"
                 else:
                     state = "failed"
@@ -696,7 +799,7 @@ class QuantumService:
                 events=row.events,
                 attempts=row.attempts,
             )
-            job.events.append(self._event("queued", "re-queued after a platform restart"))
+            job.events.append(self._event("queued", reason))
             await self._jobs.update(job.id, state="queued", events=list(job.events))
             self._active[job.id] = job
             await self._enqueue(job)

@@ -105,3 +105,33 @@ class MemoryQuantumJobRepository(QuantumJobRepository):
             result=row.result if result is None else result,
         )
         return True
+
+    async def claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
+        row = self._jobs.get(job_id)
+        if row is None or row.state not in ACTIVE:
+            return False
+        free = row.owner is None or row.owner == owner or (row.lease_until or 0) < now
+        if free:
+            self._jobs[job_id] = dataclasses.replace(row, owner=owner, lease_until=until)
+        return free
+
+    async def renew(self, owner: str, until: float) -> list[str]:
+        cancels = []
+        for job_id, row in sorted(self._jobs.items(), key=lambda kv: (kv[1].created_at, kv[0])):
+            if row.owner == owner and row.state in ACTIVE:
+                self._jobs[job_id] = dataclasses.replace(row, lease_until=until)
+                if row.cancel_requested:
+                    cancels.append(job_id)
+        return cancels
+
+    async def request_cancel(self, job_id: str) -> bool:
+        row = self._jobs.get(job_id)
+        if row is None or row.state not in ACTIVE:
+            return False
+        self._jobs[job_id] = dataclasses.replace(row, cancel_requested=True)
+        return True
+
+    async def disown(self, owner: str) -> None:
+        for job_id, row in list(self._jobs.items()):
+            if row.owner == owner:
+                self._jobs[job_id] = dataclasses.replace(row, owner=None, lease_until=None)

@@ -449,6 +449,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX limit_inflight_by_expiry ON limit_inflight (expires_at);
         """,
     ),
+    Migration(
+        13,
+        "quantum room: job leases, so several gateways run each job once",
+        """
+        ALTER TABLE quantum_jobs ADD COLUMN owner text;
+        ALTER TABLE quantum_jobs ADD COLUMN lease_until double precision;
+        ALTER TABLE quantum_jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
+        CREATE INDEX quantum_jobs_owner ON quantum_jobs (owner)
+            WHERE state IN ('queued', 'running', 'cancelling');
+        """,
+    ),
 )
 
 

@@ -29,9 +29,11 @@ if TYPE_CHECKING:  # postgres.py imports this module: no import back at run time
 
 _FIELDS = (
     "id, namespace, state, created_at, started_at, finished_at, idempotency_key, request_hash, "
-    "request, method, device, estimated_bytes, num_pubs, seed, timeout_s, attempts"
+    "request, method, device, estimated_bytes, num_pubs, seed, timeout_s, attempts, "
+    "owner, lease_until, cancel_requested"
 )
 _COLUMNS = _FIELDS + ", events::text, error::text"
+_ACTIVE = "state IN ('queued', 'running', 'cancelling')"
 # The primary key's name as PostgreSQL makes it (migration 3 names no constraint).
 _ID_CONSTRAINT = "quantum_jobs_pkey"
 
@@ -54,8 +56,11 @@ def _row(r: tuple[Any, ...], result: bytes | None) -> JobRow:
         seed=r[13],
         timeout_s=r[14],
         attempts=r[15],
-        events=orjson.loads(r[16]),
-        error=orjson.loads(r[17]) if r[17] is not None else None,
+        owner=r[16],
+        lease_until=r[17],
+        cancel_requested=r[18],
+        events=orjson.loads(r[19]),
+        error=orjson.loads(r[20]) if r[20] is not None else None,
         result=result,
     )
 
@@ -75,7 +80,8 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
             async with self.store.connection() as conn:
                 await conn.execute(
                     f"INSERT INTO quantum_jobs ({_FIELDS}, events, error, result) "  # noqa: S608
-                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::json,%s::json,%s)",
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
+                    "%s::json,%s::json,%s)",
                     (
                         row.id,
                         row.namespace,
@@ -93,6 +99,9 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
                         row.seed,
                         row.timeout_s,
                         row.attempts,
+                        row.owner,
+                        row.lease_until,
+                        row.cancel_requested,
                         _json(row.events),
                         _json(row.error),
                         row.result,
@@ -118,7 +127,7 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
             r = await cur.fetchone()
         if r is None:
             return None
-        blob = r[18] if with_result else None
+        blob = r[21] if with_result else None
         return _row(r, bytes(blob) if blob is not None else None)
 
     async def by_idempotency_key(self, namespace: str, key: str) -> JobRow | None:
@@ -186,3 +195,39 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
                 ),
             )
             return cur.rowcount == 1
+
+    async def claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE quantum_jobs SET owner = %s, lease_until = %s "  # noqa: S608
+                f"WHERE id = %s AND {_ACTIVE} "
+                "AND (owner IS NULL OR owner = %s OR lease_until < %s)",
+                (owner, until, job_id, owner, now),
+            )
+            return cur.rowcount == 1
+
+    async def renew(self, owner: str, until: float) -> list[str]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE quantum_jobs SET lease_until = %s "  # noqa: S608 - fixed names
+                f"WHERE owner = %s AND {_ACTIVE} RETURNING id, cancel_requested, created_at",
+                (until, owner),
+            )
+            rows = await cur.fetchall()
+        return [r[0] for r in sorted(rows, key=lambda r: (r[2], r[0])) if r[1]]
+
+    async def request_cancel(self, job_id: str) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE quantum_jobs SET cancel_requested = true "  # noqa: S608
+                f"WHERE id = %s AND {_ACTIVE}",
+                (job_id,),
+            )
+            return cur.rowcount == 1
+
+    async def disown(self, owner: str) -> None:
+        async with self.store.connection() as conn:
+            await conn.execute(
+                "UPDATE quantum_jobs SET owner = NULL, lease_until = NULL WHERE owner = %s",
+                (owner,),
+            )

@@ -68,6 +68,11 @@ class JobRow:
     events: list[dict[str, Any]]
     error: dict[str, str] | None
     result: bytes | None  # JSON, kept encoded: the API sends it on as it is
+    # The gateway that runs it (several gateways on one store), its lease, and whether
+    # another gateway asked it to cancel; None/False on a store with one gateway.
+    owner: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
 
 
 class QuantumJobRepository(abc.ABC):
@@ -130,6 +135,30 @@ class QuantumJobRepository(abc.ABC):
         False, and nothing changed, when there is no such job or the job is already in a
         `TERMINAL` state: terminal states are never overwritten, so of several racing
         updates of an active job to terminal states exactly one returns True and sticks."""
+
+    # ------------------------------------------------------------ leases (several gateways)
+    @abc.abstractmethod
+    async def claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
+        """Make `owner` the gateway that runs an active job, its lease ending at `until`.
+
+        True when the job is active and nobody else holds it: no owner, a lease that ran
+        out before `now`, or `owner` itself. False, and nothing changed, otherwise (another
+        gateway's live lease; a finished or unknown job). Of racing claims one wins."""
+
+    @abc.abstractmethod
+    async def renew(self, owner: str, until: float) -> list[str]:
+        """Extend every lease `owner` holds on an active job to `until`; returns the ids
+        of those jobs whose cancellation another gateway asked for (`request_cancel`)."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask the gateway that runs an active job to cancel it (it sees the request at
+        its next `renew`). False when the job is not active."""
+
+    @abc.abstractmethod
+    async def disown(self, owner: str) -> None:
+        """Give up every lease `owner` holds (a gateway stopping cleanly), so another
+        gateway may claim those jobs at once."""
 
     # ------------------------------------------------------------ lifecycle
     async def aclose(self) -> None:

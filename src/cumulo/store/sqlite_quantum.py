@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS quantum_jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     events BLOB NOT NULL,
     error BLOB,
-    result BLOB
+    result BLOB,
+    owner TEXT,
+    lease_until REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS quantum_jobs_idempotency
     ON quantum_jobs(namespace, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -60,7 +63,15 @@ CREATE INDEX IF NOT EXISTS quantum_jobs_state ON quantum_jobs(state);
 
 _COLUMNS = (
     "id, namespace, state, created_at, started_at, finished_at, idempotency_key, request_hash, "
-    "request, method, device, estimated_bytes, num_pubs, seed, timeout_s, attempts, events, error"
+    "request, method, device, estimated_bytes, num_pubs, seed, timeout_s, attempts, events, error, "
+    "owner, lease_until, cancel_requested"
+)
+_NCOLS = 21
+# Columns added after the first release: a quantum.db made before gets them on open.
+_ADDED = (
+    ("owner", "TEXT"),
+    ("lease_until", "REAL"),
+    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -85,6 +96,9 @@ def _row(values: tuple[Any, ...], result: bytes | None) -> JobRow:
         events=orjson.loads(values[16]),
         error=orjson.loads(values[17]) if values[17] is not None else None,
         result=result,
+        owner=values[18],
+        lease_until=values[19],
+        cancel_requested=bool(values[20]),
     )
 
 
@@ -117,6 +131,10 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                have = {r[1] for r in db.execute("PRAGMA table_info(quantum_jobs)")}
+                for name, kind in _ADDED:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE quantum_jobs ADD COLUMN {name} {kind}")
             except BaseException:
                 db.close()
                 raise
@@ -141,7 +159,7 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
         try:
             self._conn().execute(
                 f"INSERT INTO quantum_jobs ({_COLUMNS}, result) VALUES "  # noqa: S608 - fixed names
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.id,
                     row.namespace,
@@ -161,6 +179,9 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
                     row.attempts,
                     events,
                     error,
+                    row.owner,
+                    row.lease_until,
+                    int(row.cancel_requested),
                     row.result,
                 ),
             )
@@ -190,7 +211,7 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
         )
         if values is None:
             return None
-        return _row(values[:18], values[18] if with_result else None)
+        return _row(values[:_NCOLS], values[_NCOLS] if with_result else None)
 
     def _by_idempotency_key(self, namespace: str, key: str) -> JobRow | None:
         values = (
@@ -252,6 +273,42 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
         )
         return cur.rowcount == 1
 
+    def _claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
+        cur = self._conn().execute(
+            "UPDATE quantum_jobs SET owner = ?, lease_until = ? "
+            "WHERE id = ? AND state IN ('queued', 'running', 'cancelling') "
+            "AND (owner IS NULL OR owner = ? OR lease_until < ?)",
+            (owner, until, job_id, owner, now),
+        )
+        return cur.rowcount == 1
+
+    def _renew(self, owner: str, until: float) -> list[str]:
+        db = self._conn()
+        db.execute(
+            "UPDATE quantum_jobs SET lease_until = ? "
+            "WHERE owner = ? AND state IN ('queued', 'running', 'cancelling')",
+            (until, owner),
+        )
+        cur = db.execute(
+            "SELECT id FROM quantum_jobs WHERE owner = ? AND cancel_requested = 1 "
+            "AND state IN ('queued', 'running', 'cancelling') ORDER BY created_at, id",
+            (owner,),
+        )
+        return [r[0] for r in cur]
+
+    def _request_cancel(self, job_id: str) -> bool:
+        cur = self._conn().execute(
+            "UPDATE quantum_jobs SET cancel_requested = 1 "
+            "WHERE id = ? AND state IN ('queued', 'running', 'cancelling')",
+            (job_id,),
+        )
+        return cur.rowcount == 1
+
+    def _disown(self, owner: str) -> None:
+        self._conn().execute(
+            "UPDATE quantum_jobs SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
+        )
+
     # ------------------------------------------------------------ the interface
     # JSON is encoded here, before the hop: the thread never reads the caller's lists,
     # which the caller may go on changing.
@@ -293,3 +350,15 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
             _json(error),
             result,
         )
+
+    async def claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
+        return await self._call(self._claim, job_id, owner, until, now)
+
+    async def renew(self, owner: str, until: float) -> list[str]:
+        return await self._call(self._renew, owner, until)
+
+    async def request_cancel(self, job_id: str) -> bool:
+        return await self._call(self._request_cancel, job_id)
+
+    async def disown(self, owner: str) -> None:
+        await self._call(self._disown, owner)
