@@ -43,12 +43,14 @@ from cumulo.store.quantum import JobRow
 from cumulo.store.sqlite_alerts import SQLiteAlertRepository
 from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
 from tests.conftest import CUMULO, FUNCTIONS, free_port, start_platform, wait_until
+from tests.pg import PgCluster
 
 # Its source is a SQLite platform by definition: not rerun with CUMULO_TEST_STORE=postgresql.
 pytestmark = pytest.mark.sqlite_only(reason="copies a SQLite platform to PostgreSQL")
 
 KIT = FUNCTIONS / "kit.py"
 TOPIC_FNS = FUNCTIONS / "topic_fns.py"
+PII = Path(__file__).parents[1] / "privacy" / "functions" / "pii.py"
 SECRET = "s3cr3t-value-for-the-copy"
 TICKER = """
 from cumulo.sdk.schedule import schedule
@@ -152,7 +154,7 @@ def test_every_postgres_table_is_copied_or_excused() -> None:
     assert created | {"schema_migrations"} == covered_tables()
     assert all(reason for reason in NOT_COPIED.values())
     assert all(reason for reason in SOURCE_NOT_COPIED.values())
-    assert "privacy_consent" in SOURCE_NOT_COPIED  # on the seam with migration 11, not yet
+    assert "privacy_consent" in {t.dest for t in COPIED}
     assert len({t.dest for t in COPIED}) == len(COPIED)
 
 
@@ -273,16 +275,96 @@ def test_a_tampered_audit_chain_fails_the_check(source: Path, pg_dsn: str, tmp_p
     assert "(recreate the database to retry)" in proc.stderr
 
 
-def test_privacy_data_is_named_as_left_behind(source: Path, pg_dsn: str, tmp_path: Path) -> None:
+def test_privacy_rows_without_subject_keys_need_no_key_database(
+    source: Path, pg_dsn: str, tmp_path: Path
+) -> None:
     private = tmp_path / "data"
     shutil.copytree(source, private)
     with sqlite3.connect(private / "cumulo.db") as db:
         db.execute("INSERT INTO privacy_retention (namespace, ttl_s) VALUES ('default', 60)")
     proc = cli("migrate", "--from", str(private), "--to", pg_dsn)
     assert proc.returncode == 0, proc.stderr
-    assert "not copied: privacy_retention (1 rows) stays in cumulo.db of the data dir" in (
-        proc.stdout
+    assert _counts(proc.stdout)["privacy_retention"] == (1, 1)
+    assert "not copied" not in proc.stdout
+
+
+SUBJECT = "user:migrated-mia"
+CANARY = "CANARY-MIA-5e1d"
+
+
+@pytest.fixture(scope="module")
+def private_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stopped platform whose data subjects have state, logs, invocations and consent
+    (so subject-keys.db holds their keys)."""
+    root = tmp_path_factory.mktemp("migrate-private")
+    running = start_platform(root, "--idle-timeout", "5")
+    try:
+        admin = running.client()
+        for name in ("profile", "newsletter"):
+            admin.deploy(PII, name=name, handler=f"pii.{name}")
+        with running.http() as http:
+            headers = {"x-cumulo-subject": SUBJECT}
+            r = http.post("/fn/default/profile", json={"canary": CANARY}, headers=headers)
+            assert r.status_code == 200, r.text
+            grant = {"subject": SUBJECT, "purpose": "marketing", "action": "grant"}
+            assert http.post("/v1/privacy/consent", json=grant).status_code == 201
+    finally:
+        assert running.stop() == 0
+    return running.data_dir
+
+
+def test_subject_keys_need_a_key_database_of_their_own(private_source: Path, pg_dsn: str) -> None:
+    proc = cli("migrate", "--from", str(private_source), "--to", pg_dsn)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: the data dir holds 1 subject keys: pass --subject-keys-to postgresql://… "
+        "(a database of their own, docs/privacy.md)"
+    ]
+    assert set(asyncio.run(_dest_rows(pg_dsn)).values()) == {0}
+    same = cli(
+        "migrate", "--from", str(private_source), "--to", pg_dsn, "--subject-keys-to", pg_dsn
     )
+    assert same.returncode == 1
+    assert "give subject keys a database of their own" in same.stderr
+    assert set(asyncio.run(_dest_rows(pg_dsn)).values()) == {0}  # nothing half-copied
+
+
+def test_data_subjects_move_with_their_keys_and_open_on_postgres(
+    private_source: Path, pg_dsn: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    keys_dsn = pg_cluster.create_database()
+    proc = cli(
+        "migrate", "--from", str(private_source), "--to", pg_dsn, "--subject-keys-to", keys_dsn
+    )
+    assert proc.returncode == 0, proc.stderr
+    counts = _counts(proc.stdout)
+    assert counts["subject_keys"] == (1, 1)
+    for table in ("privacy_state", "privacy_logs", "privacy_invocations", "privacy_consent"):
+        assert counts[table][0] > 0, table
+        assert counts[table][0] == counts[table][1], table
+    # Another platform on the copy: the subject's data opens, under the same pseudonym.
+    data = tmp_path / "data"
+    shutil.copytree(private_source, data)
+    running = start_platform(tmp_path, "--db", pg_dsn, "--subject-keys-db", keys_dsn, data_dir=data)
+    try:
+        with running.http() as http:
+            headers = {"x-cumulo-subject": SUBJECT}
+            gated = http.post("/fn/default/newsletter", json={}, headers=headers)
+            assert gated.status_code == 200, gated.text  # the consent came along
+            r = http.post("/v1/privacy/requests", json={"type": "access", "subject": SUBJECT})
+            assert r.status_code == 201, r.text
+            export = http.get(f"/v1/privacy/requests/{r.json()['id']}/export").json()
+        assert CANARY in orjson.dumps(export["state"]).decode()
+        assert CANARY in orjson.dumps(export["logs"]).decode()
+        assert export["manifest"]["consent"] == 1
+    finally:
+        running.stop()
+    again = cli(
+        "migrate", "--from", str(private_source), "--to", pg_cluster.create_database(),
+        "--subject-keys-to", keys_dsn,
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert "holds subject keys already: migrate into an empty one" in again.stderr
 
 
 def test_an_unmapped_postgres_table_is_refused(source: Path, pg_dsn: str) -> None:

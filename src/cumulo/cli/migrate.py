@@ -1,10 +1,12 @@
-"""`cumulo migrate --from sqlite:///DATA-DIR --to postgresql://…`: copy a platform's data dir
-into an empty PostgreSQL database (store/copy_to_postgres.py), then check the copy: row
+"""`cumulo migrate --from sqlite:///DATA-DIR --to postgresql://… [--subject-keys-to
+postgresql://…]`: copy a platform's data dir into an empty PostgreSQL database, and its
+subject keys into one of their own (store/copy_to_postgres.py), then check the copy: row
 counts per table on both sides, and the audit chains verified on the destination with the
 source's master key, their heads equal to the source's. Exit 0 only when all of it holds.
 
-The password in `--to` is never printed: every echoed URL is masked and every error line is
-scrubbed of it (a driver's message could quote the connection string)."""
+The passwords in `--to` and `--subject-keys-to` are never printed: every echoed URL is
+masked and every error line is scrubbed of them (a driver's message could quote the
+connection string)."""
 
 from __future__ import annotations
 
@@ -60,8 +62,11 @@ def master_of(data_dir: Path) -> MasterKey:
     return master
 
 
-def _scrub(text: str, password: str | None) -> str:
-    return text.replace(password, "***") if password else text
+def _scrub(text: str, *passwords: str | None) -> str:
+    for password in passwords:
+        if password:
+            text = text.replace(password, "***")
+    return text
 
 
 def _print_counts(report: CopyReport) -> None:
@@ -95,7 +100,7 @@ async def _check_audit(
     return None
 
 
-async def _migrate(data_dir: Path, dsn: str, master: MasterKey) -> str | None:
+async def _migrate(data_dir: Path, dsn: str, master: MasterKey, keys_dsn: str | None) -> str | None:
     from cumulo.store.copy_to_postgres import copy_data_dir
     from cumulo.store.postgres import PostgresStore
 
@@ -104,7 +109,8 @@ async def _migrate(data_dir: Path, dsn: str, master: MasterKey) -> str | None:
     store = PostgresStore(dsn, max_size=2, timeout=5.0)
     await store.open()  # migrates a fresh database (StoreUnavailable when out of reach)
     try:
-        report = await copy_data_dir(data_dir, store)
+        keys = store.subject_keys(keys_dsn) if keys_dsn is not None else None
+        report = await copy_data_dir(data_dir, store, keys)
         _print_counts(report)
         problem = (
             await _check_audit(store, master, data_dir, report)
@@ -132,17 +138,29 @@ def migrate(
             "--from", help="The data dir to copy: sqlite:///ABS/PATH or a path.", metavar="DIR"
         ),
     ] = DEFAULT_DATA_DIR,
+    subject_keys_to: Annotated[
+        str | None,
+        typer.Option(
+            "--subject-keys-to",
+            help="An empty PostgreSQL database of its own for the subject keys (needed when "
+            "the data dir holds any; docs/privacy.md).",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
     """Copy a platform (data dir) into an empty PostgreSQL database, then verify the copy."""
-    password: str | None = None
+    passwords: list[str | None] = []
     try:
         from cumulo.store.copy_to_postgres import masked, parse_dsn, password_of
 
         parse_dsn(to)
-        password = password_of(to)
+        passwords.append(password_of(to))
+        if subject_keys_to is not None:
+            parse_dsn(subject_keys_to, "--subject-keys-to")
+            passwords.append(password_of(subject_keys_to))
         data_dir = data_dir_of(source)
         master = master_of(data_dir)
-        problem = asyncio.run(_migrate(data_dir, to, master))
+        problem = asyncio.run(_migrate(data_dir, to, master, subject_keys_to))
     except ImportError as exc:
         problem = (
             f"cumulo migrate needs PostgreSQL support: pip install 'cumulo[postgres]' ({exc.name})"
@@ -150,7 +168,7 @@ def migrate(
     except (CumuloError, OSError) as exc:
         problem = str(exc)
     if problem is not None:
-        err.print(f"[red]error:[/red] {escape(_scrub(problem, password))}", markup=True)
+        err.print(f"[red]error:[/red] {escape(_scrub(problem, *passwords))}", markup=True)
         raise typer.Exit(1)
     out.print(f"copied {data_dir} to {masked(to)}")
 

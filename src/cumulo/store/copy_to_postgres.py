@@ -13,6 +13,10 @@ verbatim, so the same master key opens every blob and keyed hashes such as state
 the same), REAL → double precision, INTEGER flags → boolean, JSON text → json, comma scopes
 and JSON reason lists → text[], a sealed job error → "\\x" + hex in its text column.
 
+Subject keys (`subject-keys.db`) and the keystore's pseudonym secret go verbatim into the
+subject-key database (`--subject-keys-to`, one of their own, docs/privacy.md), so the
+privacy rows sealed under them open there and their pseudonyms stay the same.
+
 The SQLite files are opened read-only (`mode=ro`), each in one read transaction, so a
 running platform is not disturbed and the copy is one consistent snapshot per file. The
 destination is written in one PostgreSQL transaction, under the migrations' advisory lock:
@@ -37,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict
 from cumulo.errors import ConfigError, StoreUnavailable
 from cumulo.store.audit import AuditHeadRecord
 from cumulo.store.postgres import MIGRATION_LOCK, PostgresStore
+from cumulo.store.postgres_subject_keys import PostgresSubjectKeyStore
 from cumulo.store.sealing import is_sealed
 
 Conn = AsyncConnection[tuple[Any, ...]]
@@ -199,6 +204,30 @@ COPIED: tuple[Table, ...] = (
     _t("audit_heads", "namespace seq hash mac", order="namespace"),
     # migration 10: the master key's id (and the encryptor's other marks)
     _t("crypto_meta", "name value", order="name"),
+    # migration 11: the privacy room, sealed under subject keys (copied verbatim with the
+    # keystore into the subject-key database, so every blob opens there as here)
+    _t("privacy_state", "namespace function pseudonym key_hash value version updated_at"),
+    _t(
+        "privacy_logs",
+        "seq namespace function pseudonym invocation_id ts blob",
+        identity="seq",
+        order="seq",
+    ),
+    _t("privacy_invocations", "id namespace function pseudonym started_at blob"),
+    _t(
+        "privacy_consent",
+        "seq namespace pseudonym purpose granted ts blob",
+        convert={"granted": _flag},
+        identity="seq",
+        order="seq",
+    ),
+    _t(
+        "privacy_requests",
+        "id namespace type regime pseudonym status received_at due_at updated_at "
+        "completed_at overdue_alerted counts error result",
+        convert={"overdue_alerted": _flag},
+    ),
+    _t("privacy_retention", "namespace ttl_s", order="namespace"),
 )
 
 
@@ -233,23 +262,12 @@ NOT_COPIED: dict[str, str] = {
     "limit_inflight": "in-flight counts of running gateways, expiring within seconds",
 }
 
-_PRIVACY = (
-    "privacy data is not copied yet: its rows open only with the subject keys, which live "
-    "in a database of their own on PostgreSQL (--subject-keys-db) and are not copied there "
-    "yet; they stay in the data dir (cumulo.db, subject-keys.db)"
-)
-# Data not copied yet: the migrate command names those that hold rows.
-NOT_YET: dict[str, str] = {
-    table: _PRIVACY
-    for table in (
-        "privacy_state",
-        "privacy_logs",
-        "privacy_invocations",
-        "privacy_consent",
-        "privacy_requests",
-        "privacy_retention",
-    )
-}
+# Data not copied yet: the migrate command names those that hold rows (none today).
+NOT_YET: dict[str, str] = {}
+# The subject-key file's tables: into the subject-key database (`--subject-keys-to`).
+KEYS_DB = "subject-keys.db"
+KEYS_TABLES = ("subject_keys", "keystore_meta")
+SUBJECT_KEYS = "subject_keys"  # its row in the report (counted in the other database)
 # SQLite tables that are not copied, and why.
 SOURCE_NOT_COPIED: dict[str, str] = {
     "control_changes": "change-feed signals, not data (PostgreSQL notifies instead)",
@@ -290,15 +308,15 @@ class CopyReport:
 
 
 # ---------------------------------------------------------------- the source
-def parse_dsn(dsn: str) -> None:
+def parse_dsn(dsn: str, option: str = "--to") -> None:
     """ConfigError, one line, for a destination that is not a PostgreSQL URL."""
     if not dsn.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("--to takes a postgresql:// URL")
+        raise ConfigError(f"{option} takes a postgresql:// URL")
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         first = (str(exc).strip().splitlines() or ["malformed"])[0]
-        raise ConfigError(f"--to is not a valid PostgreSQL URL: {first}") from None
+        raise ConfigError(f"{option} is not a valid PostgreSQL URL: {first}") from None
 
 
 def check_source(data_dir: Path) -> None:
@@ -317,7 +335,7 @@ class Source:
         self._conns: dict[str, sqlite3.Connection] = {}
         self._tables: dict[str, set[str]] = {}
         try:
-            for name in (PLATFORM_DB, INSIGHTS_DB, QUANTUM_DB):
+            for name in (PLATFORM_DB, INSIGHTS_DB, QUANTUM_DB, KEYS_DB):
                 if (data_dir / name).is_file():
                     self._open(name)
             if not set(PLATFORM_TABLES) <= self._tables[PLATFORM_DB]:
@@ -357,6 +375,7 @@ class Source:
             for table in tables
             if (file, table) not in sources
             and table not in SOURCE_NOT_COPIED
+            and not (file == KEYS_DB and table in KEYS_TABLES)
             and not table.startswith("sqlite_")  # SQLite's own (sequences, statistics)
         )
 
@@ -385,6 +404,27 @@ class Source:
     def bundle_count(self) -> int:
         directory = self.data_dir / BUNDLES
         return len(list(directory.glob("*.tar.gz"))) if directory.is_dir() else 0
+
+    def subject_keys(self) -> list[tuple[str, str, int, bytes, float]]:
+        if not self.has(KEYS_DB, SUBJECT_KEYS):
+            return []
+        rows = self._conns[KEYS_DB].execute(
+            "SELECT namespace, pseudonym, ns_key_version, wrapped, created_at FROM subject_keys"
+            " ORDER BY namespace, pseudonym"
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), bytes(r[3]), float(r[4])) for r in rows]
+
+    def pseudonym_secret(self) -> bytes | None:
+        """The keystore's pseudonym secret: every pseudonym in the privacy rows is keyed
+        by it, so it moves with them."""
+        if not self.has(KEYS_DB, "keystore_meta"):
+            return None
+        row = (
+            self._conns[KEYS_DB]
+            .execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'")
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     def audit_heads(self) -> dict[str, tuple[int, bytes]]:
         if not self.has(PLATFORM_DB, "audit_heads"):
@@ -450,13 +490,24 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-async def copy_data_dir(data_dir: Path, store: PostgresStore) -> CopyReport:
-    """Copy the data dir's platform into `store` (opened, so migrated), then count each
-    table on both sides. ConfigError (nothing written) for a source that is not a data dir,
-    a destination that holds a platform or has an unmapped table, or a row that cannot be
-    carried; StoreUnavailable when the database goes away."""
+async def copy_data_dir(
+    data_dir: Path, store: PostgresStore, keys: PostgresSubjectKeyStore | None = None
+) -> CopyReport:
+    """Copy the data dir's platform into `store` (opened, so migrated), and its subject
+    keys with their pseudonym secret into `keys` (a database of its own, committed just
+    before the main copy commits), then count each table on both sides. ConfigError
+    (nothing written) for a source that is not a data dir, subject keys and no `keys`, a
+    destination that holds a platform or has an unmapped table, or a row that cannot be
+    carried; StoreUnavailable when a database goes away."""
     source = Source(data_dir)
     try:
+        subject_keys = source.subject_keys()
+        secret = source.pseudonym_secret()
+        if subject_keys and keys is None:
+            raise ConfigError(
+                f"the data dir holds {len(subject_keys)} subject keys: pass "
+                "--subject-keys-to postgresql://… (a database of their own, docs/privacy.md)"
+            )
         unknown = source.unknown_tables()
         if unknown:
             raise ConfigError(
@@ -471,6 +522,9 @@ async def copy_data_dir(data_dir: Path, store: PostgresStore) -> CopyReport:
         ]
         counts += [TableCount(d.dest, source.count(d.source_file, d.source_count)) for d in DERIVED]
         counts.append(TableCount(BUNDLES, source.bundle_count()))
+        keys_count = TableCount(SUBJECT_KEYS, len(subject_keys))
+        if keys is not None:
+            counts.append(keys_count)
         report = CopyReport(counts, source.audit_heads(), source.left_behind())
         try:
             async with store.connection() as conn, conn.transaction():
@@ -482,6 +536,11 @@ async def copy_data_dir(data_dir: Path, store: PostgresStore) -> CopyReport:
                 for derived in DERIVED:
                     await conn.execute(derived.fill)
                 await _copy_bundles(conn, source)
+                if keys is not None and secret is not None:
+                    # Last, inside the main transaction: a refused key copy writes neither.
+                    keys_count.destination = await keys.adopt(secret, subject_keys)
+                elif keys is not None:
+                    keys_count.destination = 0
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the database is unavailable: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
@@ -497,6 +556,8 @@ async def copy_data_dir(data_dir: Path, store: PostgresStore) -> CopyReport:
 async def _count_destination(store: PostgresStore, report: CopyReport) -> None:
     async with store.connection() as conn:
         for c in report.counts:
+            if c.table == SUBJECT_KEYS:
+                continue  # counted in its own database by the copy
             cur = await conn.execute(f"SELECT count(*) FROM {c.table}")  # noqa: S608
             row = await cur.fetchone()
             c.destination = int(row[0]) if row else 0

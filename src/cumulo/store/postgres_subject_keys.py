@@ -94,6 +94,51 @@ class PostgresSubjectKeyStore(SubjectKeyStore):
         assert row is not None
         return bytes(row[0])
 
+    async def adopt(self, secret: bytes, keys: list[tuple[str, str, int, bytes, float]]) -> int:
+        """`cumulo migrate`: take over a SQLite keystore, its pseudonym secret and its
+        subject keys (namespace, pseudonym, ns_key_version, wrapped, created_at) verbatim,
+        in one transaction; returns the subject keys the database then holds. ConfigError,
+        nothing written, when the database is not a separate one, holds another secret or
+        holds subject keys already. Closes the pool when done."""
+        await self.db.open(migrate=False)
+        try:
+            await self._check_separate()
+            async with self.db.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await conn.execute(_SCHEMA.encode())
+                cur = await conn.execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'")
+                row = await cur.fetchone()
+                if row is not None and bytes(row[0]) != secret:
+                    raise ConfigError(
+                        "the subject-key database belongs to another platform (another "
+                        "pseudonym secret): migrate into an empty one"
+                    )
+                cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM subject_keys)")
+                found = await cur.fetchone()
+                if found is not None and found[0]:
+                    raise ConfigError(
+                        "the subject-key database holds subject keys already: migrate into "
+                        "an empty one"
+                    )
+                await conn.execute(
+                    "INSERT INTO keystore_meta VALUES ('pseudonym', %s) ON CONFLICT DO NOTHING",
+                    (secret,),
+                )
+                async with (
+                    conn.cursor() as copy_cur,
+                    copy_cur.copy(
+                        "COPY subject_keys (namespace, pseudonym, ns_key_version, wrapped, "
+                        "created_at) FROM STDIN"
+                    ) as copy,
+                ):
+                    for key in keys:
+                        await copy.write_row(key)
+                cur = await conn.execute("SELECT count(*) FROM subject_keys")
+                counted = await cur.fetchone()
+        finally:
+            await self.db.close()
+        return int(counted[0]) if counted else 0
+
     async def _check_separate(self) -> None:
         async with self.db.connection() as conn:
             cur = await conn.execute(_IDENTITY)
