@@ -422,3 +422,22 @@ def test_strict_starts_when_bubblewrap_works(
     assert running.client().invoke("echo", {"a": 1}) == {"a": 1}
     with httpx.Client(base_url=running.url, headers=running.headers) as http:
         assert http.get("/readyz").status_code == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as another uid needs root")
+def test_a_released_uid_still_running_processes_is_not_handed_out_again() -> None:
+    # A zygote got the uid of one that had just died, whose processes were still being
+    # killed: the kernel counted them against the new zygote's RLIMIT_NPROC, its first fork
+    # failed and the zygote died with it (zygote_died for every waiting caller).
+    pool = sandbox.UidPool(base=3_900_000, slots=4)
+    pool.claimed, pool.base = True, 3_900_000  # a range of our own, without the lock file
+    first = [pool.acquire() for _ in range(3)]
+    assert first == [3_900_000, 3_900_001, 3_900_002]  # never-used uids, in order
+    pool.release(3_900_001)
+    with subprocess.Popen(["sleep", "60"], user=3_900_001) as straggler:
+        try:
+            with pytest.raises(OSError, match="all 3 private uids of this platform in use"):
+                pool.acquire()
+        finally:
+            straggler.kill()
+    assert pool.acquire() == 3_900_001  # its last process gone: free again

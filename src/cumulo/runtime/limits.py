@@ -94,7 +94,7 @@ def limit_files(max_file_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
 
-def _tasks_of(uid: int) -> int:
+def tasks_of(uid: int) -> int:
     """Threads the kernel counts against `uid` now (what RLIMIT_NPROC compares to)."""
     count = 0
     for entry in os.scandir("/proc"):
@@ -124,7 +124,7 @@ def limit_processes(max_instances: int, concurrency: int, max_pids: int = 0) -> 
     room = NPROC_BASE + max_instances * per_worker
     if max_pids > 0:
         room = min(room, max_pids)
-    limit = _tasks_of(uid) + room
+    limit = tasks_of(uid) + room
     _soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cumulo.errors import ConfigError
+from cumulo.runtime import limits
 from cumulo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger("cumulo.sandbox")
@@ -413,6 +414,7 @@ class UidPool:
         self.base: int | None = None
         self.slots = slots
         self.used: set[int] = set()
+        self.fresh = 0  # slots below this were handed out at least once
         self.claimed = False
         self.lock_fd: int | None = None
         self.reason = ""
@@ -449,9 +451,18 @@ class UidPool:
             self.claim()
         if self.base is None:
             raise OSError(errno.EAGAIN, f"no private uid for the zygote: {self.reason}")
-        for slot in range(self.slots - 1):  # the last one is the probe's
+        # Never-used uids first (no check needed). A released uid may still run a dead
+        # zygote's last processes (a SIGKILL lands asynchronously, a fork bomb's tree takes
+        # a while): the kernel would count them against the next zygote's RLIMIT_NPROC,
+        # which that zygote measures inside its own pid namespace, blind to them.
+        if self.fresh < self.slots - 1:  # the last one is the probe's
+            uid = self.base + self.fresh
+            self.fresh += 1
+            self.used.add(uid)
+            return uid
+        for slot in range(self.slots - 1):
             uid = self.base + slot
-            if uid not in self.used:
+            if uid not in self.used and limits.tasks_of(uid) == 0:
                 self.used.add(uid)
                 return uid
         raise OSError(errno.EAGAIN, f"all {self.slots - 1} private uids of this platform in use")
