@@ -494,6 +494,25 @@ def test_a_finished_job_is_never_claimed_and_a_cancel_reaches_its_owner(
     run(backend, body)
 
 
+def test_a_write_fenced_by_a_lease_lands_only_while_the_lease_is_held(
+    backend: Backend,
+) -> None:
+    async def body(repo: QuantumJobRepository) -> None:
+        await repo.insert(dataclasses.replace(job("qj_1"), owner="a", lease_until=1010.0))
+        running = [{"at": "t1", "state": "running", "message": "on a"}]
+        assert await repo.update("qj_1", state="running", events=running, owner="a")
+        assert await repo.claim("qj_1", "b", 1050.0, now=1020.0)  # a's lease ran out
+        # a, unaware, finishes: fenced off; b's record stands.
+        assert not await repo.update("qj_1", state="succeeded", events=[], owner="a")
+        got = await repo.get("qj_1")
+        assert got is not None
+        assert (got.state, got.events, got.owner) == ("running", running, "b")
+        assert await repo.update("qj_1", state="succeeded", events=[], owner="b")
+        assert await repo.update("qj_2", state="failed", events=[]) is False  # no such job
+
+    run(backend, body)
+
+
 def test_disowned_jobs_are_claimable_at_once(backend: Backend) -> None:
     async def body(repo: QuantumJobRepository) -> None:
         await repo.insert(dataclasses.replace(job("qj_1"), owner="a", lease_until=5000.0))

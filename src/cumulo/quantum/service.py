@@ -104,6 +104,7 @@ class _Job:
     reserved: int = 0
     worker: Worker | None = None
     cancel_requested: bool = False
+    lost: bool = False  # its lease was taken over by another gateway
     memory_exceeded: bool = False
     requeues: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -128,6 +129,8 @@ class QuantumService:
         # None: this gateway is the store's only one and runs every job (no leases).
         self._lease_s = lease_s
         self._owner = f"g_{secrets.token_hex(8)}"
+        # Every write of a job carries the lease as a fence (None: no leases, no fence).
+        self._fence = self._owner if lease_s is not None else None
         self._lease_task: asyncio.Task[None] | None = None
         self._adopting = asyncio.Lock()
         self._pool = WorkerPool(pool_size)
@@ -187,7 +190,9 @@ class QuantumService:
                 job.events.append(
                     self._event("queued", "the platform stopped; the job runs again on restart")
                 )
-                await self._jobs.update(job.id, state="queued", events=list(job.events))
+                await self._jobs.update(
+                    job.id, state="queued", events=list(job.events), owner=self._fence
+                )
         if self._lease_s is not None:
             with contextlib.suppress(ApiError):
                 await self._jobs.disown(self._owner)  # the other gateways take over at once
@@ -636,7 +641,24 @@ class QuantumService:
         if "started_at" in fields:
             job.started_at = fields["started_at"]
         job.events.append(self._event(state, message))
-        await self._jobs.update(job.id, state=state, events=list(job.events), **fields)
+        stored = await self._jobs.update(
+            job.id, state=state, events=list(job.events), owner=self._fence, **fields
+        )
+        if not stored and self._fence is not None:
+            await self._lost(job)
+
+    async def _lost(self, job: _Job) -> None:
+        """Another gateway took the job over (this one's lease ran out, e.g. while the
+        store was away): it stops here and writes nothing more; its record is theirs."""
+        log.warning("quantum job %s: its lease was taken over; stopped here", job.id)
+        job.lost = job.cancel_requested = True
+        async with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+        if job.worker is not None:
+            self._spawn_background(job.worker.kill())
+        self._active.pop(job.id, None)
+        job.done.set()
 
     async def _finish(
         self,
@@ -654,16 +676,17 @@ class QuantumService:
         job.events.append(self._event(state, message, now))
         # A result can be megabytes of JSON: encoded off the event loop.
         encoded = await asyncio.to_thread(orjson.dumps, result) if result is not None else None
-        await self._jobs.update(
+        stored = await self._jobs.update(
             job.id,
             state=state,
             events=list(job.events),
             finished_at=now,
             error=error,
             result=encoded,
+            owner=self._fence,
         )
         size = len(encoded) if encoded is not None else 0
-        if size <= _CACHE_RESULT_BYTES:
+        if stored and not job.lost and size <= _CACHE_RESULT_BYTES:
             # Recent small results answer GETs from memory; big ones are read back from disk.
             self._finished[job.id] = self._view(job, finished_at=now, error=error, result=result)
             while len(self._finished) > _FINISHED_CACHE:
@@ -787,6 +810,7 @@ class QuantumService:
                     events=events,
                     finished_at=self._clock(),
                     error=error,
+                    owner=self._fence,
                 )
                 continue
             job = _Job(
@@ -800,7 +824,9 @@ class QuantumService:
                 attempts=row.attempts,
             )
             job.events.append(self._event("queued", reason))
-            await self._jobs.update(job.id, state="queued", events=list(job.events))
+            await self._jobs.update(
+                job.id, state="queued", events=list(job.events), owner=self._fence
+            )
             self._active[job.id] = job
             await self._enqueue(job)
 

@@ -90,9 +90,10 @@ class MemoryQuantumJobRepository(QuantumJobRepository):
         attempts: int | None = None,
         error: dict[str, str] | None = None,
         result: bytes | None = None,
+        owner: str | None = None,
     ) -> bool:
         row = self._jobs.get(job_id)
-        if row is None or row.state in TERMINAL:
+        if row is None or row.state in TERMINAL or (owner is not None and row.owner != owner):
             return False
         self._jobs[job_id] = dataclasses.replace(
             row,

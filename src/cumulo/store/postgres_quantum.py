@@ -173,6 +173,7 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
         attempts: int | None = None,
         error: dict[str, str] | None = None,
         result: bytes | None = None,
+        owner: str | None = None,
     ) -> bool:
         async with self.store.connection() as conn:
             cur = await conn.execute(
@@ -182,7 +183,8 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
                 "attempts = COALESCE(%s, attempts), "
                 "error = COALESCE(%s::json, error), "
                 "result = COALESCE(%s, result) "
-                "WHERE id = %s AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+                "WHERE id = %s AND state NOT IN ('succeeded', 'failed', 'cancelled') "
+                "AND (%s::text IS NULL OR owner = %s)",
                 (
                     state,
                     _json(events),
@@ -192,6 +194,8 @@ class PostgresQuantumJobRepository(QuantumJobRepository):
                     _json(error),
                     result,
                     job_id,
+                    owner,
+                    owner,
                 ),
             )
             return cur.rowcount == 1

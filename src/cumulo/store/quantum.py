@@ -128,13 +128,16 @@ class QuantumJobRepository(abc.ABC):
         attempts: int | None = None,
         error: dict[str, str] | None = None,
         result: bytes | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Move a job to `state` with `events` replacing its list; each other field given
         (not None) replaces the stored one, None keeps it.
 
         False, and nothing changed, when there is no such job or the job is already in a
         `TERMINAL` state: terminal states are never overwritten, so of several racing
-        updates of an active job to terminal states exactly one returns True and sticks."""
+        updates of an active job to terminal states exactly one returns True and sticks.
+        With `owner`, also False unless `owner` holds the job's lease (a fencing token: a
+        gateway whose lease another took over writes nothing)."""
 
     # ------------------------------------------------------------ leases (several gateways)
     @abc.abstractmethod

@@ -252,14 +252,16 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
         attempts: int | None,
         error: bytes | None,
         result: bytes | None,
+        owner: str | None,
     ) -> bool:
-        # The terminal guard is in the statement itself, so no read-then-write race.
+        # The terminal guard and the fence are in the statement itself: no read-then-write.
         cur = self._conn().execute(
             "UPDATE quantum_jobs SET state = ?, events = ?, "
             "started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at), "
             "attempts = COALESCE(?, attempts), error = COALESCE(?, error), "
             "result = COALESCE(?, result) "
-            "WHERE id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+            "WHERE id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled') "
+            "AND (? IS NULL OR owner = ?)",
             (
                 state,
                 events,
@@ -269,6 +271,8 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
                 error,
                 result,
                 job_id,
+                owner,
+                owner,
             ),
         )
         return cur.rowcount == 1
@@ -338,6 +342,7 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
         attempts: int | None = None,
         error: dict[str, str] | None = None,
         result: bytes | None = None,
+        owner: str | None = None,
     ) -> bool:
         return await self._call(
             self._update,
@@ -349,6 +354,7 @@ class SQLiteQuantumJobRepository(QuantumJobRepository):
             attempts,
             _json(error),
             result,
+            owner,
         )
 
     async def claim(self, job_id: str, owner: str, until: float, now: float) -> bool:
