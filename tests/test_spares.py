@@ -3,20 +3,27 @@ start adopts. Spares need bubblewrap and a root gateway; elsewhere these tests s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
 
+from cumulo import fds
 from cumulo.client import Client
 from cumulo.runtime import sandbox
+from cumulo.runtime import spares as spares_module
 from cumulo.runtime.settings import RuntimeSettings
+from cumulo.runtime.spares import Spare
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 
 KIT = FUNCTIONS / "kit.py"
@@ -208,3 +215,33 @@ def test_spares_die_with_the_gateway(
     running.proc.send_signal(how)
     running.proc.wait(20)
     wait_until(lambda: not any(alive(p) for p in pids), 5, "every spare and zygote to exit")
+
+
+def test_regression_a_spare_still_starting_is_adopted_only_once_ready() -> None:
+    # A cold start took the replacement spare while its launcher had not yet written itself
+    # into its own control group; the adoption moved the group's (no) processes and removed
+    # it, then the launcher failed ("cgroup.procs: Directory nonexistent", exit 2) and the
+    # healthy function answered 502 zygote_died. Adoption now waits for the spare's word.
+    async def main(sleeper: subprocess.Popen[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        outcomes = []
+        for says in (b"spare", b"", None):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.setblocking(False)
+            spare = Spare(fds.Child(sleeper), ours, cast(fds.Output, None), 0.0)
+            try:
+                if says == b"spare":
+                    loop.call_later(0.05, theirs.send, orjson.dumps({"op": "spare"}))
+                elif says == b"":
+                    loop.call_later(0.05, theirs.close)  # died while starting
+                outcomes.append((await spares_module.until_ready(spare, 0.5), spare.ready))
+            finally:
+                ours.close()
+                theirs.close()
+        assert outcomes == [(True, True), (False, False), (False, False)]
+
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        try:
+            asyncio.run(main(sleeper))
+        finally:
+            sleeper.kill()

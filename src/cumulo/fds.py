@@ -160,6 +160,14 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def killpg(self) -> None:
+        """SIGKILL the child's process group (it leads one: `spawn` starts a session), only
+        while the child is unreaped: a reaped pid may already be another process's (with
+        pid_max at 32768 it comes round in seconds under load), and so its group number."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
 
 def spawn(
     argv: Sequence[str],

@@ -123,8 +123,7 @@ class ProcessInstance:
     def kill(self) -> None:
         self.alive = False
         # The launcher's group: bwrap (whose pid namespace dies with it) or the launcher.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, 9)
+        self.proc.killpg()
 
     async def exit_detail(self) -> str:
         try:

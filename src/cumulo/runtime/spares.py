@@ -293,6 +293,22 @@ def _platform_output(stream: str, line: str) -> None:
     log.warning("spare zygote %s: %r", stream, line)
 
 
+async def until_ready(spare: Spare, timeout_s: float) -> bool:
+    """Wait, after `take`, for a spare still starting to say it is ready (so its launcher
+    has joined its control group, which adoption moves into the version's): True once it
+    has, False when it died or took longer than `timeout_s`."""
+    if spare.ready:
+        return True
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            data = await loop.sock_recv(spare.ctl, 65536)
+    except (TimeoutError, OSError):
+        return False
+    spare.ready = bool(data)  # {op: spare}; b"": it died
+    return spare.ready
+
+
 def kill(spare: Spare) -> None:
     """Stop a spare (bwrap's process group) and close the gateway's end."""
     # bwrap's process group: its pid namespace, and the spare in it, die with it.

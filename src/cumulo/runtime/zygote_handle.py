@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -87,6 +88,10 @@ class ZygoteHandle:
         self.idle_since: float = 0.0
         # The zygote's pid namespace → ours, for the workers it forked.
         self._host_pids: dict[int, int] = {}
+        # A pidfd per worker (by host pid): a pid the zygote reaped may be handed to another
+        # process at once (pid_max is often 32768), so a group is only killed by its number
+        # while the pidfd shows its leader unreaped, holding the number.
+        self._pidfds: dict[int, int] = {}
         self._uid: int | None = None
         self._validate_only = False
         self.validated: list[dict[str, Any]] = []
@@ -154,6 +159,17 @@ class ZygoteHandle:
             "cgroup": self.group.procs_files if self.group is not None else [],
             "max_pids": settings.max_pids,
         }
+        # A spare still starting may not have joined its own group yet, and the adoption
+        # moves that group's members into the version's and removes it (the launcher then
+        # failed to join: exit 2, and a healthy function's 502): it must say it is ready.
+        if (
+            spare is not None
+            and spare.group is not None
+            and not await spares.until_ready(spare, settings.zygote_start_timeout_s)
+        ):
+            spares.kill(spare)
+            os.close(tree)
+            spare = None
         self._ready = loop.create_future()
         if spare is not None:
             try:
@@ -278,6 +294,8 @@ class ZygoteHandle:
                 os.close(fd)
             if fut is not None and not fut.done() and sock is not None and sender:
                 self._host_pids[int(message["pid"])] = sender
+                with contextlib.suppress(OSError):
+                    self._pidfds[sender] = os.pidfd_open(sender)
                 fut.set_result((sender, sock))
             elif sock is not None:
                 sock.close()
@@ -298,6 +316,7 @@ class ZygoteHandle:
                 )
             host = self._host_pids.pop(int(message["pid"]), None)
             if host is not None:
+                self._close_pidfd(host)
                 self._on_worker_exit(host, ExitInfo(message.get("code"), message.get("signal")))
         elif op == "validated":
             self.validated = list(message.get("handlers") or [])
@@ -338,6 +357,12 @@ class ZygoteHandle:
             if not fut.done():
                 fut.set_exception(error)
         self._forks.clear()
+        # Its workers die with it (parent-death signal); their numbers are not kept.
+        for pid in self._host_pids.values():
+            self._kill_worker_group(pid)
+        self._host_pids.clear()
+        for pid in list(self._pidfds):
+            self._close_pidfd(pid)
         self._release_uid()
         if cgroups.current is not None:
             cgroups.current.release(self.group)  # whatever the zygote left running dies
@@ -356,7 +381,7 @@ class ZygoteHandle:
         """SIGKILL a worker and what it forked, now (its process group: the gateway is its
         grandparent, so it asks the zygote too)."""
         if pid in self._host_pids.values():
-            _kill_group(pid)
+            self._kill_worker_group(pid)
         inner = next((i for i, h in self._host_pids.items() if h == pid), None)
         if inner is not None:
             self._send({"op": "kill", "pid": inner})
@@ -371,15 +396,34 @@ class ZygoteHandle:
         """Stop the zygote and, with it, every worker it forked."""
         if self.proc is not None:
             # The launcher's group: bwrap (whose pid namespace dies with it) or the zygote.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, 9)
+            self.proc.killpg()
         for pid in self._host_pids.values():
-            _kill_group(pid)
+            self._kill_worker_group(pid)
         self._host_pids.clear()
+        for pid in list(self._pidfds):
+            self._close_pidfd(pid)
         if self.alive:
             self._closed()
         elif cgroups.current is not None:
             cgroups.current.release(self.group)  # it never came up
+
+    def _kill_worker_group(self, pid: int) -> None:
+        fd = self._pidfds.get(pid)
+        if fd is None:
+            _kill_group(pid)  # no pidfd (an old kernel): by number, as before
+            return
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            return  # reaped already (its group was killed then): the number is not ours
+        except OSError:
+            return
+        _kill_group(pid)  # unreaped: the number is still its group's
+
+    def _close_pidfd(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
 
     def _release_uid(self) -> None:
         if self._uid is not None:
