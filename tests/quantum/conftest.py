@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from cumulo.client import Client
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
@@ -125,3 +126,38 @@ def run_job(client: httpx.Client, body: dict[str, Any], wait: float = 60) -> dic
         assert time.monotonic() < deadline, f"job still {job['state']}"
         job = client.get(f"/v1/quantum/jobs/{job['id']}", params={"wait": 10}).json()
     return job
+
+
+class BusyPool:
+    """Every quantum worker of a platform running a job that takes minutes: a job submitted
+    now stays queued (deterministically, no sleeps) until `release()` cancels them."""
+
+    def __init__(self, client: Client) -> None:
+        from tests.quantum.circuits import slow_circuit
+
+        self._client = client
+        body = {"pubs": [{"circuit": slow_circuit(), "shots": 1_000_000}], "seed": 1}
+        size = int(client.quantum_backends()["pool_size"])
+        self.jobs = [client.submit_quantum_job(body)["id"] for _ in range(size)]
+        for job_id in self.jobs:
+            wait_until(
+                lambda job_id=job_id: client.quantum_job(job_id)["state"] == "running",
+                120,
+                f"{job_id} to run",
+            )
+
+    def release(self) -> None:
+        for job_id in self.jobs:
+            if self._client.quantum_job(job_id)["state"] in ("queued", "running"):
+                self._client.cancel_quantum_job(job_id)
+        for job_id in self.jobs:
+            assert self._client.wait_quantum_job(job_id, timeout=60)["state"] == "cancelled"
+
+
+@pytest.fixture
+def busy_pool(client: Client) -> Iterator[BusyPool]:
+    pool = BusyPool(client)
+    try:
+        yield pool
+    finally:
+        pool.release()

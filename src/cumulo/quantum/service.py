@@ -43,9 +43,9 @@ from cumulo.errors import (
     TooManyRequests,
     Unavailable,
 )
-from cumulo.quantum.admission import available_memory_bytes
+from cumulo.quantum.admission import available_memory_bytes, max_qubits
 from cumulo.quantum.pool import Worker, WorkerDied, WorkerPool
-from cumulo.quantum.prepare import PreparedJob, prepare_job
+from cumulo.quantum.prepare import PreparedJob, basis_gates, prepare_job
 from cumulo.quantum.results import SCHEMA
 from cumulo.quantum.spec import (
     MAX_PUBS,
@@ -180,14 +180,19 @@ class QuantumService:
 
     def capabilities(self) -> dict[str, Any]:
         hello = self._pool.hello
+        available = available_memory_bytes(self._memory_cap)
         return {
             "schema": SCHEMA,
             "methods": list(METHODS),
             "devices": list(hello.get("devices", ["CPU"])),
             "versions": dict(hello.get("versions", {})),
             "pool_size": self._pool.size,
-            "available_memory_bytes": available_memory_bytes(self._memory_cap),
+            "available_memory_bytes": available,
             "max_shots": self._limits.max_shots,
+            "max_pubs": MAX_PUBS,
+            # Per method (and `auto`): what a Qiskit Target for it is built from.
+            "basis_gates": {m: basis_gates(m) for m in METHODS},
+            "max_qubits": {m: max_qubits(m, available) for m in METHODS},
             "job_timeout_s": self._job_timeout_s,
         }
 
