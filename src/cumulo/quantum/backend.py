@@ -118,9 +118,9 @@ def _result(
 
 def _experiment(circuit: QuantumCircuit, pub: SamplerPubResult, memory: bool) -> ExperimentResult:
     names = [reg.name for reg in circuit.cregs]
-    # join_data puts its first register leftmost; Aer's bit 0 (the first register's) is
-    # rightmost, so the registers go in reverse.
-    joined = pub.join_data(list(reversed(names)))
+    # join_data makes the first register's bits the least significant: Aer's clbit order,
+    # where the circuit's first register is rightmost.
+    joined = pub.join_data(names)
     data: dict[str, Any] = {"counts": {hex(k): v for k, v in joined.get_int_counts().items()}}
     if memory:
         data["memory"] = [hex(int(bits, 2)) for bits in joined.get_bitstrings()]
@@ -194,6 +194,11 @@ class CumuloBackend(BackendV2):  # type: ignore[misc]  # Qiskit is untyped
     @property
     def client(self) -> Client:
         return self._client
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """What the platform said it runs when this backend was made (its target's source)."""
+        return dict(self._capabilities)
 
     def close(self) -> None:
         if self._owns_client:
