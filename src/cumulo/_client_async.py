@@ -18,25 +18,15 @@ from cumulo._client_core import raise_for_quantum_job
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(calls.ClientBase[httpx.AsyncClient]):
     """An asyncio client for the cumulo HTTP API; methods named as `Client`'s.
 
     `url`/`api_key` None: the CLI's resolution (CUMULO_URL/CUMULO_API_KEY, the current
     context, ./.cumulo). Use `async with AsyncClient() as client:` or `await client.close()`.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        *,
-        namespace: str = "default",
-        timeout: float = 60.0,
-    ) -> None:
-        connection = calls.connection(url, api_key, timeout)
-        self.credentials = connection.credentials
-        self.namespace = namespace
-        self._http = httpx.AsyncClient(**connection.options)
+    def _open(self, options: dict[str, Any]) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**options)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -65,6 +65,30 @@ def connection(url: str | None, api_key: str | None, timeout: float) -> Connecti
     return Connection(credentials, options)
 
 
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+
+
+class ClientBase(Generic[H]):
+    """What constructing either client means: which platform, which namespace, and the
+    httpx client (`_open`) that talks to it."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        namespace: str = "default",
+        timeout: float = 60.0,
+    ) -> None:
+        target = connection(url, api_key, timeout)
+        self.credentials = target.credentials
+        self.namespace = namespace
+        self._http: H = self._open(target.options)
+
+    def _open(self, options: dict[str, Any]) -> H:
+        raise NotImplementedError
+
+
 @contextmanager
 def transport_errors(url: str) -> Iterator[None]:
     """httpx's exceptions → TransportError, one line naming the platform."""

@@ -25,19 +25,14 @@ __all__ = ["QUANTUM_TERMINAL", "AsyncClient", "Client", "raise_for_quantum_job"]
 T = TypeVar("T")
 
 
-class Client:
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        *,
-        namespace: str = "default",
-        timeout: float = 60.0,
-    ) -> None:
-        connection = calls.connection(url, api_key, timeout)
-        self.credentials = connection.credentials
-        self.namespace = namespace
-        self._http = httpx.Client(**connection.options)
+class Client(calls.ClientBase[httpx.Client]):
+    """A blocking client for the cumulo HTTP API.
+
+    `url`/`api_key` None: CUMULO_URL/CUMULO_API_KEY, the CLI's current context, ./.cumulo.
+    """
+
+    def _open(self, options: dict[str, Any]) -> httpx.Client:
+        return httpx.Client(**options)
 
     def close(self) -> None:
         self._http.close()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -22,7 +26,7 @@ from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
 from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
-from tests.conftest import free_port, wait_until
+from tests.conftest import RunningPlatform, free_port, wait_until
 
 T = TypeVar("T")
 MEMORY_CAP = 2 * 2**30
@@ -126,6 +130,32 @@ def run_job(client: httpx.Client, body: dict[str, Any], wait: float = 60) -> dic
         assert time.monotonic() < deadline, f"job still {job['state']}"
         job = client.get(f"/v1/quantum/jobs/{job['id']}", params={"wait": 10}).json()
     return job
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def run_user_script(platform: RunningPlatform, tmp_path: Path, source: str) -> str:
+    """Run `source` as a user's own script (a fresh interpreter, the platform found through
+    CUMULO_URL/CUMULO_API_KEY as a user sets them) and return what it printed."""
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(source))
+    env = {
+        **os.environ,
+        "CUMULO_URL": platform.url,
+        "CUMULO_API_KEY": platform.api_key,
+        "PYTHONPATH": str(SRC),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 class BusyPool:

@@ -8,12 +8,7 @@ states, and cancelling a queued job removes it from the platform's queue.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,9 +19,7 @@ from qiskit.providers import JobStatus
 from cumulo.client import Client
 from cumulo.quantum import CumuloJob, QuantumJobError, SamplerV2
 from tests.conftest import RunningPlatform
-from tests.quantum.conftest import BusyPool
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.quantum.conftest import BusyPool, run_user_script
 
 SCRIPT = """
 import json
@@ -68,33 +61,11 @@ AER = "from qiskit_aer.primitives import EstimatorV2, SamplerV2"
 CUMULO = "from cumulo.quantum import EstimatorV2, SamplerV2"
 
 
-def run_script(tmp_path: Path, import_line: str, env: dict[str, str]) -> dict[str, Any]:
-    script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(import_line=import_line)))
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
-    out: dict[str, Any] = json.loads(done.stdout)
-    return out
-
-
 def test_a_script_with_parameters_prints_what_it_prints_on_aer(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "CUMULO_URL": platform.url,
-        "CUMULO_API_KEY": platform.api_key,
-        "PYTHONPATH": str(SRC),
-    }
-    aer = run_script(tmp_path, AER, env)
-    cumulo = run_script(tmp_path, CUMULO, env)
+    aer = json.loads(run_user_script(platform, tmp_path, SCRIPT.format(import_line=AER)))
+    cumulo = json.loads(run_user_script(platform, tmp_path, SCRIPT.format(import_line=CUMULO)))
     assert cumulo["counts"] == aer["counts"]  # seeded: shot for shot
     assert cumulo["shape"] == aer["shape"] == [3]
     np.testing.assert_allclose(cumulo["evs"], aer["evs"], atol=1e-9)

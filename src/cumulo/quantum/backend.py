@@ -28,7 +28,7 @@ from qiskit.result.models import ExperimentResult, ExperimentResultData
 from qiskit.transpiler import Target
 
 from cumulo.client import Client
-from cumulo.quantum.primitives import CumuloJob, SamplerV2
+from cumulo.quantum.primitives import CumuloJob, PlatformLink, SamplerV2
 from cumulo.quantum.spec import METHODS
 
 _OPTIONS = ("shots", "seed_simulator", "memory")
@@ -141,7 +141,7 @@ def _experiment(circuit: QuantumCircuit, pub: SamplerPubResult, memory: bool) ->
     )
 
 
-class CumuloBackend(BackendV2):  # type: ignore[misc]  # Qiskit is untyped
+class CumuloBackend(PlatformLink, BackendV2):  # type: ignore[misc]  # Qiskit is untyped
     """Qiskit's BackendV2 on a cumulo platform's Aer simulators.
 
     `method` is fixed per backend (its target depends on it): an Aer method or "auto" (the
@@ -162,13 +162,11 @@ class CumuloBackend(BackendV2):  # type: ignore[misc]  # Qiskit is untyped
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-        if client is not None and (url is not None or api_key is not None):
-            raise ValueError("pass either client or url/api_key, not both")
-        self._owns_client = client is None
-        self._client = client or Client(url, api_key, namespace=namespace)
+        PlatformLink.__init__(self, client, url, api_key, namespace)
         capabilities = self._client.quantum_backends()
         versions = capabilities.get("versions", {})
-        super().__init__(
+        BackendV2.__init__(
+            self,
             name=f"cumulo_{method}" if device == "CPU" else f"cumulo_{method}_{device.lower()}",
             description=f"Aer {method} simulation on the cumulo platform at "
             f"{self._client.credentials.url}",
@@ -192,23 +190,9 @@ class CumuloBackend(BackendV2):  # type: ignore[misc]  # Qiskit is untyped
         return int(self._capabilities["max_pubs"])
 
     @property
-    def client(self) -> Client:
-        return self._client
-
-    @property
     def capabilities(self) -> dict[str, Any]:
         """What the platform said it runs when this backend was made (its target's source)."""
         return dict(self._capabilities)
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> CumuloBackend:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def run(
         self, run_input: QuantumCircuit | Sequence[QuantumCircuit], **options: Any

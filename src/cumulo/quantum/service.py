@@ -96,6 +96,11 @@ class _Job:
     cancel_requested: bool = False
     memory_exceeded: bool = False
     requeues: int = 0
+    # Set with the terminal state, before the store is written: a GET in between must see
+    # the result with the state (a `succeeded` job without its result broke clients).
+    finished_at: float | None = None
+    error: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -576,6 +581,7 @@ class QuantumService:
             return
         now = self._clock()
         job.state = state
+        job.finished_at, job.error, job.result = now, error, result
         job.events.append(self._event(state, message, now))
         # A result can be megabytes of JSON: encoded off the event loop.
         encoded = await asyncio.to_thread(orjson.dumps, result) if result is not None else None
@@ -590,7 +596,7 @@ class QuantumService:
         size = len(encoded) if encoded is not None else 0
         if size <= _CACHE_RESULT_BYTES:
             # Recent small results answer GETs from memory; big ones are read back from disk.
-            self._finished[job.id] = self._view(job, finished_at=now, error=error, result=result)
+            self._finished[job.id] = self._view(job)
             while len(self._finished) > _FINISHED_CACHE:
                 self._finished.popitem(last=False)
         self._active.pop(job.id, None)
@@ -609,14 +615,7 @@ class QuantumService:
                 return i + 1
         return None
 
-    def _view(
-        self,
-        job: _Job,
-        *,
-        finished_at: float | None = None,
-        error: dict[str, str] | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _view(self, job: _Job) -> dict[str, Any]:
         admission = job.prepared.admission
         return {
             "id": job.id,
@@ -625,7 +624,7 @@ class QuantumService:
             "state": job.state,
             "created_at": iso(job.created_at),
             "started_at": iso(job.started_at),
-            "finished_at": iso(finished_at),
+            "finished_at": iso(job.finished_at),
             "queue_position": self._queue_position(job),
             "method": admission.method,
             "device": admission.device,
@@ -635,8 +634,8 @@ class QuantumService:
             "num_pubs": len(job.prepared.pubs),
             "progress": {"pubs_done": job.pubs_done, "pubs_total": len(job.prepared.pubs)},
             "events": list(job.events),
-            "error": error,
-            "result": result,
+            "error": job.error,
+            "result": job.result,
         }
 
     def _row_view(self, row: JobRow, *, with_result: bool) -> dict[str, Any]:
