@@ -6,7 +6,6 @@ two clients give the same answers and the same errors.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -57,6 +56,8 @@ class AsyncClient(calls.ClientBase[httpx.AsyncClient]):
         promote: bool = True,
         **config: Any,
     ) -> dict[str, Any]:
+        import asyncio  # here: `import cumulo.client` (every CLI command) stays without it
+
         # Packing reads and compresses the tree: off the event loop.
         body = await asyncio.to_thread(
             calls.deploy_body,

@@ -163,7 +163,11 @@ class CumuloBackend(PlatformLink, BackendV2):  # type: ignore[misc]  # Qiskit is
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
         PlatformLink.__init__(self, client, url, api_key, namespace)
-        capabilities = self._client.quantum_backends()
+        try:
+            capabilities = self._client.quantum_backends()
+        except BaseException:
+            self.close()  # a client made here must not outlive a backend that failed
+            raise
         versions = capabilities.get("versions", {})
         BackendV2.__init__(
             self,
