@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cumulo.client import AsyncClient, Client, raise_for_quantum_job
-from cumulo.errors import Conflict, NotFound, TransportError
+from cumulo.errors import BadRequest, Conflict, NotFound, TransportError
 from cumulo.quantum import QuantumJobError
 from tests.conftest import FUNCTIONS, RunningPlatform, free_port
 from tests.quantum.circuits import BELL
@@ -90,6 +90,27 @@ def test_functions_deploy_invoke_and_list(platform: RunningPlatform, unique_name
     assert unique_name in {f["name"] for f in listed}
     assert one["name"] == unique_name
     assert deployed["version"] >= 1
+
+
+def test_refusals_are_the_sync_clients_own(platform: RunningPlatform, client: Client) -> None:
+    bad = {"pubs": [{"circuit": BELL, "shots": 0}]}
+    with pytest.raises(BadRequest) as sync_error:
+        client.submit_quantum_job(bad)
+
+    async def main() -> BadRequest:
+        async with AsyncClient(platform.url, platform.api_key) as aclient:
+            with pytest.raises(BadRequest) as caught:
+                await aclient.submit_quantum_job(bad)
+            return caught.value
+
+    async_error = asyncio.run(main())
+    assert (
+        str(async_error)
+        == str(sync_error.value)
+        == ("pubs[0].shots must be between 1 and 1000000, not 0")
+    )
+    assert async_error.code == sync_error.value.code == "invalid_request"
+    assert async_error.status == 400
 
 
 def test_an_unreachable_platform_is_one_transport_error() -> None:
