@@ -1,57 +1,38 @@
-"""Python client for the cumulo HTTP API (the CLI is a thin layer over this)."""
+"""Python client for the cumulo HTTP API (the CLI is a thin layer over this).
+
+`Client` blocks; `AsyncClient` has the same methods as coroutines.
+Both send the requests described in cumulo._client_core, so they cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import base64
-import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
-from cumulo.config import Credentials
+from cumulo import _client_core as calls
+from cumulo._client_async import AsyncClient
+from cumulo._client_core import QUANTUM_TERMINAL, error_of, raise_for_quantum_job
 from cumulo.control.bundle import pack
-from cumulo.errors import ApiError, ConfigError, TransportError, api_error_for
+from cumulo.errors import TransportError
 
-QUANTUM_TERMINAL = ("succeeded", "failed", "cancelled")
-# The platform holds a long-poll at most 60 s (cumulo.quantum.spec.MAX_WAIT_S); asking for
-# less keeps each request well inside the client's own read timeout.
-_QUANTUM_POLL_S = 20.0
+__all__ = ["QUANTUM_TERMINAL", "AsyncClient", "Client", "raise_for_quantum_job"]
+
+T = TypeVar("T")
 
 
-class Client:
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        *,
-        namespace: str = "default",
-        timeout: float = 60.0,
-    ) -> None:
-        if url is None or api_key is None:
-            from cumulo.cli.profiles import ProfileError, resolve
+class Client(calls.ClientBase[httpx.Client]):
+    """A blocking client for the cumulo HTTP API.
 
-            try:
-                target = resolve()
-            except ProfileError as exc:
-                raise ConfigError(str(exc)) from None
-            url, api_key = url or target.url, api_key or target.api_key
-        self.credentials = Credentials(url.rstrip("/"), api_key)
-        self.namespace = namespace
-        verify: ssl.SSLContext | bool = True
-        if self.credentials.url.startswith("http://"):
-            # Plain HTTP never uses it, and httpx's default (certifi's CA bundle) costs
-            # ~250 ms per CLI command; redirects are not followed, so no https hop.
-            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self._http = httpx.Client(
-            base_url=self.credentials.url,
-            headers={"authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            verify=verify,
-        )
+    `url`/`api_key` None: CUMULO_URL/CUMULO_API_KEY, the CLI's current context, ./.cumulo.
+    """
+
+    def _open(self, options: dict[str, Any]) -> httpx.Client:
+        return httpx.Client(**options)
 
     def close(self) -> None:
         self._http.close()
@@ -64,15 +45,12 @@ class Client:
 
     # ------------------------------------------------------------ plumbing
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
+        with calls.transport_errors(self.credentials.url):
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransportError(f"{self.credentials.url} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise TransportError(f"cannot reach {self.credentials.url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise _error_of(response)
-        return response
+        return calls.checked(response)
+
+    def _call(self, call: calls.Call[T]) -> T:
+        return call.parse(self.request(call.method, call.path, **call.options))
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
@@ -105,18 +83,16 @@ class Client:
     def invoke_raw(
         self, name: str, data: Any = None, *, method: str = "POST", path: str = ""
     ) -> httpx.Response:
-        content = b"" if data is None else orjson.dumps(data)
-        url = f"/fn/{self.namespace}/{name}{path}"
-        return self.request(method, url, content=content)
+        return self._call(calls.invoke_raw(self.namespace, name, data, method=method, path=path))
 
     def invoke(self, name: str, data: Any = None) -> Any:
-        return self.invoke_raw(name, data).json()
+        return self._call(calls.invoke(self.namespace, name, data))
 
     def functions(self) -> list[dict[str, Any]]:
-        return list(self._json("GET", self._ns("/functions"))["functions"])
+        return self._call(calls.functions(self.namespace))
 
     def function(self, name: str) -> dict[str, Any]:
-        return dict(self._json("GET", self._ns(f"/functions/{name}")))
+        return self._call(calls.function(self.namespace, name))
 
     def versions(self, name: str) -> dict[str, Any]:
         return dict(self._json("GET", self._ns(f"/functions/{name}/versions")))
@@ -153,7 +129,7 @@ class Client:
             ) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise _error_of(response)
+                    raise error_of(response)
                 for line in response.iter_lines():
                     if line:
                         record = orjson.loads(line)
@@ -234,11 +210,6 @@ class Client:
     # ------------------------------------------------------------ quantum jobs
     # Blocking: run_quantum_job (submit, then wait for the result). Non-blocking:
     # submit_quantum_job returns the queued job at once; quantum_job / wait_quantum_job follow it.
-    def _quantum(self, method: str, path: str, **kwargs: Any) -> Any:
-        params = dict(kwargs.pop("params", None) or {})
-        params["namespace"] = self.namespace
-        return self._json(method, f"/v1/quantum{path}", params=params, **kwargs)
-
     def submit_quantum_job(
         self,
         body: dict[str, Any],
@@ -247,53 +218,38 @@ class Client:
         wait: float | None = None,
     ) -> dict[str, Any]:
         """POST /v1/quantum/jobs: the job (queued, or terminal if it finished within `wait`)."""
-        kwargs: dict[str, Any] = {}
-        if idempotency_key:
-            kwargs["headers"] = {"idempotency-key": idempotency_key}
-        if wait:
-            kwargs.update(params={"wait": wait}, timeout=wait + 30.0)
-        return dict(self._quantum("POST", "/jobs", json=body, **kwargs))
+        call = calls.submit_quantum_job(
+            self.namespace, body, idempotency_key=idempotency_key, wait=wait
+        )
+        return self._call(call)
 
     def quantum_dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
         """Admission only: the method and memory the job would get; nothing is queued."""
-        return dict(self._quantum("POST", "/jobs", json=body, params={"dry_run": "true"}))
+        return self._call(calls.quantum_dry_run(self.namespace, body))
 
     def quantum_job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
         """A job, with its result once succeeded; `wait` (≤ 60 s) long-polls until terminal."""
-        if not wait:
-            return dict(self._quantum("GET", f"/jobs/{job_id}"))
-        path = f"/jobs/{job_id}"
-        return dict(self._quantum("GET", path, params={"wait": wait}, timeout=wait + 30.0))
+        return self._call(calls.quantum_job(self.namespace, job_id, wait=wait))
 
     def quantum_jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The namespace's jobs, newest first, without their results."""
-        params: dict[str, Any] = {"limit": limit}
-        if state is not None:
-            params["state"] = state
-        return list(self._quantum("GET", "/jobs", params=params)["data"])
+        return self._call(calls.quantum_jobs(self.namespace, state=state, limit=limit))
 
     def cancel_quantum_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued job (now `cancelled`) or a running one (`cancelling`, then
         `cancelled`); a finished job raises Conflict."""
-        return dict(self._quantum("DELETE", f"/jobs/{job_id}"))
+        return self._call(calls.cancel_quantum_job(self.namespace, job_id))
 
     def quantum_backends(self) -> dict[str, Any]:
-        return dict(self._quantum("GET", "/backends"))
+        """Simulation methods, devices, versions, limits, basis gates and widths."""
+        return self._call(calls.quantum_backends(self.namespace))
 
     def wait_quantum_job(self, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Long-poll until the job is terminal (succeeded, failed or cancelled) and return it;
         TimeoutError after `timeout` seconds (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = calls.QuantumPoll(job_id, timeout)
         job = self.quantum_job(job_id)
-        while job["state"] not in QUANTUM_TERMINAL:
-            wait = _QUANTUM_POLL_S
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"quantum job {job_id} is still {job['state']} after {timeout:g} s"
-                    )
-                wait = min(wait, max(left, 0.1))
+        while (wait := poll.next_wait(job)) is not None:
             job = self.quantum_job(job_id, wait=wait)
         return job
 
@@ -310,30 +266,3 @@ class Client:
         job = self.wait_quantum_job(job["id"], timeout=timeout)
         raise_for_quantum_job(job)
         return job
-
-
-def raise_for_quantum_job(job: dict[str, Any]) -> None:
-    """QuantumJobError for a failed or cancelled job (the message names its id and why)."""
-    if job["state"] == "succeeded":
-        return
-    from cumulo.quantum.sdk import QuantumJobError  # here: the CLI's import time stays as it was
-
-    error = job.get("error") or {}
-    reason = f": {error['message']}" if error.get("message") else ""
-    raise QuantumJobError(
-        f"quantum job {job['id']} {job['state']}{reason}",
-        code=str(error.get("code") or f"job_{job['state']}"),
-    )
-
-
-def _error_of(response: httpx.Response) -> ApiError:
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-        details = {k: v for k, v in error.items() if k not in ("code", "message")}
-    except (ValueError, KeyError, TypeError):
-        code, message, details = "http_error", response.text[:200] or response.reason_phrase, {}
-    invocation_id = response.headers.get("x-cumulo-invocation-id")
-    if invocation_id:
-        details.setdefault("invocation_id", invocation_id)
-    return api_error_for(response.status_code, code, message, details)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -17,11 +21,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from cumulo.client import Client
 from cumulo.errors import ApiError
 from cumulo.quantum.api import build_router
 from cumulo.quantum.service import QuantumService
 from cumulo.store.sqlite_quantum import SQLiteQuantumJobRepository
-from tests.conftest import free_port, wait_until
+from tests.conftest import RunningPlatform, free_port, wait_until
 
 T = TypeVar("T")
 MEMORY_CAP = 2 * 2**30
@@ -125,3 +130,64 @@ def run_job(client: httpx.Client, body: dict[str, Any], wait: float = 60) -> dic
         assert time.monotonic() < deadline, f"job still {job['state']}"
         job = client.get(f"/v1/quantum/jobs/{job['id']}", params={"wait": 10}).json()
     return job
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def run_user_script(platform: RunningPlatform, tmp_path: Path, source: str) -> str:
+    """Run `source` as a user's own script (a fresh interpreter, the platform found through
+    CUMULO_URL/CUMULO_API_KEY as a user sets them) and return what it printed."""
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(source))
+    env = {
+        **os.environ,
+        "CUMULO_URL": platform.url,
+        "CUMULO_API_KEY": platform.api_key,
+        "PYTHONPATH": str(SRC),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class BusyPool:
+    """Every quantum worker of a platform running a job that takes minutes: a job submitted
+    now stays queued (deterministically, no sleeps) until `release()` cancels them."""
+
+    def __init__(self, client: Client) -> None:
+        from tests.quantum.circuits import slow_circuit
+
+        self._client = client
+        body = {"pubs": [{"circuit": slow_circuit(), "shots": 1_000_000}], "seed": 1}
+        size = int(client.quantum_backends()["pool_size"])
+        self.jobs = [client.submit_quantum_job(body)["id"] for _ in range(size)]
+        for job_id in self.jobs:
+            wait_until(
+                lambda job_id=job_id: client.quantum_job(job_id)["state"] == "running",
+                120,
+                f"{job_id} to run",
+            )
+
+    def release(self) -> None:
+        for job_id in self.jobs:
+            if self._client.quantum_job(job_id)["state"] in ("queued", "running"):
+                self._client.cancel_quantum_job(job_id)
+        for job_id in self.jobs:
+            assert self._client.wait_quantum_job(job_id, timeout=60)["state"] == "cancelled"
+
+
+@pytest.fixture
+def busy_pool(client: Client) -> Iterator[BusyPool]:
+    pool = BusyPool(client)
+    try:
+        yield pool
+    finally:
+        pool.release()

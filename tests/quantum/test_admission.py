@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from cumulo.errors import Unprocessable
-from cumulo.quantum.admission import admit, circuit_info, memory_bytes
+from cumulo.quantum.admission import (
+    MAX_ADVERTISED_QUBITS,
+    admit,
+    circuit_info,
+    max_qubits,
+    memory_bytes,
+)
 from cumulo.quantum.qasm import parse_qasm
 from tests.quantum.circuits import ghz, quantum_volume
 
@@ -56,3 +62,14 @@ def test_gpu_needs_a_gpu_method() -> None:
             available=GIB,
             devices=["CPU", "GPU"],
         )
+
+
+def test_widest_admissible_circuit_per_method() -> None:
+    # 2 GiB = 16·2²⁷ bytes: 27 qubits of statevector, 13 of density matrix (16·4¹³ ≤ 2 GiB).
+    assert max_qubits("statevector", 2 * GIB) == 27
+    assert max_qubits("statevector", 2 * GIB - 1) == 26
+    assert max_qubits("density_matrix", 2 * GIB) == 13
+    assert max_qubits("stabilizer", 2 * GIB) == MAX_ADVERTISED_QUBITS
+    assert max_qubits("stabilizer", 1024) == 30  # 34 bytes of tableau a qubit, up to 64
+    assert max_qubits("auto", 2 * GIB) == MAX_ADVERTISED_QUBITS
+    assert max_qubits("statevector", 0) == 0

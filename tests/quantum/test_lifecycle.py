@@ -225,6 +225,12 @@ def test_post_with_wait_and_backends(http: httpx.Client) -> None:
     assert "CPU" in backends["devices"]
     assert backends["versions"]["qiskit_aer"]
     assert backends["schema"] == "cumulo.quantum.result/v1"
+    # What a Qiskit Target is built from: 16·2²⁷ bytes is the 2 GiB cap of this server.
+    assert backends["max_qubits"]["statevector"] == 27
+    assert backends["max_qubits"]["density_matrix"] == 13
+    assert backends["max_pubs"] == 64
+    assert {"cx", "h", "rz", "sx"} <= set(backends["basis_gates"]["auto"])
+    assert "t" not in backends["basis_gates"]["stabilizer"]
 
 
 def test_idle_workers_that_die_are_replaced(

@@ -8,10 +8,6 @@ its constructor changed.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,7 @@ from cumulo.client import Client
 from cumulo.errors import BadRequest, Conflict, Unprocessable
 from cumulo.quantum import CumuloJob, EstimatorV2, QuantumJobError, SamplerV2
 from tests.conftest import RunningPlatform, wait_until
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.quantum.conftest import run_user_script
 
 
 def bell() -> QuantumCircuit:
@@ -134,40 +129,24 @@ def test_pub_shots_and_several_registers(sampler: SamplerV2) -> None:
 def test_user_script_runs_unchanged_with_the_platform_from_the_environment(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
-    script = tmp_path / "bell.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            from qiskit import QuantumCircuit
-            from cumulo.quantum import SamplerV2
+    out = run_user_script(
+        platform,
+        tmp_path,
+        """
+        from qiskit import QuantumCircuit
+        from cumulo.quantum import SamplerV2
 
-            circuit = QuantumCircuit(2)
-            circuit.h(0)
-            circuit.cx(0, 1)
-            circuit.measure_all()
-            sampler = SamplerV2(seed=3)
-            job = sampler.run([circuit], shots=200)
-            counts = job.result()[0].data.meas.get_counts()
-            print(sorted(counts), sum(counts.values()), job.status().name)
-            """
-        )
+        circuit = QuantumCircuit(2)
+        circuit.h(0)
+        circuit.cx(0, 1)
+        circuit.measure_all()
+        sampler = SamplerV2(seed=3)
+        job = sampler.run([circuit], shots=200)
+        counts = job.result()[0].data.meas.get_counts()
+        print(sorted(counts), sum(counts.values()), job.status().name)
+        """,
     )
-    env = {
-        **os.environ,
-        "CUMULO_URL": platform.url,
-        "CUMULO_API_KEY": platform.api_key,
-        "PYTHONPATH": str(SRC),
-    }
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['00', '11'] 200 DONE"
+    assert out.strip() == "['00', '11'] 200 DONE"
 
 
 def estimator_circuit() -> QuantumCircuit:

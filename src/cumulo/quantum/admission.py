@@ -31,6 +31,7 @@ _RANK_TWO = frozenset(
     {"cx", "cy", "cz", "ch", "cp", "crx", "cry", "crz", "cu", "cu1", "cu3", "csx", "cs", "csdg"}
     | {"rzz", "rxx", "ryy", "rzx", "ecr", "cu2"}
 )
+AUTO_CHOICES = ("stabilizer", "statevector", "matrix_product_state")
 GPU_METHODS = frozenset({"statevector", "density_matrix"})
 MPS_WORKSPACE_FACTOR = 2
 
@@ -127,6 +128,31 @@ def available_memory_bytes(cap: int | None) -> int:
         pass
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(pages) // 2
+
+
+# The width a backend advertises (its Target) at most: stabilizer and low-entanglement MPS
+# circuits would fit far wider in memory, but nothing real needs it, and Qiskit's transpiler
+# does work per advertised qubit.
+MAX_ADVERTISED_QUBITS = 10_000
+
+
+def max_qubits(method: str, available: int) -> int:
+    """The widest circuit `method` could be admitted for within `available` bytes.
+
+    Exact for statevector and density_matrix; for matrix_product_state the bound of a circuit
+    without entanglement (admission still checks each circuit's bond dimensions).
+    `auto` is the widest of the methods it chooses from. Capped at MAX_ADVERTISED_QUBITS.
+    """
+    if method == "auto":
+        return max(max_qubits(m, available) for m in AUTO_CHOICES)
+    low, high = 0, MAX_ADVERTISED_QUBITS  # memory_bytes grows with n for every method
+    while low < high:
+        mid = (low + high + 1) // 2
+        if memory_bytes(method, CircuitInfo(mid, 0, frozenset(), (0,) * (mid - 1))) <= available:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _too_big(method: str, info: CircuitInfo, needed: int, available: int) -> Unprocessable:

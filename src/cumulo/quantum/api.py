@@ -127,7 +127,7 @@ def build_router(
         job = await (await get_service()).cancel(get_namespace(request), job_id)
         return _json(job, 202 if job["state"] == "cancelling" else 200)
 
-    @router.get("/backends", summary="Simulation methods, devices, versions and limits")
+    @router.get("/backends", summary="Methods, devices, versions, limits, basis gates, widths")
     async def backends(request: Request) -> Response:
         get_namespace(request)
         return _json((await get_service()).capabilities())

@@ -172,6 +172,28 @@ def _aer_basis(method: str) -> frozenset[str] | None:
     return frozenset(BASIS_GATES[method]) | _ALWAYS_SUPPORTED
 
 
+# Gates of OpenQASM 3's stdgates.inc (less its aliases CX, phase, cphase): they travel as
+# OpenQASM 3 by name, with no gate definition, so the worker sees Qiskit's standard gates.
+STDGATES = frozenset(
+    {"p", "x", "y", "z", "h", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "cx", "cy"}
+    | {"cz", "cp", "crx", "cry", "crz", "ch", "swap", "ccx", "cswap", "cu", "id", "u1", "u2"}
+    | {"u3"}
+)
+# What `auto` may choose for a circuit with non-Clifford gates (Clifford ones go to stabilizer,
+# whose gates all statevector and matrix_product_state have too).
+_AUTO_METHODS = ("statevector", "matrix_product_state")
+
+
+def basis_gates(method: str) -> list[str]:
+    """The standard gates `method` simulates natively: a backend's basis for transpiling."""
+    gates = set(STDGATES)
+    for m in _AUTO_METHODS if method == "auto" else (method,):
+        native = _aer_basis(m)
+        if native is not None:
+            gates &= native
+    return sorted(gates)
+
+
 def _lower(circuit: Any, method: str, field: str) -> Any:
     """Expand gates Aer has no native kernel for (custom QASM gates) by their definitions."""
     basis = _aer_basis(method)

@@ -119,7 +119,34 @@ class CumuloJob(BasePrimitiveJob[PrimitiveResult[Any], JobStatus]):  # type: ign
         return f"<CumuloJob {self._job_id} {self._job['state']}>"
 
 
-class _Primitive:
+class PlatformLink:
+    """The client a primitive or a backend sends with: one it made from `url`/`api_key`/
+    `namespace` (closed with it), or the caller's `client` (left open)."""
+
+    def __init__(
+        self, client: Client | None, url: str | None, api_key: str | None, namespace: str
+    ) -> None:
+        if client is not None and (url is not None or api_key is not None):
+            raise ValueError("pass either client or url/api_key, not both")
+        self._owns_client = client is None
+        self._client = client or Client(url, api_key, namespace=namespace)
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Primitive(PlatformLink):
     """What the sampler and the estimator share: the platform client and the job options."""
 
     def __init__(
@@ -134,33 +161,16 @@ class _Primitive:
         api_key: str | None,
         namespace: str,
     ) -> None:
-        if client is not None and (url is not None or api_key is not None):
-            raise ValueError("pass either client or url/api_key, not both")
-        self._owns_client = client is None
-        self._client = client or Client(url, api_key, namespace=namespace)
+        super().__init__(client, url, api_key, namespace)
         self._seed = seed
         self._method = method
         self._device = device
         self._timeout_s = timeout_s
 
     @property
-    def client(self) -> Client:
-        return self._client
-
-    @property
     def seed(self) -> int | None:
         """The job seed: PUB i of a job simulates with seed + i (None: the platform draws one)."""
         return self._seed
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def _submit(self, pubs: list[dict[str, Any]], convert: Converter, **extra: Any) -> CumuloJob:
         body: dict[str, Any] = {"pubs": pubs, "method": self._method, **extra}

@@ -51,9 +51,9 @@ from cumulo.errors import (
     TooManyRequests,
     Unavailable,
 )
-from cumulo.quantum.admission import available_memory_bytes
+from cumulo.quantum.admission import available_memory_bytes, max_qubits
 from cumulo.quantum.pool import Worker, WorkerDied, WorkerPool
-from cumulo.quantum.prepare import PreparedJob, prepare_job
+from cumulo.quantum.prepare import PreparedJob, basis_gates, prepare_job
 from cumulo.quantum.results import SCHEMA
 from cumulo.quantum.spec import (
     MAX_PUBS,
@@ -107,6 +107,11 @@ class _Job:
     lost: bool = False  # its lease was taken over by another gateway
     memory_exceeded: bool = False
     requeues: int = 0
+    # Set with the terminal state, before the store is written: a GET in between must see
+    # the result with the state (a `succeeded` job without its result broke clients).
+    finished_at: float | None = None
+    error: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -210,14 +215,19 @@ class QuantumService:
 
     def capabilities(self) -> dict[str, Any]:
         hello = self._pool.hello
+        available = available_memory_bytes(self._memory_cap)
         return {
             "schema": SCHEMA,
             "methods": list(METHODS),
             "devices": list(hello.get("devices", ["CPU"])),
             "versions": dict(hello.get("versions", {})),
             "pool_size": self._pool.size,
-            "available_memory_bytes": available_memory_bytes(self._memory_cap),
+            "available_memory_bytes": available,
             "max_shots": self._limits.max_shots,
+            "max_pubs": MAX_PUBS,
+            # Per method (and `auto`): what a Qiskit Target for it is built from.
+            "basis_gates": {m: basis_gates(m) for m in METHODS},
+            "max_qubits": {m: max_qubits(m, available) for m in METHODS},
             "job_timeout_s": self._job_timeout_s,
         }
 
@@ -673,6 +683,7 @@ class QuantumService:
             return
         now = self._clock()
         job.state = state
+        job.finished_at, job.error, job.result = now, error, result
         job.events.append(self._event(state, message, now))
         # A result can be megabytes of JSON: encoded off the event loop.
         encoded = await asyncio.to_thread(orjson.dumps, result) if result is not None else None
@@ -688,7 +699,7 @@ class QuantumService:
         size = len(encoded) if encoded is not None else 0
         if stored and not job.lost and size <= _CACHE_RESULT_BYTES:
             # Recent small results answer GETs from memory; big ones are read back from disk.
-            self._finished[job.id] = self._view(job, finished_at=now, error=error, result=result)
+            self._finished[job.id] = self._view(job)
             while len(self._finished) > _FINISHED_CACHE:
                 self._finished.popitem(last=False)
         self._active.pop(job.id, None)
@@ -707,14 +718,7 @@ class QuantumService:
                 return i + 1
         return None
 
-    def _view(
-        self,
-        job: _Job,
-        *,
-        finished_at: float | None = None,
-        error: dict[str, str] | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _view(self, job: _Job) -> dict[str, Any]:
         admission = job.prepared.admission
         return {
             "id": job.id,
@@ -723,7 +727,7 @@ class QuantumService:
             "state": job.state,
             "created_at": iso(job.created_at),
             "started_at": iso(job.started_at),
-            "finished_at": iso(finished_at),
+            "finished_at": iso(job.finished_at),
             "queue_position": self._queue_position(job),
             "method": admission.method,
             "device": admission.device,
@@ -733,8 +737,8 @@ class QuantumService:
             "num_pubs": len(job.prepared.pubs),
             "progress": {"pubs_done": job.pubs_done, "pubs_total": len(job.prepared.pubs)},
             "events": list(job.events),
-            "error": error,
-            "result": result,
+            "error": job.error,
+            "result": job.result,
         }
 
     def _row_view(self, row: JobRow, *, with_result: bool) -> dict[str, Any]:
