@@ -437,3 +437,24 @@ def test_the_deployments_command_line_serves(platform_dir: Path, tmp_path: Path)
         assert running.client().functions() is not None  # the admin key verifies
     finally:
         running.stop()
+
+
+def test_without_a_working_sandbox_the_gateway_refuses_in_one_line(
+    platform_dir: Path, tmp_path: Path
+) -> None:
+    """What a gateway pod does where bubblewrap cannot build its namespaces (the usual
+    RuntimeDefault seccomp profile): the Deployment's own arguments exit 1 with one line
+    before anything starts, never running functions unconfined (CUMULO_BWRAP=/bin/false is
+    "installed but failing", as bwrap is there)."""
+    (container,) = gateway_pod(platform_dir)["containers"]
+    args = list(container["args"])
+    at = args.index("--data-dir")
+    args[at + 1] = str(tmp_path / "volume" / "data")
+    env = {**os.environ, "CUMULO_BWRAP": "/bin/false", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [CUMULO, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--isolation strict: the worker sandbox cannot be built" in lines[0]
