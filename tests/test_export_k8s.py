@@ -246,6 +246,7 @@ def test_the_same_inputs_give_the_same_bytes(tmp_path: Path) -> None:
     streams = [export("-o", "-", *args).stdout for _ in range(2)]
     assert streams[0] == streams[1]
     docs = [d for d in yaml.safe_load_all(streams[0]) if d]
+    assert "Secret" not in {d["kind"] for d in docs}  # `apply -f -` must not clobber them
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "Namespace"} == {"prod"}
 
 
@@ -458,3 +459,11 @@ def test_without_a_working_sandbox_the_gateway_refuses_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "--isolation strict: the worker sandbox cannot be built" in lines[0]
+
+
+def test_help_names_every_value() -> None:
+    result = export("--help")
+    assert result.returncode == 0
+    assert "<" not in result.stdout  # every option has a metavar, not <str>/<int>
+    for flag in ("--function", "--knative", "--db-secret", "--namespace", "--replicas"):
+        assert flag in result.stdout

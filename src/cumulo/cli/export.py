@@ -29,13 +29,21 @@ def export_k8s(
         Opt("--output", "-o", help="Directory to write (- prints to stdout).", metavar="DIR"),
     ] = None,
     image: Annotated[
-        str | None, Opt(help="Image reference (the gateway's, or with --function the function's).")
+        str | None,
+        Opt(
+            help="Image reference (the gateway's, or with --function the function's).",
+            metavar="IMAGE",
+        ),
     ] = None,
     namespace: Annotated[
         str, Opt("--namespace", help="Kubernetes namespace of every object.", metavar="NS")
     ] = "cumulo",
-    replicas: Annotated[int | None, Opt(help="Gateways to start with (the HPA's floor).")] = None,
-    max_replicas: Annotated[int | None, Opt(help="Most gateways the HPA may run.")] = None,
+    replicas: Annotated[
+        int | None, Opt(help="Gateways to start with (the HPA's floor).", metavar="N")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, Opt(help="Most gateways the HPA may run.", metavar="N")
+    ] = None,
     db_secret: Annotated[
         str | None, Opt(help="Secret holding the PostgreSQL URL (key: url).", metavar="NAME")
     ] = None,
@@ -47,8 +55,12 @@ def export_k8s(
         str | None,
         Opt(help="Secret holding master-key and keyhash-secret.", metavar="NAME"),
     ] = None,
-    cpu: Annotated[str | None, Opt(help="CPU limit of a gateway pod, e.g. 2.")] = None,
-    memory: Annotated[str | None, Opt(help="Memory limit of a gateway pod, e.g. 4Gi.")] = None,
+    cpu: Annotated[
+        str | None, Opt(help="CPU limit of a gateway pod, e.g. 2.", metavar="CPU")
+    ] = None,
+    memory: Annotated[
+        str | None, Opt(help="Memory limit of a gateway pod, e.g. 4Gi.", metavar="SIZE")
+    ] = None,
     function: Annotated[
         str | None,
         Opt(help="Export this function's image instead: NAME or NAME@VERSION.", metavar="NAME"),
@@ -155,8 +167,10 @@ def _pick(name: str, view: Mapping[str, Any], wanted: int | None) -> Mapping[str
 def _write(files: Mapping[str, Sequence[k8s.Manifest]], namespace: str, output: str) -> None:
     texts = k8s.render(files, namespace)
     if output == "-":
-        del texts["kustomization.yaml"]  # a stream for `kubectl apply -f -`
-        sys.stdout.write("".join(texts[name] for name in sorted(texts)))
+        # A stream for `kubectl apply -f -`: neither the kustomization nor the secret
+        # templates, whose placeholders would replace real Secrets.
+        listed = k8s.kustomization(files, namespace)["resources"]
+        sys.stdout.write("".join(texts[name] for name in listed))
         return
     directory = Path(output)
     try:
