@@ -277,7 +277,8 @@ def test_bad_flags_are_one_line(tmp_path: Path, args: list[str], says: str) -> N
 
 def test_object_names_fit_kubernetes_and_knative() -> None:
     assert k8s.object_name("hello") == "hello"
-    for odd in ("9lives", "-x-", "a" * 63, "trailing-"):
+    assert k8s.object_name(k8s.GATEWAY) != k8s.GATEWAY  # never replaces the gateway
+    for odd in ("9lives", "-x-", "a" * 63, "trailing-", k8s.GATEWAY):
         name = k8s.object_name(odd)
         assert k8s.DNS_LABEL.fullmatch(name), name
         assert len(name) <= k8s.MAX_NAME, name

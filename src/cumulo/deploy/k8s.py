@@ -34,6 +34,7 @@ PART_OF = "cumulo"
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Knative names revisions NAME-00001 and both must stay within 63 characters.
 MAX_NAME = 50
+GATEWAY = "cumulo-gateway"
 
 
 class ExportError(ValueError):
@@ -128,8 +129,9 @@ def check_image(image: str) -> None:
 
 def object_name(function: str) -> str:
     """A function's name as a Kubernetes object name (DNS-1035, short enough for Knative's
-    revision suffix); names that do not fit get a stable hash suffix."""
-    if len(function) <= MAX_NAME and DNS_LABEL.fullmatch(function):
+    revision suffix); names that do not fit, or that are the gateway's (exported into its
+    namespace, the function would replace it), get a stable hash suffix."""
+    if len(function) <= MAX_NAME and DNS_LABEL.fullmatch(function) and function != GATEWAY:
         return function
     digest = hashlib.sha256(function.encode()).hexdigest()[:8]
     stem = re.sub(r"-+", "-", function).strip("-")[: MAX_NAME - 12].rstrip("-")
@@ -231,7 +233,6 @@ def service(name: str, component: str, ns: str) -> Manifest:
 
 
 # ---------------------------------------------------------------- the platform
-GATEWAY = "cumulo-gateway"
 
 
 def platform_manifests(spec: PlatformSpec) -> dict[str, list[Manifest]]:
