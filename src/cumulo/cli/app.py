@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cumulo.cli import profiles, render
 from cumulo.cli.alerts import register as register_alerts
+from cumulo.cli.export import register as register_export
 from cumulo.cli.migrate import register as register_migrate
 from cumulo.cli.privacy import app as privacy_app
 from cumulo.cli.privacy import privacy_settings
@@ -913,6 +914,7 @@ def context_use(name: str) -> None:
 register_usage(app)  # `cumulo usage`, `cumulo quota`
 register_alerts(app)  # `cumulo alerts`
 register_migrate(app)  # `cumulo migrate`
+register_export(app)  # `cumulo export k8s`
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ Commands:
   quota        Monthly quotas of a namespace.
   alerts       Anomaly alerts on usage.
   migrate      Copy a platform's data dir into an empty PostgreSQL database.
+  export       Kubernetes manifests for the platform or a function image.
   login        Save a platform's URL and API key as a context.
   context      List the saved contexts or pick the current one.
 

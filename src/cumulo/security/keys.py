@@ -11,6 +11,7 @@ import hmac
 import os
 import secrets
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 PREFIX = "cmo_"
@@ -18,6 +19,8 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LEN = 43  # ceil(256 / log2(62))
 CHECK_LEN = 6
 KEY_LEN = len(PREFIX) + BODY_LEN + CHECK_LEN
+KEYHASH_ENV = "CUMULO_KEYHASH_SECRET"  # base64 or hex of 32 bytes, like CUMULO_MASTER_KEY
+KEYHASH_FILE = "keyhash.secret"
 SCOPES = ("invoke", "deploy", "read", "admin", "privacy")  # privacy: docs/privacy.md
 
 
@@ -54,14 +57,22 @@ def key_id(key: str) -> str:
 
 
 class KeyHasher:
-    """HMAC-SHA256 under a server secret kept in `<data-dir>/keyhash.secret` (0600)."""
+    """HMAC-SHA256 under a server secret: `CUMULO_KEYHASH_SECRET` when set, else the one
+    kept in `<data-dir>/keyhash.secret` (0600, created on first start)."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path) -> KeyHasher:
-        path = data_dir / "keyhash.secret"
+    def from_data_dir(cls, data_dir: Path, environ: Mapping[str, str] | None = None) -> KeyHasher:
+        # Gateways that share a database must share this secret; in a pod the data dir is
+        # an emptyDir, so the secret comes from a Kubernetes Secret through the environment.
+        value = (os.environ if environ is None else environ).get(KEYHASH_ENV)
+        if value is not None:
+            from cumulo.security.crypto import parse_master_key  # same 32-byte text form
+
+            return cls(parse_master_key(value, KEYHASH_ENV))
+        path = data_dir / KEYHASH_FILE
         try:
             return cls(path.read_bytes())
         except FileNotFoundError:

@@ -1,0 +1,1 @@
+"""Deployment targets outside cumulo itself: Kubernetes manifests (k8s.py)."""
