@@ -17,7 +17,9 @@ meta row) rather than by the main database's numbered migrations, which never ru
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cumulo.errors import ConfigError
@@ -65,6 +67,12 @@ class PostgresNamespaceKeys(NamespaceKeys):
         return self.encryptor.namespace_cipher(self.keys.table, namespace, version)
 
 
+async def _pseudonym_secret(conn: Any) -> bytes | None:
+    cur = await conn.execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'")
+    row = await cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
 class PostgresSubjectKeyStore(SubjectKeyStore):
     """Subject keys in the database at `dsn`, with a pool of its own (opened by `open()`,
     closed by `aclose()`). `main`: the platform's main store, which `dsn` must not be."""
@@ -76,23 +84,18 @@ class PostgresSubjectKeyStore(SubjectKeyStore):
         self.db = PostgresStore(dsn, max_size=max_size)
 
     async def open(self) -> bytes:
-        await self.db.open(migrate=False)
         try:
-            await self._check_separate()
-            async with self.db.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                await conn.execute(_SCHEMA.encode())
+            async with self._schema() as conn:
                 await conn.execute(
                     "INSERT INTO keystore_meta VALUES ('pseudonym', %s) ON CONFLICT DO NOTHING",
                     (os.urandom(32),),
                 )
-                cur = await conn.execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'")
-                row = await cur.fetchone()
+                secret = await _pseudonym_secret(conn)
         except BaseException:
             await self.db.close()
             raise
-        assert row is not None
-        return bytes(row[0])
+        assert secret is not None
+        return secret
 
     async def adopt(self, secret: bytes, keys: list[tuple[str, str, int, bytes, float]]) -> int:
         """`cumulo migrate`: take over a SQLite keystore, its pseudonym secret and its
@@ -100,15 +103,10 @@ class PostgresSubjectKeyStore(SubjectKeyStore):
         in one transaction; returns the subject keys the database then holds. ConfigError,
         nothing written, when the database is not a separate one, holds another secret or
         holds subject keys already. Closes the pool when done."""
-        await self.db.open(migrate=False)
         try:
-            await self._check_separate()
-            async with self.db.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                await conn.execute(_SCHEMA.encode())
-                cur = await conn.execute("SELECT value FROM keystore_meta WHERE name = 'pseudonym'")
-                row = await cur.fetchone()
-                if row is not None and bytes(row[0]) != secret:
+            async with self._schema() as conn:
+                held = await _pseudonym_secret(conn)
+                if held is not None and held != secret:
                     raise ConfigError(
                         "the subject-key database belongs to another platform (another "
                         "pseudonym secret): migrate into an empty one"
@@ -138,6 +136,17 @@ class PostgresSubjectKeyStore(SubjectKeyStore):
         finally:
             await self.db.close()
         return int(counted[0]) if counted else 0
+
+    @contextlib.asynccontextmanager
+    async def _schema(self) -> AsyncIterator[Any]:
+        """Open the pool, refuse the main database, and yield a connection inside one
+        transaction that holds the schema lock, the schema made."""
+        await self.db.open(migrate=False)
+        await self._check_separate()
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            await conn.execute(_SCHEMA.encode())
+            yield conn
 
     async def _check_separate(self) -> None:
         async with self.db.connection() as conn:
