@@ -54,7 +54,10 @@ def signed(
         raw_path=path,
         raw_query=query,
         headers=[("host", "127.0.0.1:8080")]
-        + [(k.lower(), v if isinstance(v, str) else v.decode()) for k, v in prepared.headers.items()],
+        + [
+            (k.lower(), v if isinstance(v, str) else v.decode())
+            for k, v in prepared.headers.items()
+        ],
         body=body,
     )
 
@@ -85,7 +88,10 @@ def test_a_changed_body_is_refused() -> None:
 
 def test_a_changed_query_or_path_is_refused() -> None:
     request = signed()
-    for path, query in ((request.raw_path, "Qualifier=1"), ("/2015-03-31/functions/x/invocations", request.raw_query)):
+    for path, query in (
+        (request.raw_path, "Qualifier=1"),
+        ("/2015-03-31/functions/x/invocations", request.raw_query),
+    ):
         with pytest.raises(sigv4.SignatureError):
             check(sigv4.SignedRequest("POST", path, query, request.headers, request.body))
 

@@ -154,7 +154,10 @@ class ControlPlane:
                 module, attr = entry_module(code_dir), None
             env_hash = await self.deps.ensure(code_dir)
             env_dir = self.deps.env_dir(env_hash) if env_hash else None
-            handlers = await self._validate(code_dir, module, attr, env_dir)
+            # Imported with the network the deploy asks for (a module may open a socket at
+            # import, e.g. the X-Ray SDK under Powertools' Tracer), as its zygote will be.
+            network = bool((req.overrides or {}).get("network"))
+            handlers = await self._validate(code_dir, module, attr, env_dir, network=network)
             chosen = self._choose(handlers, req.name, module, attr)
         fallback = chosen["name"]
         if chosen["kind"] == KIND_LAMBDA:
@@ -213,7 +216,13 @@ class ControlPlane:
         return newest
 
     async def _validate(
-        self, code_dir: Path, module: str, attr: str | None, env_dir: Path | None = None
+        self,
+        code_dir: Path,
+        module: str,
+        attr: str | None,
+        env_dir: Path | None = None,
+        *,
+        network: bool = False,
     ) -> list[dict[str, Any]]:
         """Import the bundle in a throwaway zygote, inside the same sandbox functions get
         (with the version's own virtualenv when it has requirements)."""
@@ -225,7 +234,9 @@ class ControlPlane:
             module=module,
             attr=attr or "",
             kind=KIND_EVENT,
-            config=FunctionConfig(memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S),
+            config=FunctionConfig(
+                memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S, network=network
+            ),
             env_dir=env_dir,
         )
         settings = replace(self.executor.settings, zygote_start_timeout_s=VALIDATE_TIMEOUT_S)

@@ -13,7 +13,11 @@ def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """An API Gateway proxy response whose body is the event it got."""
     import json
 
-    return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(event)}
+    return {
+        "statusCode": 200,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(event),
+    }
 
 
 def cookies(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -43,7 +47,9 @@ def context_fields(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "log_group_name": context.log_group_name,
         "log_stream_name": context.log_stream_name,
         "remaining_ok": 0 < remaining <= 30_000,
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "LAMBDA_", "_HANDLER"))},
+        "env": {
+            k: v for k, v in os.environ.items() if k.startswith(("AWS_", "LAMBDA_", "_HANDLER"))
+        },
     }
 
 
