@@ -20,10 +20,12 @@ audit log like any other denial.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -246,9 +248,8 @@ class LambdaApp:
 
     @staticmethod
     def _qualifier(scope: Scope, target: Target) -> str | None:
-        from urllib.parse import parse_qsl
-
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        raw = scope["query_string"]
+        query = dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
         asked = query.get("Qualifier") or None
         if asked and target.qualifier and asked != target.qualifier:
             raise LambdaError(
@@ -336,8 +337,6 @@ class LambdaApp:
             raise self._not_found(Target(namespace, name, str(version)))
         record = max(chosen, key=lambda v: v.version)
         config = record.config
-        import sys
-
         return {
             "FunctionName": name,
             "FunctionArn": function_arn(name, DEFAULT_REGION, str(version) if version else None),
