@@ -20,6 +20,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from cumulo.client import Client
+from cumulo.errors import BadRequest
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
 
 AWS = FUNCTIONS / "aws"
@@ -93,8 +94,23 @@ def test_a_handler_gets_the_api_gateway_v2_event_by_default(
 def test_event_formats_v1_function_url_and_raw(
     platform: RunningPlatform, client: Client, unique_name: str
 ) -> None:
-    for fmt in ("apigw-v1", "function-url", "raw"):
+    for fmt in ("function-url", "raw"):
         deploy(client, f"{unique_name}-{fmt}", "lam_events.echo", event_format=fmt)
+    # The CLI flag, as an operator types it.
+    cli = platform.cli(
+        "deploy",
+        str(AWS),
+        "--handler",
+        "lam_events.echo",
+        "--name",
+        f"{unique_name}-apigw-v1",
+        "--event-format",
+        "apigw-v1",
+    )
+    assert cli.returncode == 0, cli.stderr
+    bad = platform.cli("deploy", str(AWS), "--handler", "lam_events.echo", "--event-format", "v9")
+    assert bad.returncode != 0
+    assert "event_format must be one of" in bad.stderr
     with platform.http() as http:
         v1 = http.put(
             f"/fn/default/{unique_name}-apigw-v1/x?a=1&a=2",
@@ -116,6 +132,8 @@ def test_event_formats_v1_function_url_and_raw(
     assert url["rawPath"] == "/"
     assert "body" not in url
     assert raw == {"plain": True}  # raw: the JSON body itself, as before
+    with pytest.raises(BadRequest, match="--event-format applies to"):
+        deploy(client, f"{unique_name}-deco", "decorated.plain", event_format="apigw-v1")
 
 
 def test_responses_honour_multi_value_headers_cookies_and_base64(

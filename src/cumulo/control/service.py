@@ -167,6 +167,11 @@ class ControlPlane:
         name = validate_name(req.name or fallback)
         base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
         config = base.merged({**(req.overrides or {}), "env": req.env or {}})
+        if config.event_format and chosen["kind"] != KIND_LAMBDA:
+            raise BadRequest(
+                "--event-format applies to undecorated Lambda handlers (--handler) only",
+                code="invalid_config",
+            )
         check_ceilings(config, self.executor.settings)
         version_config = {
             **config.to_dict(),

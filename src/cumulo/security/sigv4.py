@@ -96,11 +96,11 @@ def request_time(amz_date: str, now: float) -> float:
     try:
         if match is None:
             raise ValueError(amz_date)
-        parts = tuple(int(p) for p in match.groups())
-        datetime(*parts)  # a range check only: month 13 or day 32 raise here
+        year, month, day, hour, minute, second = (int(p) for p in match.groups())
+        datetime(year, month, day, hour, minute, second)  # a range check: month 13 raises
     except ValueError:
         raise SignatureError("X-Amz-Date must look like 20240102T030405Z") from None
-    when = float(calendar.timegm((*parts, 0, 0, 0)))
+    when = float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
     if abs(when - now) > MAX_SKEW_S:
         raise SignatureError(
             f"Signature expired: {amz_date} is more than {MAX_SKEW_S / 60:.0f} minutes from "
