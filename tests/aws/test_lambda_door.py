@@ -132,6 +132,17 @@ def test_event_formats_v1_function_url_and_raw(
     assert url["rawPath"] == "/"
     assert "body" not in url
     assert raw == {"plain": True}  # raw: the JSON body itself, as before
+    # An undecorated `(event, ctx)` handler is cumulo's own style: the JSON body by default;
+    # the choice is stored with each version.
+    deploy(client, f"{unique_name}-ctx", "lam_events.cumulo_style")
+    deploy(client, f"{unique_name}-aws", "lam_events.echo")
+    with platform.http() as http:
+        assert http.post(f"/fn/default/{unique_name}-ctx", json={"b": 1}).json() == {"b": 1}
+    formats = {
+        suffix: client.versions(f"{unique_name}-{suffix}")["versions"][0]["config"]["event_format"]
+        for suffix in ("ctx", "aws", "apigw-v1")
+    }
+    assert formats == {"ctx": "raw", "aws": "apigw-v2", "apigw-v1": "apigw-v1"}
     with pytest.raises(BadRequest, match="--event-format applies to"):
         deploy(client, f"{unique_name}-deco", "decorated.plain", event_format="apigw-v1")
 

@@ -172,6 +172,11 @@ class ControlPlane:
                 "--event-format applies to undecorated Lambda handlers (--handler) only",
                 code="invalid_config",
             )
+        if chosen["kind"] == KIND_LAMBDA and not config.event_format:
+            # Chosen now and stored with the version, so what a version receives never
+            # changes under it; versions stored without one (older ones) keep the JSON body.
+            default = "apigw-v2" if chosen.get("aws_style") else "raw"
+            config = replace(config, event_format=default)
         check_ceilings(config, self.executor.settings)
         version_config = {
             **config.to_dict(),

@@ -26,7 +26,6 @@ FORMAT_V1 = "apigw-v1"
 FORMAT_V2 = "apigw-v2"
 FORMAT_URL = "function-url"
 FORMAT_RAW = "raw"
-DEFAULT_FORMAT = FORMAT_V2  # for lambda-kind functions invoked over HTTP
 
 ACCOUNT_ID = "000000000000"  # there is no AWS account: a fixed, obviously fake one
 DEFAULT_REGION = "us-east-1"

@@ -23,7 +23,8 @@ MAX_CONCURRENCY = 1000
 MAX_INSTANCES = 1000
 MAX_ATTEMPTS = 100
 # What an AWS-Lambda-style (`--handler`) function receives for an HTTP request
-# (runtime/lambda_events.py); "" is the default: apigw-v2.
+# (runtime/lambda_events.py). "" until a deploy chooses: apigw-v2 for an `(event, context)`
+# handler, raw (the JSON body) otherwise (control/service.py).
 EVENT_FORMATS = ("apigw-v1", "apigw-v2", "function-url", "raw")
 
 
@@ -65,7 +66,7 @@ class FunctionConfig:
     # @cumulo.model's tensor signature for the KServe V2 routes (ai/tensors.py, ai/kserve.py).
     inputs: tuple[dict[str, Any], ...] = ()
     outputs: tuple[dict[str, Any], ...] = ()
-    event_format: str = ""  # Lambda handlers only: one of EVENT_FORMATS ("": apigw-v2)
+    event_format: str = ""  # Lambda handlers only: one of EVENT_FORMATS
 
     def __post_init__(self) -> None:
         problems = model_config_problems(self.batch_max_size, self.batch_wait_ms, self.trust_pickle)

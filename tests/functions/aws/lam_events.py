@@ -55,3 +55,8 @@ def context_fields(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def fail(event: dict[str, Any], context: Any) -> dict[str, Any]:
     raise ValueError(f"no good: {event.get('why', 'because')}")
+
+
+def cumulo_style(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Undecorated but cumulo's `(event, ctx)`: keeps the JSON body by default."""
+    return event
