@@ -140,10 +140,11 @@ class LambdaApp:
         except ApiError as exc:
             if exc.status in (401, 403):
                 self.platform.denied(scope, 403)
-            kind = _TYPES.get(exc.status, "ServiceException")
-            status = exc.status if exc.status in _TYPES or exc.status == 403 else 500
-            if exc.status == 403:
-                kind = "AccessDeniedException"
+                status, kind = 403, "AccessDeniedException"
+            elif exc.status in _TYPES:
+                status, kind = exc.status, _TYPES[exc.status]
+            else:
+                status, kind = 500, "ServiceException"
             await self._error(send, status, kind, exc.message, request_id)
         except ClientGone:
             return
