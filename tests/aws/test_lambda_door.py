@@ -439,3 +439,14 @@ def test_unknown_function_is_404_and_bad_invocation_type_400(
     with pytest.raises(ClientError) as caught:
         aws.invoke(FunctionName=unique_name, InvocationType="Event", Qualifier="1")
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_the_functions_rate_limit_holds_on_this_door(
+    client: Client, unique_name: str, aws: Any
+) -> None:
+    deploy(client, unique_name, "lam_events.echo", rate_limit="1/m")
+    assert aws.invoke(FunctionName=unique_name)["StatusCode"] == 200
+    with pytest.raises(ClientError) as caught:
+        aws.invoke(FunctionName=unique_name)
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert caught.value.response["Error"]["Code"] == "TooManyRequestsException"

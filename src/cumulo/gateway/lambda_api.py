@@ -225,10 +225,21 @@ class LambdaApp:
         arn = function_arn(target.name, DEFAULT_REGION, target.qualifier)
         return LambdaError(404, "ResourceNotFoundException", f"Function not found: {arn}")
 
-    async def _resolve(self, target: Target, qualifier: str | None) -> VersionSpec:
+    async def _resolve(
+        self, target: Target, qualifier: str | None, *, admit: bool = False
+    ) -> VersionSpec:
         route = await self.platform.control.routes.get(target.namespace, target.name)
         if route is None:
             raise self._not_found(target)
+        if admit and route.rate is not None:
+            # The function's own rate limit holds on this door as on /fn (one bucket).
+            key = (target.namespace, target.name)
+            if self.platform.function_limiter.take(key, route.rate) > 0:
+                raise LambdaError(
+                    429,
+                    "TooManyRequestsException",
+                    f"{target.name} is over its rate limit of {route.rate.per_s:g}/s",
+                )
         if qualifier in (None, "live"):
             return route.pick()
         control = self.platform.control
@@ -283,7 +294,7 @@ class LambdaApp:
                 f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}",
             )
         qualifier = self._qualifier(scope, target)
-        spec = await self._resolve(target, qualifier)
+        spec = await self._resolve(target, qualifier, admit=invocation_type != "DryRun")
         if spec.kind == KIND_MODEL:
             raise LambdaError(
                 400,
