@@ -13,7 +13,9 @@ trip (about 0.4 ms), so that end-to-end ratio cannot reach 1.2× whatever the se
 third series isolates the door itself: one request signed by botocore, replayed (within
 SigV4's 5-minute window) on the same kind of raw connection as the /fn calls, so both sides
 have the same client and the ratio `door_over_http_p50` is the Invoke API's own cost
-(SigV4 verification and the Lambda shapes) against the plain route.
+(SigV4 verification and the Lambda shapes) against the plain route. A fourth series calls
+the plain route through a Python SDK too, cumulo's own `Client.invoke` (httpx), so
+`boto3_over_sdk_p50` compares one SDK's call with the other's.
 
 python -m bench.lambda_bench [--calls 400]
 """
@@ -61,6 +63,7 @@ def main(calls: int = CALLS) -> dict[str, Any]:
             key = admin.create_key(["invoke", "read"], name="lambda-bench")
         finally:
             admin.close()
+        sdk = Client(platform.url, platform.api_key)
         aws = boto3.client(
             "lambda",
             endpoint_url=platform.url,
@@ -75,7 +78,7 @@ def main(calls: int = CALLS) -> dict[str, Any]:
         signed = AWSRequest(method="POST", url=platform.url + door, data=payload)
         SigV4Auth(Credentials(key["id"], key["key"]), "lambda", "us-east-1").add_auth(signed)
         signed_headers = dict(signed.prepare().headers.items())
-        timings: dict[str, list[float]] = {"boto3": [], "http": [], "door": []}
+        timings: dict[str, list[float]] = {"boto3": [], "http": [], "door": [], "sdk": []}
         try:
             for i in range(WARMUP + calls):
                 t0 = time.perf_counter()
@@ -92,13 +95,18 @@ def main(calls: int = CALLS) -> dict[str, Any]:
                 t3 = time.perf_counter()
                 if replayed.status != 200:
                     raise BenchError(f"the signed replay answered {replayed.status}")
+                if sdk.invoke(NAME, {"hello": "world"}).get("ok") is not True:
+                    raise BenchError("Client.invoke answered something else")
+                t4 = time.perf_counter()
                 if i >= WARMUP:
+                    timings["sdk"].append((t4 - t3) * 1000)
                     timings["boto3"].append((t1 - t0) * 1000)
                     timings["http"].append((t2 - t1) * 1000)
                     timings["door"].append((t3 - t2) * 1000)
         finally:
             conn.close()
             aws.close()
+            sdk.close()
     result: dict[str, Any] = {"calls_each": calls}
     for side, values in timings.items():
         result[f"{side}_p50_ms"] = round(median(values), 3)
@@ -106,6 +114,7 @@ def main(calls: int = CALLS) -> dict[str, Any]:
     ratio = result["boto3_p50_ms"] / result["http_p50_ms"]
     result["boto3_over_http_p50"] = round(ratio, 3)
     result["boto3_over_http_p99"] = round(result["boto3_p99_ms"] / result["http_p99_ms"], 3)
+    result["boto3_over_sdk_p50"] = round(result["boto3_p50_ms"] / result["sdk_p50_ms"], 3)
     door_ratio = result["door_p50_ms"] / result["http_p50_ms"]
     result["door_over_http_p50"] = round(door_ratio, 3)
     result["door_over_http_p99"] = round(result["door_p99_ms"] / result["http_p99_ms"], 3)
@@ -114,7 +123,8 @@ def main(calls: int = CALLS) -> dict[str, Any]:
     log(
         f"lambda: boto3 p50 {result['boto3_p50_ms']:.2f} ms, /fn p50 "
         f"{result['http_p50_ms']:.2f} ms ({ratio:.2f}×); the door alone "
-        f"{result['door_p50_ms']:.2f} ms ({door_ratio:.2f}×)"
+        f"{result['door_p50_ms']:.2f} ms ({door_ratio:.2f}×); cumulo's Client.invoke "
+        f"{result['sdk_p50_ms']:.2f} ms (boto3 {result['boto3_over_sdk_p50']:.2f}× that)"
     )
     return result
 
