@@ -155,8 +155,7 @@ class LambdaApp:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         rest = scope["path"][len(PREFIX) :]
         method = scope["method"]
-        body = await read_body(scope, receive, self.limit)
-        principal = self._authenticate(scope, body)
+        principal, body = await self._authenticate(scope, receive)
         scope[PRINCIPAL] = principal  # the audit log names the verified key
         if rest in ("", "/") and method == "GET":
             await self._list(send, principal, request_id)
@@ -170,7 +169,10 @@ class LambdaApp:
             raise LambdaError(404, "UnknownOperationException", f"no operation {method} {rest}")
 
     # ------------------------------------------------------------ authentication
-    def _authenticate(self, scope: Scope, body: bytes) -> Principal:
+    async def _authenticate(self, scope: Scope, receive: Receive) -> tuple[Principal, bytes]:
+        """The verified key's principal and the body it signed. What can be refused without
+        the body (no or a malformed signature, an unknown key, a stale date) is refused
+        before the body is read."""
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         value = next((v for k, v in headers if k == "authorization"), None)
         if value is None:
@@ -191,6 +193,11 @@ class LambdaApp:
                     "The security token included in the request is invalid.",
                     "UnrecognizedClientException",
                 )
+            sigv4.request_time(next((v for k, v in headers if k == "x-amz-date"), ""), time.time())
+        except sigv4.SignatureError as exc:
+            raise LambdaError(403, exc.kind, str(exc)) from None
+        body = await read_body(scope, receive, self.limit)
+        try:
             request = sigv4.SignedRequest(
                 method=scope["method"],
                 raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
@@ -207,7 +214,7 @@ class LambdaApp:
                 raise LambdaError(
                     429, "TooManyRequestsException", "this key is over its rate limit"
                 )
-        return key.principal
+        return key.principal, body
 
     def _allow(self, principal: Principal, scope_name: str, target: Target, action: str) -> None:
         if not principal.can_see(target.namespace) or not (
