@@ -501,7 +501,14 @@ class Platform:
         records = await self.control_repo.all_keys()
         self.auth.load(records)
         live = [r.id for r in records if r.revoked_at is None]
-        self.sigv4_keys.load(records, await self.secret_repo.values(SIGV4_NAMESPACE, live))
+        try:
+            secrets = await self.secret_repo.values(SIGV4_NAMESPACE, live)
+        except Exception:
+            # Bearer keys must not stop working because SigV4 secrets cannot be read:
+            # the Lambda API then refuses every signature until the next reload.
+            log.exception("the SigV4 secrets could not be loaded")
+            secrets = {}
+        self.sigv4_keys.load(records, secrets)
 
     async def keep_signing_secret(self, key_id: str, key: str) -> None:
         """A new key's SigV4 secret (the key itself), sealed at rest (security/sigv4_keys.py)."""
