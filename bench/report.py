@@ -55,7 +55,25 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
-    return rows + _reliability_rows(r) + _scaleout_rows(r) + _gateway_rows(r)
+    return rows + _reliability_rows(r) + _scaleout_rows(r) + _gateway_rows(r) + _lambda_rows(r)
+
+
+def _lambda_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 16: boto3's Lambda invoke against the plain /fn route (bench/lambda_bench.py)."""
+    lb = r.get("lambda") or {}
+    if not _ok(lb.get("boto3_over_http_p50")):
+        return []
+    return [
+        [
+            "16. boto3 `invoke` (SigV4, Invoke API) vs `POST /fn/…`, p50 (door alone: "
+            f"{_f(lb.get('door_over_http_p50'), '.2f', '×')})",
+            _f(lb.get("boto3_p50_ms"), ".2f", " ms"),
+            f"/fn: {_f(lb.get('http_p50_ms'), '.2f', ' ms')}",
+            _f(lb["boto3_over_http_p50"], ".2f", "×"),
+            "≤ 1.2×",
+            _verdict(lb.get("pass")),
+        ]
+    ]
 
 
 def _summary_rows(r: dict[str, Any]) -> list[list[str]]:
@@ -1120,6 +1138,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
             "Async jobs, two gateways claiming (issue 12b: ≥ 2,000 jobs/s on PostgreSQL, "
             "0 lost across SIGKILLs)",
         ),
+        ("lambda", "The Lambda Invoke API: boto3 vs the plain HTTP route (issue 16: ≤ 1.2×)"),
     ):
         extra = r.get(key)
         lines += [f"## {title}", ""]

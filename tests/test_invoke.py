@@ -117,7 +117,9 @@ def test_raw_request_handler_gets_method_path_query_and_body(
 def test_lambda_style_handler_deploys_unchanged(
     platform: RunningPlatform, unique_name: str
 ) -> None:
-    platform.client().deploy(KIT, name=unique_name, handler="kit.aws")
+    # raw: the JSON body as the event (an `(event, context)` handler's default is API
+    # Gateway's v2 event: tests/aws/test_lambda_door.py).
+    platform.client().deploy(KIT, name=unique_name, handler="kit.aws", event_format="raw")
     with platform.http() as http:
         response = http.post(f"/fn/default/{unique_name}", json={"name": "ada"})
     assert response.status_code == 202

@@ -409,6 +409,13 @@ def deploy(
         bool | None,
         typer.Option("--trust-pickle", help="A model may load raw pickle/joblib files."),
     ] = None,
+    event_format: Annotated[
+        str | None,
+        typer.Option(
+            help="--handler functions: the event an HTTP request gives them: "
+            "apigw-v1, apigw-v2 (default), function-url or raw (the JSON body)."
+        ),
+    ] = None,
     namespace: Namespace = "default",
 ) -> None:
     """Deploy a function: a new immutable version, live unless --no-promote."""
@@ -432,6 +439,7 @@ def deploy(
                 rate_limit=rate_limit,
                 max_attempts=max_attempts,
                 trust_pickle=trust_pickle,
+                event_format=event_format,
             )
         )
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())

@@ -154,7 +154,10 @@ class ControlPlane:
                 module, attr = entry_module(code_dir), None
             env_hash = await self.deps.ensure(code_dir)
             env_dir = self.deps.env_dir(env_hash) if env_hash else None
-            handlers = await self._validate(code_dir, module, attr, env_dir)
+            # Imported with the network the deploy asks for (a module may open a socket at
+            # import, e.g. the X-Ray SDK under Powertools' Tracer), as its zygote will be.
+            network = bool((req.overrides or {}).get("network"))
+            handlers = await self._validate(code_dir, module, attr, env_dir, network=network)
             chosen = self._choose(handlers, req.name, module, attr)
         fallback = chosen["name"]
         if chosen["kind"] == KIND_LAMBDA:
@@ -164,6 +167,16 @@ class ControlPlane:
         name = validate_name(req.name or fallback)
         base = FunctionConfig.from_dict(chosen["config"]) if chosen["config"] else FunctionConfig()
         config = base.merged({**(req.overrides or {}), "env": req.env or {}})
+        if config.event_format and chosen["kind"] != KIND_LAMBDA:
+            raise BadRequest(
+                "--event-format applies to undecorated Lambda handlers (--handler) only",
+                code="invalid_config",
+            )
+        if chosen["kind"] == KIND_LAMBDA and not config.event_format:
+            # Chosen now and stored with the version, so what a version receives never
+            # changes under it; versions stored without one (older ones) keep the JSON body.
+            default = "apigw-v2" if chosen.get("aws_style") else "raw"
+            config = replace(config, event_format=default)
         check_ceilings(config, self.executor.settings)
         version_config = {
             **config.to_dict(),
@@ -213,7 +226,13 @@ class ControlPlane:
         return newest
 
     async def _validate(
-        self, code_dir: Path, module: str, attr: str | None, env_dir: Path | None = None
+        self,
+        code_dir: Path,
+        module: str,
+        attr: str | None,
+        env_dir: Path | None = None,
+        *,
+        network: bool = False,
     ) -> list[dict[str, Any]]:
         """Import the bundle in a throwaway zygote, inside the same sandbox functions get
         (with the version's own virtualenv when it has requirements)."""
@@ -225,7 +244,9 @@ class ControlPlane:
             module=module,
             attr=attr or "",
             kind=KIND_EVENT,
-            config=FunctionConfig(memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S),
+            config=FunctionConfig(
+                memory_mb=VALIDATE_MEMORY_MB, timeout_s=VALIDATE_TIMEOUT_S, network=network
+            ),
             env_dir=env_dir,
         )
         settings = replace(self.executor.settings, zygote_start_timeout_s=VALIDATE_TIMEOUT_S)

@@ -42,6 +42,8 @@ class ConfigOverrides(BaseModel):
     batch_max_size: int | None = None
     batch_wait_ms: float | None = None
     trust_pickle: bool | None = None
+    # --handler (Lambda) functions: apigw-v1, apigw-v2 (default), function-url or raw
+    event_format: str | None = None
 
 
 class DeployBody(BaseModel):
@@ -252,6 +254,7 @@ def build_router() -> APIRouter:
             key_hash=p.hasher.hash(key),
         )
         await p.control_repo.insert_key(record)
+        await p.keep_signing_secret(record.id, key)
         await p.keys_changed()
         return {**record.public(), "key": key}
 
@@ -266,6 +269,7 @@ def build_router() -> APIRouter:
         target = next((k for k in keys if k.id == key and principal.can_see(k.namespace)), None)
         if target is None or not await p.control_repo.revoke_key(key, time.time()):
             raise NotFound(f"key {key!r} not found or already revoked", code="key_not_found")
+        await p.forget_signing_secret(key)
         await p.keys_changed()
         return {"revoked": key}
 

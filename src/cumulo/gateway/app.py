@@ -27,6 +27,8 @@ from cumulo.gateway.docs import add_docs_routes
 from cumulo.gateway.errors import error_headers, internal_error, one_line
 from cumulo.gateway.headers import SecurityHeaders
 from cumulo.gateway.invoke import PREFIX, InvokeApp
+from cumulo.gateway.lambda_api import PREFIX as LAMBDA_PREFIX
+from cumulo.gateway.lambda_api import LambdaApp
 from cumulo.gateway.platform import Platform
 from cumulo.gateway.ui import UI_PREFIX, SessionStore, UiApp
 from cumulo.metering.api import build_router as build_metering_router
@@ -176,6 +178,8 @@ class Gateway:
             )
 
         self.invoke = auth(InvokeApp(platform))
+        # The AWS Lambda API: SigV4, not bearer keys; it answers and audits its own denials.
+        self.lambda_api = LambdaApp(platform)
         # KServe V2 errors leave in the protocol's shape, whichever layer answers them.
         self.admin = kserve.V2Errors(
             SecurityHeaders(
@@ -190,6 +194,10 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await self.invoke(scope, receive, send)
+        elif scope["type"] == "http" and (
+            scope["path"] == LAMBDA_PREFIX or scope["path"].startswith(LAMBDA_PREFIX + "/")
+        ):
+            await self.lambda_api(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith(UI_PREFIX):
             await self.ui(scope, receive, send)
         else:

@@ -27,7 +27,8 @@ from cumulo.gateway.platform import Platform
 from cumulo.observability.tracing import CURRENT_INVOCATION
 from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import invocation_frame
-from cumulo.runtime.loader import KIND_ASGI, KIND_MODEL, KIND_PROCESS, KIND_REQUEST
+from cumulo.runtime.lambda_events import FORMAT_RAW
+from cumulo.runtime.loader import KIND_ASGI, KIND_LAMBDA, KIND_MODEL, KIND_PROCESS, KIND_REQUEST
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import Principal
@@ -167,7 +168,12 @@ class InvokeApp:
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         headers: dict[str, str] | None = None
         pairs: list[tuple[str, str]] | None = None
-        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS):
+        # A Lambda handler gets the request as API Gateway would give it, in the format its
+        # version was deployed with (none stored: deployed before formats, the JSON body).
+        event_format = ""
+        if spec.kind == KIND_LAMBDA and spec.config.event_format != FORMAT_RAW:
+            event_format = spec.config.event_format
+        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS) or event_format:
             # The platform key is ours: it never reaches user code.
             pairs = [
                 (k.decode("latin-1"), v.decode("latin-1"))
@@ -189,6 +195,8 @@ class InvokeApp:
             body=body,
             raw_headers=pairs,
             query_string=scope["query_string"].decode("latin-1"),
+            event_format=event_format,
+            source_ip=client[0] if (client := scope.get("client")) else "",
         )
         principal = scope.get(PRINCIPAL)
         try:

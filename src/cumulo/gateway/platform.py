@@ -48,6 +48,7 @@ from cumulo.security.crypto import Encryptor, check_master_key, load_master_key
 from cumulo.security.keys import KeyHasher, generate_key, key_id
 from cumulo.security.ratelimit import ConcurrencyQuota, RateLimiter
 from cumulo.security.shared_limits import SharedLimits, new_gateway_id
+from cumulo.security.sigv4_keys import SIGV4_NAMESPACE, SigV4Keys
 from cumulo.store.base import ApiKeyRecord, LogRecord
 from cumulo.store.changes import Change, Subscription
 from cumulo.store.control import ControlRepository
@@ -128,6 +129,8 @@ class Platform:
         self.bundles = BundleStore(data_dir, options.bundle_limits)
         self.hasher = KeyHasher.from_data_dir(data_dir)
         self.auth = Authenticator(self.hasher)
+        # Keys that may sign AWS SigV4 requests (the Lambda Invoke API: gateway/lambda_api.py).
+        self.sigv4_keys = SigV4Keys()
         self.jwt: JwtVerifier | None = None
         if options.jwt is not None:
             # PyJWT and its RSA/EC backends cost ~10 MB: loaded only when OIDC is on.
@@ -487,6 +490,7 @@ class Platform:
             key_hash=self.hasher.hash(key),
         )
         await self.control_repo.insert_key(record)
+        await self.keep_signing_secret(record.id, key)
         write_credentials(self.options.data_dir, Credentials(self.options.url, key))
         self.new_admin_key = key
 
@@ -500,7 +504,24 @@ class Platform:
             write_credentials(self.options.data_dir, Credentials(self.options.url, saved.api_key))
 
     async def reload_keys(self) -> None:
-        self.auth.load(await self.control_repo.all_keys())
+        records = await self.control_repo.all_keys()
+        self.auth.load(records)
+        live = [r.id for r in records if r.revoked_at is None]
+        try:
+            secrets = await self.secret_repo.values(SIGV4_NAMESPACE, live)
+        except Exception:
+            # Bearer keys must not stop working because SigV4 secrets cannot be read:
+            # the Lambda API then refuses every signature until the next reload.
+            log.exception("the SigV4 secrets could not be loaded")
+            secrets = {}
+        self.sigv4_keys.load(records, secrets)
+
+    async def keep_signing_secret(self, key_id: str, key: str) -> None:
+        """A new key's SigV4 secret (the key itself), sealed at rest (security/sigv4_keys.py)."""
+        await self.secret_repo.set(SIGV4_NAMESPACE, key_id, key.encode(), time.time())
+
+    async def forget_signing_secret(self, key_id: str) -> None:
+        await self.secret_repo.delete(SIGV4_NAMESPACE, key_id)
 
     async def keys_changed(self) -> None:
         """After a key was created or revoked here: here at once, elsewhere by the feed."""

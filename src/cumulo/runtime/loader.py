@@ -56,6 +56,9 @@ class FoundHandler:
     func: Callable[..., Any]
     schedules: tuple[str, ...] = ()  # @cumulo.schedule cron expressions
     topics: tuple[str, ...] = ()  # @cumulo.on topic names
+    # A Lambda handler written as AWS's are, `(event, context)`: over HTTP it gets API
+    # Gateway's event unless deployed with another --event-format (control/service.py).
+    aws_style: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class FoundHandler:
             "config": self.config.to_dict() if self.config else None,
             "schedules": list(self.schedules),
             "topics": list(self.topics),
+            "aws_style": self.aws_style,
         }
 
 
@@ -168,6 +172,17 @@ def _check_arity(func: Callable[..., Any], attr: str) -> None:
         ) from None
 
 
+def aws_style(func: Callable[..., Any]) -> bool:
+    """`def handler(event, context)`: AWS's own convention (every Lambda blueprint, every
+    Powertools example). cumulo's undecorated handlers call it `ctx` and take the JSON body;
+    the name tells the two apart so neither has to change."""
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 and params[1] == "context"
+
+
 def found(module: Any, attr: str) -> FoundHandler:
     obj = getattr(module, attr, None)
     if obj is None:
@@ -191,6 +206,7 @@ def found(module: Any, attr: str) -> FoundHandler:
         func=obj,
         schedules=schedules_of(obj),
         topics=topics_of(obj),
+        aws_style=kind == KIND_LAMBDA and aws_style(obj),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import logging
 import os
 import resource
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from cumulo.runtime import lambda_events
 from cumulo.runtime.asgi import AsgiRunner
 from cumulo.runtime.loader import (
     KIND_ASGI,
@@ -160,10 +162,18 @@ class Worker:
         self.transport = WorkerTransport(channel, self.threaded)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        # The zygote's (a Lambda execution environment's) stream name, else one of our own.
+        self.log_stream = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or lambda_events.log_stream(
+            meta.version, time.time()
+        )
 
     def serve(self) -> None:
+        before = (sys.stdout, sys.stderr)
         sys.stdout = CapturedStream(self.transport, "stdout")
         sys.stderr = CapturedStream(self.transport, "stderr")
+        _rebind_log_streams(before, (sys.stdout, sys.stderr))
+        if self.handler.kind == KIND_LAMBDA:
+            _lambda_logging(self.transport)
         runner: AsgiRunner | None = None
         if self.asgi:
             meta = self.meta
@@ -297,10 +307,25 @@ class Worker:
             secrets=meta.config.secrets,
             traceparent=message.get("tp"),
             subject=message.get("sj"),
+            log_stream_name=self.log_stream,
         )
         if handler.kind == KIND_REQUEST:
             method, path, headers, query, body = message["http"]
             arg: Any = Request(method=method, path=path, headers=headers, query=query, body=body)
+        elif "lf" in message:
+            # An HTTP request to a Lambda handler: the event API Gateway would give it.
+            method, path, pairs, query_string, body = message["http"]
+            arg = lambda_events.http_event(
+                message["lf"],
+                method=method,
+                path=path,
+                headers=pairs,
+                query_string=query_string,
+                body=body,
+                request_id=message["id"],
+                source_ip=message.get("ip", ""),
+                now=message.get("at") or time.time(),
+            )
         elif "q" in message:
             arg = message["q"]
         else:
@@ -309,6 +334,16 @@ class Worker:
         result = handler.func(arg, ctx)
         if handler.is_async:
             result = self._await(result)
+        # Over HTTP (or queued from it) a {"statusCode": …} result is a proxy response;
+        # through the Lambda Invoke API (`li`) the handler's value goes back as it is.
+        if (
+            handler.kind == KIND_LAMBDA
+            and "li" not in message
+            and ("lf" in message or lambda_events.is_proxy_result(result))
+        ):
+            status, pairs, body = lambda_events.proxy_response(result)
+            self._check_size(len(body))
+            return {"t": "res", "id": message["id"], "http": [status, pairs, body]}
         return self._encode(message["id"], result)
 
     def _await(self, coro: Any) -> Any:
@@ -318,8 +353,6 @@ class Worker:
             return self._loop.run_until_complete(coro)
 
     def _encode(self, iid: str, result: Any) -> dict[str, Any]:
-        if self.handler.kind == KIND_LAMBDA and isinstance(result, dict) and "statusCode" in result:
-            result = _lambda_proxy_response(result)
         if isinstance(result, Response):
             status, headers, body = result.encode()
             self._check_size(len(body))
@@ -336,6 +369,52 @@ class Worker:
             raise ResponseTooLarge(size, self.meta.max_response)
 
 
+class LogFrameHandler(logging.Handler):
+    """Python `logging` records as log frames, at their own level, with the invocation id
+    (what Lambda's runtime does with the root logger's records)."""
+
+    def __init__(self, transport: WorkerTransport) -> None:
+        super().__init__(logging.INFO)
+        self._transport = transport
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            level = record.levelname.lower()
+            if level == "critical":
+                level = "error"
+            fields = {"logger": record.name}
+            self._transport.log(level, message, fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _lambda_logging(transport: WorkerTransport) -> None:
+    """Lambda handlers log with `logging` and expect INFO to show: the root logger gets a
+    handler that turns records into log lines, unless the user's code configured one."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = LogFrameHandler(transport)
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # the default: nobody set it
+        root.setLevel(logging.INFO)
+
+
+def _rebind_log_streams(old: tuple[Any, Any], new: tuple[Any, Any]) -> None:
+    """Logging handlers made at import (in the zygote, e.g. Powertools' Logger) hold the
+    zygote's stdout; pointed at the worker's captured streams, their lines carry the
+    invocation id like print's do."""
+    loggers: list[Any] = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler):
+                for was, now in zip(old, new, strict=True):
+                    if handler.stream is was:
+                        handler.setStream(now)
+
+
 def _usage(cpu0: float) -> list[float]:
     """[CPU seconds of this thread since cpu0, the process's peak RSS in KB] for metering."""
     return [time.thread_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
@@ -344,17 +423,3 @@ def _usage(cpu0: float) -> list[float]:
 class ResponseTooLarge(Exception):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the response is {size} bytes; the limit is {limit} bytes")
-
-
-def _lambda_proxy_response(result: dict[str, Any]) -> Response:
-    """API Gateway proxy shape: {"statusCode", "headers", "body", "isBase64Encoded"}."""
-    body: Any = result.get("body", "")
-    if result.get("isBase64Encoded") and isinstance(body, str):
-        import base64
-
-        body = base64.b64decode(body)
-    elif not isinstance(body, str | bytes):
-        body = orjson.dumps(body)
-    headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-    media = None if any(k.lower() == "content-type" for k in headers) else "application/json"
-    return Response(body=body, status=int(result["statusCode"]), headers=headers, media_type=media)

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ import orjson
 
 from cumulo import fds
 from cumulo.errors import FunctionCrashed
-from cumulo.runtime import cgroups, sandbox, spares
+from cumulo.runtime import cgroups, lambda_events, sandbox, spares
+from cumulo.runtime.loader import KIND_LAMBDA
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import ENV_ALLOWLIST, base_env
 from cumulo.runtime.spec import VersionSpec
@@ -46,8 +48,30 @@ class ExitInfo:
 
 def zygote_env(spec: VersionSpec) -> dict[str, str]:
     env = base_env(str(spec.code_dir))
+    if spec.kind == KIND_LAMBDA:
+        # Before the user's `env`, which may set its own region.
+        env.update(lambda_env(spec))
     env.update(spec.config.env)
+    if spec.kind == KIND_LAMBDA:
+        env.setdefault("AWS_DEFAULT_REGION", env["AWS_REGION"])
     return env
+
+
+def lambda_env(spec: VersionSpec) -> dict[str, str]:
+    """The variables AWS Lambda's runtime sets, which Lambda code and libraries (Powertools,
+    the AWS SDKs) read; set in the zygote, so code run at import sees them too."""
+    name = spec.function
+    return {
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_VERSION": str(spec.version),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.config.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": lambda_events.log_group(name),
+        "AWS_LAMBDA_LOG_STREAM_NAME": lambda_events.log_stream(spec.version, time.time()),
+        "AWS_REGION": lambda_events.DEFAULT_REGION,
+        "AWS_EXECUTION_ENV": "cumulo",
+        "LAMBDA_TASK_ROOT": str(spec.code_dir),
+        "_HANDLER": f"{spec.module}.{spec.attr}",
+    }
 
 
 MB = 1024 * 1024

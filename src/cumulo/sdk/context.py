@@ -6,6 +6,7 @@ which scopes it to the function's own namespace: a worker holds no database hand
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -192,6 +193,7 @@ class Context:
         secrets: tuple[str, ...] = (),
         traceparent: str | None = None,
         subject: str | None = None,
+        log_stream_name: str = "",
     ) -> None:
         self.invocation_id = invocation_id
         # W3C trace context of this invocation's span when the platform traces (else None):
@@ -205,6 +207,13 @@ class Context:
         self.function_name = function_name
         self.function_version = str(version)
         self.memory_limit_in_mb = memory_mb
+        # The rest of AWS Lambda's context object (there is no AWS account: its id is 0s).
+        region = os.environ.get("AWS_REGION") or "us-east-1"
+        self.invoked_function_arn = f"arn:aws:lambda:{region}:000000000000:function:{function_name}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = log_stream_name
+        self.identity: Any = None  # Cognito identity: never set here
+        self.client_context: Any = None  # mobile client context: never set here
         self.env: Mapping[str, str] = env
         self.state = State(transport)
         self.secrets = Secrets(transport, secrets)

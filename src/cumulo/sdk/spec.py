@@ -22,6 +22,10 @@ MAX_TIMEOUT_S = 15 * 60
 MAX_CONCURRENCY = 1000
 MAX_INSTANCES = 1000
 MAX_ATTEMPTS = 100
+# What an AWS-Lambda-style (`--handler`) function receives for an HTTP request
+# (runtime/lambda_events.py). "" until a deploy chooses: apigw-v2 for an `(event, context)`
+# handler, raw (the JSON body) otherwise (control/service.py).
+EVENT_FORMATS = ("apigw-v1", "apigw-v2", "function-url", "raw")
 
 
 def validate_name(name: str, what: str = "function name") -> str:
@@ -62,6 +66,7 @@ class FunctionConfig:
     # @cumulo.model's tensor signature for the KServe V2 routes (ai/tensors.py, ai/kserve.py).
     inputs: tuple[dict[str, Any], ...] = ()
     outputs: tuple[dict[str, Any], ...] = ()
+    event_format: str = ""  # Lambda handlers only: one of EVENT_FORMATS
 
     def __post_init__(self) -> None:
         problems = model_config_problems(self.batch_max_size, self.batch_wait_ms, self.trust_pickle)
@@ -107,6 +112,8 @@ class FunctionConfig:
             problems.append("requires_consent must be a purpose name like 'marketing'")
         if not all(isinstance(c, str) and CATEGORY_RE.fullmatch(c) for c in self.data_categories):
             problems.append("data_categories must be a list of names like 'contact'")
+        if self.event_format not in ("", *EVENT_FORMATS):
+            problems.append(f"event_format must be one of {', '.join(EVENT_FORMATS)}")
         if self.rate_limit:
             try:
                 Rate.parse(self.rate_limit)
