@@ -6,7 +6,6 @@ Both send the requests described in cumulo._client_core, so they cannot drift ap
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +16,6 @@ import orjson
 from cumulo import _client_core as calls
 from cumulo._client_async import AsyncClient
 from cumulo._client_core import QUANTUM_TERMINAL, error_of, raise_for_quantum_job
-from cumulo.control.bundle import pack
 from cumulo.errors import TransportError
 
 __all__ = ["QUANTUM_TERMINAL", "AsyncClient", "Client", "raise_for_quantum_job"]
@@ -69,16 +67,10 @@ class Client(calls.ClientBase[httpx.Client]):
         promote: bool = True,
         **config: Any,
     ) -> dict[str, Any]:
-        bundle = pack(Path(path))
-        body = {
-            "bundle": base64.b64encode(bundle).decode(),
-            "name": name,
-            "handler": handler,
-            "env": env or {},
-            "promote": promote,
-            "config": {k: v for k, v in config.items() if v is not None},
-        }
-        return dict(self._json("POST", self._ns("/deploy"), json=body, timeout=180))
+        body = calls.deploy_body(
+            path, name=name, handler=handler, env=env, promote=promote, config=config
+        )
+        return self._call(calls.deploy(self.namespace, body))
 
     def invoke_raw(
         self, name: str, data: Any = None, *, method: str = "POST", path: str = ""
