@@ -14,7 +14,7 @@ import orjson
 
 from cumulo.config import Credentials
 from cumulo.control.bundle import pack
-from cumulo.errors import ApiError, ConfigError, TransportError, api_error_for
+from cumulo.errors import ApiError, BadRequest, ConfigError, TransportError, api_error_for
 
 QUANTUM_TERMINAL = ("succeeded", "failed", "cancelled")
 # The platform holds a long-poll at most 60 s (cumulo.quantum.spec.MAX_WAIT_S); asking for
@@ -101,6 +101,44 @@ class Client:
             "config": {k: v for k, v in config.items() if v is not None},
         }
         return dict(self._json("POST", self._ns("/deploy"), json=body, timeout=180))
+
+    def deploy_image(
+        self,
+        image: str,
+        *,
+        name: str,
+        env: dict[str, str] | None = None,
+        promote: bool = True,
+        **config: Any,
+    ) -> dict[str, Any]:
+        """Deploy a container image from a file: `oci-archive:FILE`, `oci:DIR[:tag]` or
+        `docker-archive:FILE` (docs/containers.md)."""
+        from cumulo.runtime.oci_image import pack_layout, parse_ref
+
+        try:
+            transport, where, tag = parse_ref(image)
+        except ValueError as exc:
+            raise BadRequest(str(exc), code="not_an_image") from None
+        path = Path(where)
+        if transport == "oci":
+            if not (path / "index.json").is_file():
+                raise BadRequest(f"{where} is not an OCI image layout", code="not_an_image")
+            data = pack_layout(path)
+        elif path.is_file():
+            data = path.read_bytes()
+        else:
+            raise BadRequest(f"{where} does not exist", code="bad_path")
+        body = {
+            "bundle": "",
+            "image": base64.b64encode(data).decode(),
+            "image_transport": transport,
+            "image_tag": tag,
+            "name": name,
+            "env": env or {},
+            "promote": promote,
+            "config": {k: v for k, v in config.items() if v is not None},
+        }
+        return dict(self._json("POST", self._ns("/deploy"), json=body, timeout=300))
 
     def invoke_raw(
         self, name: str, data: Any = None, *, method: str = "POST", path: str = ""

@@ -27,7 +27,13 @@ from cumulo.gateway.platform import Platform
 from cumulo.observability.tracing import CURRENT_INVOCATION
 from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import invocation_frame
-from cumulo.runtime.loader import KIND_ASGI, KIND_MODEL, KIND_PROCESS, KIND_REQUEST
+from cumulo.runtime.loader import (
+    KIND_ASGI,
+    KIND_CONTAINER,
+    KIND_MODEL,
+    KIND_PROCESS,
+    KIND_REQUEST,
+)
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import Principal
@@ -167,7 +173,7 @@ class InvokeApp:
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         headers: dict[str, str] | None = None
         pairs: list[tuple[str, str]] | None = None
-        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS):
+        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS, KIND_CONTAINER):
             # The platform key is ours: it never reaches user code.
             pairs = [
                 (k.decode("latin-1"), v.decode("latin-1"))
