@@ -47,6 +47,7 @@ EXTRAS = {
     "cli": "bench.cli_startup",  # issue 17: `cumulo --help` / `invoke` vs `python -c pass`
     "gateways": "bench.gateways_bench",  # issue 12c: a change reaching the other gateway
     "scaleout_jobs": "bench.scaleout_jobs",  # issue 12b: async jobs/s, 2 gateways, SIGKILLs
+    "container": "bench.container_bench",  # issue 14: container images vs crun by hand
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 
