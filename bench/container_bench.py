@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cumulo.client import Client
 from tests import images
 
 from bench.common import HttpConn, Platform, free_port, log, median
+from cumulo.client import Client
 
 TRIALS = 7
 CLIENTS = 8
