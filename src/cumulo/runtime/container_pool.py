@@ -286,7 +286,6 @@ class ContainerPool(ProcessPool):
             ]
         )
         output = fds.Output(self.handle_output)  # the container's stdout/stderr: its logs
-        ready_r, ready_w = os.pipe()
         try:
             proc = fds.spawn(
                 argv,
@@ -295,35 +294,20 @@ class ContainerPool(ProcessPool):
                 stdout=output.child_fds[0],
                 stderr=output.child_fds[1],
             )
-            relay = fds.spawn(
-                [
-                    settings.python,
-                    "-I",
-                    "-S",
-                    container_relay.__file__,
-                    str(ready_w),
-                    str(inst / "container.pid"),
-                    str(port),
-                    str(inst / "http.sock"),
-                    str(uid),
-                ],
-                keep=[ready_w],
-                env={"PATH": PATH},
-                cwd=str(inst),
-            )
+            relay, ready_r = _take_relay(settings.python)
+            order = f"{inst / 'container.pid'} {port} {inst / 'http.sock'} {uid}\n"
+            os.write(relay.stdin_w, order.encode())
+            os.close(relay.stdin_w)
         except BaseException:
-            os.close(ready_r)
             output.close()
             shutil.rmtree(inst, ignore_errors=True)
             sandbox.uids.release(uid)
             cgroups.current.release(group)
             raise
-        finally:
-            os.close(ready_w)
         output.start()
         instance = ContainerInstance(proc, inst, uid, output)
         instance.group = group
-        instance.relay = relay
+        instance.relay = relay.child
         instance.oom_baseline = group.oom_kills() or 0
         self._tasks.spawn(self._watch(instance))
         bound = self._start_bound_s()
@@ -340,6 +324,7 @@ class ContainerPool(ProcessPool):
             if not ready.done():
                 ready.cancel()
         if ready in done and not ready.cancelled() and ready.result() == b"ready\n":
+            _prestart_relay(settings.python)  # the next cold start's, now this one is done
             return instance
         if not done:
             instance.kill()
@@ -437,3 +422,53 @@ def _ready_line(fd: int) -> asyncio.Future[bytes]:
     loop.add_reader(fd, readable)
     fut.add_done_callback(cancelled)
     return fut
+
+
+class _Relay:
+    """A relay process waiting for its order on stdin, and its `ready` pipe."""
+
+    def __init__(self, python: str) -> None:
+        ready_r, ready_w = os.pipe()
+        stdin_r, self.stdin_w = os.pipe()
+        try:
+            self.child = fds.spawn(
+                [python, "-I", "-S", container_relay.__file__, str(ready_w)],
+                keep=[ready_w],
+                stdin=stdin_r,
+                env={"PATH": PATH},
+                cwd="/",
+            )
+        except BaseException:
+            for fd in (ready_r, self.stdin_w):
+                os.close(fd)
+            raise
+        finally:
+            os.close(ready_w)
+            os.close(stdin_r)
+        self.ready_r = ready_r
+
+
+_spare_relays: dict[str, _Relay] = {}
+
+
+def _take_relay(python: str) -> tuple[_Relay, int]:
+    relay = _spare_relays.pop(python, None)
+    if relay is None or relay.child.returncode is not None:
+        if relay is not None:
+            os.close(relay.stdin_w)
+            os.close(relay.ready_r)
+        relay = _Relay(python)
+    return relay, relay.ready_r
+
+
+def _prestart_relay(python: str) -> None:
+    if python not in _spare_relays:
+        _spare_relays[python] = _Relay(python)
+
+
+def stop_spare_relays() -> None:
+    """At shutdown: a spare relay ends at EOF on its stdin."""
+    while _spare_relays:
+        _, relay = _spare_relays.popitem()
+        os.close(relay.stdin_w)
+        os.close(relay.ready_r)

@@ -1,7 +1,8 @@
 """The way into a container's network: a Unix socket relayed to 127.0.0.1:$PORT inside it.
 
-`python -m cumulo.runtime.container_relay READY_FD PID_FILE PORT SOCKET UID` is started by
-container_pool.py next to the container. It waits for the OCI runtime's pid file, enters
+`python container_relay.py READY_FD` is started by container_pool.py ahead of need (a
+spare: its interpreter start is then off the cold start) and told `PID_FILE PORT SOCKET
+UID` on stdin when a container starts. It waits for the OCI runtime's pid file, enters
 the container's network namespace (only that one: it keeps the host's filesystem, which
 the container never sees), listens on SOCKET (a path: Unix sockets are reached through the
 filesystem, whatever network namespace made them), drops to the container's host uid, and
@@ -9,57 +10,62 @@ writes `ready` to READY_FD once something accepts connections on PORT. It exits 
 container's init does. A container without `network` has only loopback in that namespace,
 so the gateway reaches it through this relay and nothing else reaches it at all.
 
-Only the standard library: this starts while the container does, on every cold start.
+Only the standard library, and no asyncio (importing it takes ~40 ms on a loaded 2-core
+host, most of a cold start): blocking sockets and two threads per connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+
+# Imported now, not lazily by the first connect (socket encodes hosts with it): after the
+# drop to the container's uid the interpreter's stdlib may be out of reach (/root/.pyenv).
+import encodings.idna  # noqa: F401
 import os
+import select
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
 BUFFER = 64 * 1024
-POLL_S = 0.002
-PORT_POLL_S = 0.005
+POLL_S = 0.001
 PID_WAIT_S = 60.0
 CLONE_NEWNET = 0x40000000
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _pump(src: socket.socket, dst: socket.socket) -> None:
     try:
-        while chunk := await reader.read(BUFFER):
-            writer.write(chunk)
-            await writer.drain()
-    except (ConnectionError, OSError):
+        while chunk := src.recv(BUFFER):
+            dst.sendall(chunk)
+    except OSError:
         pass
     finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
 
-async def _relay(port: int, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+def _serve(client: socket.socket, port: int) -> None:
     try:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", port)
+        server = socket.create_connection(("127.0.0.1", port))
     except OSError:
-        client_w.close()
+        client.close()
         return
-    try:
-        await asyncio.gather(_pipe(client_r, server_w), _pipe(server_r, client_w))
-    finally:
-        server_w.close()
-        client_w.close()
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=_pump, args=(server, client), daemon=True)
+    back.start()
+    _pump(client, server)
+    back.join()
+    server.close()
+    client.close()
 
 
-async def _port_open(port: int) -> bool:
+def _port_open(port: int) -> bool:
     try:
-        _r, writer = await asyncio.open_connection("127.0.0.1", port)
+        socket.create_connection(("127.0.0.1", port)).close()
     except OSError:
         return False
-    writer.close()
     return True
 
 
@@ -74,29 +80,31 @@ def _wait_pid(pid_file: Path) -> int:
     raise SystemExit(1)
 
 
-async def run(pid: int, port: int, socket_path: str, uid: int | None, ready_fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    gone = asyncio.Event()
+def run(pid: int, port: int, socket_path: str, uid: int | None, ready_fd: int) -> None:
     pidfd = os.pidfd_open(pid)
-    loop.add_reader(pidfd, gone.set)
-    server = await asyncio.start_unix_server(
-        lambda r, w: _relay(port, r, w), path=socket_path, limit=BUFFER
-    )
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1024)
     if uid is not None:
         # Nothing of root is needed past this point: the namespace is entered, the socket
         # bound (the gateway, root, connects to it whatever its owner).
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    async with server:
-        while not await _port_open(port):
-            if gone.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone.wait(), PORT_POLL_S)
-        os.write(ready_fd, b"ready\n")
-        os.close(ready_fd)
-        await gone.wait()
+    while not _port_open(port):
+        if select.select([pidfd], [], [], POLL_S)[0]:
+            return  # the container exited before it listened
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(0)  # the container is gone: so is its relay, with every connection
+
+    threading.Thread(target=watch, daemon=True).start()
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=_serve, args=(client, port), daemon=True).start()
 
 
 def _setns(fd: int, nstype: int) -> None:
@@ -109,14 +117,20 @@ def _setns(fd: int, nstype: int) -> None:
 
 
 def main() -> None:
-    ready_fd, pid_file, port, socket_path, uid_arg = sys.argv[1:6]
+    # Started ahead of need (a spare, container_pool.py): what to serve arrives on stdin as
+    # one line, when a container starts; EOF (the gateway is gone) ends it unused.
+    ready_fd = sys.argv[1]
+    line = sys.stdin.readline().split()
+    if len(line) != 4:
+        raise SystemExit(0)
+    pid_file, port, socket_path, uid_arg = line
     pid = _wait_pid(Path(pid_file))
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     _setns(fd, CLONE_NEWNET)
     os.close(fd)
     uid = int(uid_arg) if uid_arg != "-" else None
     with contextlib.suppress(ProcessLookupError):
-        asyncio.run(run(pid, int(port), socket_path, uid, int(ready_fd)))
+        run(pid, int(port), socket_path, uid, int(ready_fd))
 
 
 if __name__ == "__main__":

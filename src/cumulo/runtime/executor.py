@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cumulo.runtime import cgroups
-from cumulo.runtime.container_pool import ContainerPool
+from cumulo.runtime.container_pool import ContainerPool, stop_spare_relays
 from cumulo.runtime.loader import KIND_CONTAINER, KIND_PROCESS
 from cumulo.runtime.pool import Clock, InvokeResult, LogSink, RpcHandler, VersionPool
 from cumulo.runtime.process_pool import ProcessPool
@@ -49,6 +49,7 @@ class LocalExecutor:
         await self.spares.stop()
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        stop_spare_relays()
         cgroups.shutdown()
 
     def pool_for(self, spec: VersionSpec) -> VersionPool:
