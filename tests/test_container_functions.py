@@ -9,6 +9,7 @@ import os
 import tarfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,39 @@ def test_registry_references_are_refused(platform: RunningPlatform) -> None:
     error = _deploy_error(platform, "docker://debian:bookworm", "reg")
     assert (error.status, error.code) == (400, "not_an_image")
     assert "skopeo copy" in error.message
+
+
+def test_network_setting_gives_the_hosts_network(
+    platform: RunningPlatform, unique_name: str, tmp_path: Path
+) -> None:
+    archive = images.httpd_image(tmp_path)
+    platform.client().deploy_image(f"oci-archive:{archive}", name=unique_name, network=True)
+    with platform.http() as http:
+        reply = http.get(f"/fn/default/{unique_name}/cgi-bin/net")
+        assert reply.status_code == 200, reply.text
+        interfaces = reply.text.split()
+        assert "lo" in interfaces
+        assert len(interfaces) > 1  # the host's interfaces, not a namespace of its own
+
+
+def test_scaled_by_concurrency(platform: RunningPlatform, unique_name: str, tmp_path: Path) -> None:
+    client = platform.client()
+    client.deploy_image(
+        f"oci-archive:{images.httpd_image(tmp_path)}", name=unique_name, concurrency=1, timeout_s=2
+    )
+    with platform.http() as http:
+        assert http.get(f"/fn/default/{unique_name}/").status_code == 200
+
+    # Two slow calls at once with concurrency 1: a second container starts for the second.
+    def slow() -> int:
+        with platform.http() as http:
+            return http.get(f"/fn/default/{unique_name}/cgi-bin/slow").status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(slow) for _ in range(2)]
+        wait_until(
+            lambda: len(client.workers(unique_name)[0]["workers"]) == 2,
+            10,
+            "a second container for the second concurrent call",
+        )
+        assert [c.result() for c in calls] == [504, 504]
