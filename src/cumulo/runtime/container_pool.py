@@ -286,7 +286,10 @@ class ContainerPool(ProcessPool):
             ]
         )
         output = fds.Output(self.handle_output)  # the container's stdout/stderr: its logs
+        relay: _Relay | None = None
         try:
+            # The relay first: nothing is running yet if it cannot start.
+            relay, ready_r = _take_relay(settings.python)
             proc = fds.spawn(
                 argv,
                 env={"PATH": PATH},
@@ -294,11 +297,16 @@ class ContainerPool(ProcessPool):
                 stdout=output.child_fds[0],
                 stderr=output.child_fds[1],
             )
-            relay, ready_r = _take_relay(settings.python)
             order = f"{inst / 'container.pid'} {port} {inst / 'http.sock'} {uid}\n"
             os.write(relay.stdin_w, order.encode())
             os.close(relay.stdin_w)
         except BaseException:
+            if relay is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(relay.child.pid, signal.SIGKILL)
+                for fd in (relay.stdin_w, relay.ready_r):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             output.close()
             shutil.rmtree(inst, ignore_errors=True)
             sandbox.uids.release(uid)
