@@ -10,7 +10,8 @@ cumulo's in `unshare -m` to hide the cgroup2 mount crun refuses in hybrid mode.
   zero; by hand: `crun run` spawned) to the first 200. Target: cumulo ≤ 1.1× by hand.
 - warm: GETs of the static page from CLIENTS threads for DURATION_S, through cumulo vs at
   the container's port directly (BusyBox httpd closes every connection, so both sides open
-  one per request to it). Target: ≥ 0.7×.
+  one per request to it). Target: ≥ 0.7×. A Python function on the same platform with the
+  same client is measured too, for context.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ DURATION_S = 5.0
 ROUNDS = 3
 NAME = "ctr"
 PAGE = "/index.html"
+PY_FUNCTION = """
+import cumulo
+
+
+@cumulo.function(concurrency=8)
+def pyfn(event, ctx):
+    return {"hello": "python"}
+"""
 
 
 def _get_direct(port: int) -> int:
@@ -187,6 +196,17 @@ def main() -> dict[str, Any]:
                     )
             finally:
                 _stop_by_hand(proc, name)
+            # Context: a Python function on the same platform, same client (no target).
+            fn = work / "pyfn.py"
+            fn.write_text(PY_FUNCTION)
+            platform.deploy(fn, "pyfn")
+            py_path = "/fn/default/pyfn"
+            assert conns[0].request("GET", py_path, headers=platform.auth).status == 200
+            python_fn = _load(
+                lambda i: conns[i].request("GET", py_path, headers=platform.auth).status
+            )
+            result["warm_python_function_req_s"] = round(python_fn, 1)
+            log(f"warm: a Python function through cumulo {python_fn:.0f} req/s")
             result["warm_direct_req_s"] = [round(x, 1) for x in direct]
             result["warm_cumulo_req_s"] = [round(x, 1) for x in through]
             result["warm_ratio"] = median(through) / median(direct)
