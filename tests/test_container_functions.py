@@ -309,3 +309,18 @@ def test_scaled_by_concurrency(platform: RunningPlatform, unique_name: str, tmp_
             "a second container for the second concurrent call",
         )
         assert [c.result() for c in calls] == [504, 504]
+
+
+def test_cli_deploy_image(platform: RunningPlatform, unique_name: str, tmp_path: Path) -> None:
+    archive = images.httpd_image(tmp_path)
+    done = platform.cli("deploy", "--image", f"oci-archive:{archive}", "--name", unique_name)
+    assert done.returncode == 0, done.stderr
+    assert f"deployed {unique_name} version 1" in done.stdout
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"junk")
+    failed = platform.cli("deploy", "--image", f"oci-archive:{junk}", "--name", unique_name)
+    assert failed.returncode == 1
+    assert "not an image" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    both = platform.cli("deploy", str(tmp_path), "--image", f"oci-archive:{archive}")
+    assert both.returncode == 1
