@@ -55,7 +55,14 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
-    return rows + _reliability_rows(r) + _scaleout_rows(r) + _gateway_rows(r) + _lambda_rows(r)
+    return (
+        rows
+        + _reliability_rows(r)
+        + _scaleout_rows(r)
+        + _gateway_rows(r)
+        + _lambda_rows(r)
+        + _container_rows(r)
+    )
 
 
 def _lambda_rows(r: dict[str, Any]) -> list[list[str]]:
@@ -334,6 +341,36 @@ def _reliability_rows(r: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _container_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 14: a container-image function against the same container run by hand (crun)."""
+    c = r.get("container") or {}
+    if not _ok(c.get("cold_ratio")):
+        return []
+    mid = len(c["cold_cumulo_ms"]) // 2
+    cold_ours = sorted(c["cold_cumulo_ms"])[mid]
+    cold_hand = sorted(c["cold_by_hand_ms"])[mid]
+    cold_ok = c["cold_ratio"] <= 1.1
+    warm_ok = _ok(c.get("warm_ratio")) and c["warm_ratio"] >= 0.7
+    return [
+        [
+            "14a. Cold start of a container-image function (BusyBox httpd, crun)",
+            _f(cold_ours, ".1f", " ms"),
+            f"crun by hand: {_f(cold_hand, '.1f', ' ms')}",
+            _f(c["cold_ratio"], ".2f", "×"),
+            "≤ 1.1×",
+            _verdict(cold_ok),
+        ],
+        [
+            "14b. Warm throughput through cumulo vs at the container directly",
+            _f(sorted(c["warm_cumulo_req_s"])[1], ".0f", " req/s"),
+            f"direct: {_f(sorted(c['warm_direct_req_s'])[1], '.0f', ' req/s')}",
+            _f(c.get("warm_ratio"), ".2f", "×"),
+            "≥ 0.7×",
+            _verdict(warm_ok),
+        ],
+    ]
 
 
 def _gateway_rows(r: dict[str, Any]) -> list[list[str]]:

@@ -48,6 +48,7 @@ EXTRAS = {
     "gateways": "bench.gateways_bench",  # issue 12c: a change reaching the other gateway
     "scaleout_jobs": "bench.scaleout_jobs",  # issue 12b: async jobs/s, 2 gateways, SIGKILLs
     "lambda": "bench.lambda_bench",  # issue 16: boto3 invoke vs the plain /fn route
+    "container": "bench.container_bench",  # issue 14: container images vs crun by hand
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 

@@ -6,6 +6,7 @@ Both send the requests described in cumulo._client_core, so they cannot drift ap
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import orjson
 from cumulo import _client_core as calls
 from cumulo._client_async import AsyncClient
 from cumulo._client_core import QUANTUM_TERMINAL, error_of, raise_for_quantum_job
-from cumulo.errors import TransportError
+from cumulo.errors import BadRequest, TransportError
 
 __all__ = ["QUANTUM_TERMINAL", "AsyncClient", "Client", "raise_for_quantum_job"]
 
@@ -71,6 +72,44 @@ class Client(calls.ClientBase[httpx.Client]):
             path, name=name, handler=handler, env=env, promote=promote, config=config
         )
         return self._call(calls.deploy(self.namespace, body))
+
+    def deploy_image(
+        self,
+        image: str,
+        *,
+        name: str,
+        env: dict[str, str] | None = None,
+        promote: bool = True,
+        **config: Any,
+    ) -> dict[str, Any]:
+        """Deploy a container image from a file: `oci-archive:FILE`, `oci:DIR[:tag]` or
+        `docker-archive:FILE` (docs/containers.md)."""
+        from cumulo.runtime.oci_image import pack_layout, parse_ref
+
+        try:
+            transport, where, tag = parse_ref(image)
+        except ValueError as exc:
+            raise BadRequest(str(exc), code="not_an_image") from None
+        path = Path(where)
+        if transport == "oci":
+            if not (path / "index.json").is_file():
+                raise BadRequest(f"{where} is not an OCI image layout", code="not_an_image")
+            data = pack_layout(path)
+        elif path.is_file():
+            data = path.read_bytes()
+        else:
+            raise BadRequest(f"{where} does not exist", code="bad_path")
+        body = {
+            "bundle": "",
+            "image": base64.b64encode(data).decode(),
+            "image_transport": transport,
+            "image_tag": tag,
+            "name": name,
+            "env": env or {},
+            "promote": promote,
+            "config": {k: v for k, v in config.items() if v is not None},
+        }
+        return dict(self._json("POST", self._ns("/deploy"), json=body, timeout=300))
 
     def invoke_raw(
         self, name: str, data: Any = None, *, method: str = "POST", path: str = ""

@@ -229,6 +229,9 @@ def up(
     max_pids: Annotated[
         int, typer.Option(help="Processes and threads one version's tree may hold.")
     ] = CEILINGS.max_pids,
+    max_image_mb: Annotated[
+        int, typer.Option(help="Largest container image a deploy may bring (a bigger one: 400).")
+    ] = CEILINGS.max_image_mb,
     key_rate: Annotated[
         str, typer.Option(help="Rate limit per API key, e.g. 1000/s or 1000/s:2000.")
     ] = "",
@@ -310,6 +313,7 @@ def up(
         ("--max-concurrency", max_concurrency),
         ("--max-timeout-s", max_timeout_s),
         ("--max-pids", max_pids),
+        ("--max-image-mb", max_image_mb),
     ):
         if ceiling <= 0:
             fail(f"{flag} must be positive")
@@ -361,6 +365,7 @@ def up(
             "max_concurrency": max_concurrency,
             "max_timeout_s": max_timeout_s,
             "max_pids": max_pids,
+            "max_image_mb": max_image_mb,
         },
         key_rate=key_rate,
         namespace_concurrency=namespace_concurrency,
@@ -385,7 +390,7 @@ def up(
 # ---------------------------------------------------------------- functions
 @app.command()
 def deploy(
-    path: Annotated[Path, typer.Argument(help="A .py file or a directory.")],
+    path: Annotated[Path | None, typer.Argument(help="A .py file or a directory.")] = None,
     name: Annotated[str | None, typer.Option(help="Function name.")] = None,
     handler: Annotated[str | None, typer.Option(help="module.function to serve.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
@@ -416,11 +421,40 @@ def deploy(
             "apigw-v1, apigw-v2 (default), function-url or raw (the JSON body)."
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="A container image: oci-archive:FILE, oci:DIR[:tag], docker-archive:FILE."
+        ),
+    ] = None,
     namespace: Namespace = "default",
 ) -> None:
     """Deploy a function: a new immutable version, live unless --no-promote."""
     env_map = parse_kv(env or [], "--env")
     c = client(namespace)
+    if image is not None:
+        deploy_image(
+            c,
+            image,
+            path,
+            name,
+            env_map,
+            promote,
+            namespace,
+            memory_mb=memory_mb,
+            timeout_s=timeout_s,
+            min_instances=min_instances,
+            max_instances=max_instances,
+            concurrency=concurrency,
+            public=public,
+            network=network,
+            rate_limit=rate_limit,
+            max_attempts=max_attempts,
+        )
+        return
+    if path is None:
+        fail("give a PATH (a .py file or a directory) or --image")
+    assert path is not None
     with progress(err, f"deploying {path}: uploading, building its environment, validating"):
         result = run(
             lambda: c.deploy(
@@ -442,6 +476,32 @@ def deploy(
                 event_format=event_format,
             )
         )
+    live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())
+    what = "unchanged" if result.get("unchanged") else "deployed"
+    sys.stdout.write(
+        f"{what} {result['function']} version {result['version']} (live: {live or 'none'})\n"
+        f"{c.credentials.url}/fn/{namespace}/{result['function']}\n"
+    )
+
+
+def deploy_image(
+    c: Client,
+    image: str,
+    path: Path | None,
+    name: str | None,
+    env: dict[str, str],
+    promote: bool,
+    namespace: str,
+    **config: Any,
+) -> None:
+    """`cumulo deploy --image …` (docs/containers.md)."""
+    if path is not None:
+        fail("give a PATH or --image, not both")
+    if name is None:
+        fail("a container function needs --name")
+    assert name is not None
+    with progress(err, f"deploying {image}: uploading, verifying, unpacking"):
+        result = run(lambda: c.deploy_image(image, name=name, env=env, promote=promote, **config))
     live = ", ".join(f"v{v}={w}%" for v, w in result["traffic"].items())
     what = "unchanged" if result.get("unchanged") else "deployed"
     sys.stdout.write(

@@ -11,13 +11,14 @@ from typing import Any
 
 from cumulo.control.bundle import BundleStore, digest
 from cumulo.control.deps import DependencyBuilder, has_requirements
+from cumulo.control.images import ImageService, ImageUpload, image_bundle
 from cumulo.control.limits import check_ceilings, clamp
-from cumulo.control.process import read_manifest
+from cumulo.control.process import DEFAULT_CONCURRENCY, read_manifest
 from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound, Unavailable
 from cumulo.runtime import cgroups, sandbox
 from cumulo.runtime.executor import LocalExecutor
-from cumulo.runtime.loader import KIND_EVENT, KIND_LAMBDA, KIND_PROCESS
+from cumulo.runtime.loader import KIND_CONTAINER, KIND_EVENT, KIND_LAMBDA, KIND_PROCESS
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.zygote_handle import ZygoteHandle
@@ -46,6 +47,8 @@ class DeployRequest:
     env: dict[str, str] | None = None
     promote: bool = True
     overrides: dict[str, Any] | None = None
+    # A container image instead of a bundle (control/images.py): its bytes and transport.
+    image: ImageUpload | None = None
 
 
 def entry_module(code_dir: Path) -> str:
@@ -102,6 +105,8 @@ class ControlPlane:
         self.routes = RouteCache(self._load_route)
         # requirements.txt → <data-dir>/envs/<hash>/ (deps.py)
         self.deps = DependencyBuilder(executor.settings, bundles.code.parent / "envs")
+        # Container images, verified and unpacked (control/images.py)
+        self.images = ImageService(executor.settings, bundles.code.parent / "images")
         # Told the cron schedules / the topics of the newest live version whenever `live`
         # moves (deploy, traffic, rollback; [] on removal), so both follow the same version.
         self.on_live_change: LiveChange | None = None
@@ -115,25 +120,41 @@ class ControlPlane:
     async def deploy(self, req: DeployRequest) -> VersionRecord:
         if req.name is not None:
             validate_name(req.name)
+        image = None
+        if req.image is not None:
+            # Verified and unpacked first; its bundle is then a small `image.json`.
+            image = await self.images.add(req.image, req.name)
+            req = replace(req, bundle=image_bundle(image))
         sha, _ = self.bundles.add(req.bundle)
         # Held until the version row references it: a collection meanwhile keeps it.
         with self.bundles.pinned(sha):
             try:
                 if self.bundle_mirror is not None:
                     await self.bundle_mirror.put(sha, req.bundle, time.time())
-                return await self._deploy(req, sha)
+                return await self._deploy(req, sha, image is not None)
             finally:
+                if image is not None:
+                    self.images.pinned.discard(image.digest)
                 if not await self.repo.bundle_in_use(sha):
                     await self.collect_bundles()
 
-    async def _deploy(self, req: DeployRequest, sha: str) -> VersionRecord:
+    async def _deploy(self, req: DeployRequest, sha: str, image: bool = False) -> VersionRecord:
         code_dir = self.bundles.code_dir(sha)
-        manifest = read_manifest(code_dir)
-        if manifest is not None or has_requirements(code_dir):
+        # Only a deploy that brought an image runs one: a bundle's own image.json is a file.
+        manifest = None if image else read_manifest(code_dir)
+        if manifest is not None or (not image and has_requirements(code_dir)):
             _require_reachable_code(self.executor.settings)
         env_hash: str | None = None
         command: list[str] = []
-        if manifest is not None:
+        if image:
+            module = ""
+            chosen: dict[str, Any] = {
+                "name": "",
+                "attr": "",
+                "kind": KIND_CONTAINER,
+                "config": {"concurrency": DEFAULT_CONCURRENCY},
+            }
+        elif manifest is not None:
             # Any-language: nothing to import; the command is checked by read_manifest.
             if req.name is None and manifest.name is None:
                 raise BadRequest(
@@ -141,7 +162,7 @@ class ControlPlane:
                     code="invalid_deploy",
                 )
             module, command = "", list(manifest.command)
-            chosen: dict[str, Any] = {
+            chosen = {
                 "name": manifest.name or "",
                 "attr": "",
                 "kind": KIND_PROCESS,
@@ -385,7 +406,9 @@ class ControlPlane:
         keep |= {pool.spec.code_dir.name for pool in self.executor.pools.values()}
         if self.bundle_mirror is not None:
             await self.bundle_mirror.collect(keep, time.time() - BUNDLE_GRACE_S)
-        return self.bundles.collect(keep)
+        removed = self.bundles.collect(keep)
+        self.images.collect([self.bundles.code_dir(sha) for sha in keep])
+        return removed
 
     async def _fetch_bundle(self, sha: str) -> None:
         """Bring a bundle another gateway stored onto this one's disk (verified: its

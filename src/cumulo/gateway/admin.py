@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from cumulo.control.images import ImageUpload
 from cumulo.control.service import DeployRequest
 from cumulo.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from cumulo.gateway.auth import principal_of
@@ -53,6 +54,10 @@ class DeployBody(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     promote: bool = True
     config: ConfigOverrides = Field(default_factory=ConfigOverrides)
+    # A container-image function (docs/containers.md): `bundle` is then empty.
+    image: str | None = Field(None, description="base64 of an OCI image archive")
+    image_transport: str = Field("oci-archive", description="oci-archive | oci | docker-archive")
+    image_tag: str | None = Field(None, description="the manifest to run, of an oci layout")
 
 
 class TrafficBody(BaseModel):
@@ -110,6 +115,13 @@ def build_router() -> APIRouter:
             bundle = base64.b64decode(body.bundle, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("bundle must be base64", code="bad_bundle") from None
+        image = None
+        if body.image is not None:
+            try:
+                data = base64.b64decode(body.image, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("image must be base64", code="not_an_image") from None
+            image = ImageUpload(data, body.image_transport, body.image_tag)
         asked_at = time.time()
         record = await p.control.deploy(
             DeployRequest(
@@ -120,6 +132,7 @@ def build_router() -> APIRouter:
                 env=body.env,
                 promote=body.promote,
                 overrides=body.config.model_dump(exclude_none=True),
+                image=image,
             )
         )
         function = await p.control.function(namespace, record.function)

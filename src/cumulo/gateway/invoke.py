@@ -28,7 +28,14 @@ from cumulo.observability.tracing import CURRENT_INVOCATION
 from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import invocation_frame
 from cumulo.runtime.lambda_events import FORMAT_RAW
-from cumulo.runtime.loader import KIND_ASGI, KIND_LAMBDA, KIND_MODEL, KIND_PROCESS, KIND_REQUEST
+from cumulo.runtime.loader import (
+    KIND_ASGI,
+    KIND_CONTAINER,
+    KIND_LAMBDA,
+    KIND_MODEL,
+    KIND_PROCESS,
+    KIND_REQUEST,
+)
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.spec import VersionSpec
 from cumulo.security.auth import Principal
@@ -173,7 +180,7 @@ class InvokeApp:
         event_format = ""
         if spec.kind == KIND_LAMBDA and spec.config.event_format != FORMAT_RAW:
             event_format = spec.config.event_format
-        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS) or event_format:
+        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS, KIND_CONTAINER) or event_format:
             # The platform key is ours: it never reaches user code.
             pairs = [
                 (k.decode("latin-1"), v.decode("latin-1"))

@@ -184,6 +184,10 @@ class Group:
         """CPU time used by every process that ever ran in the group (all threads)."""
         return self.backend.cpu_seconds(self)
 
+    def oom_kills(self) -> int | None:
+        """Processes of the group the kernel's OOM killer has killed (None: unknown)."""
+        return self.backend.oom_kills(self)
+
     def kill(self) -> None:
         """SIGKILL everything in the group (a fork bomb: until nothing is left)."""
         v2 = self.dirs.get("")
@@ -242,6 +246,19 @@ class Backend:
     def cpu_seconds(self, group: Group) -> float | None:
         raise NotImplementedError
 
+    def oom_kills(self, group: Group) -> int | None:
+        return None
+
+    @staticmethod
+    def _counter(path: Path, key: str) -> int | None:
+        """`key N` from a flat-keyed file (memory.events, memory.oom_control)."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in _read(path).splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+        return None
+
 
 class V2(Backend):
     name = "cgroup v2"
@@ -272,6 +289,9 @@ class V2(Backend):
                 if key == "usage_usec":
                     return int(value) / 1e6
         return None
+
+    def oom_kills(self, group: Group) -> int | None:
+        return self._counter(group.dirs[""] / "memory.events", "oom_kill")
 
 
 class V1(Backend):
@@ -320,6 +340,10 @@ class V1(Backend):
         with contextlib.suppress(OSError, ValueError):
             return int(_read(acct / "cpuacct.usage")) / 1e9
         return None
+
+    def oom_kills(self, group: Group) -> int | None:
+        # `oom_kill` in memory.oom_control since Linux 4.13.
+        return self._counter(group.dirs["memory"] / "memory.oom_control", "oom_kill")
 
 
 def platform_name(data_dir: Path | None) -> str:

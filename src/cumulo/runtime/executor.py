@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from cumulo.runtime import cgroups
-from cumulo.runtime.loader import KIND_PROCESS
+from cumulo.runtime.container_pool import ContainerPool, stop_spare_relays
+from cumulo.runtime.loader import KIND_CONTAINER, KIND_PROCESS
 from cumulo.runtime.pool import Clock, InvokeResult, LogSink, RpcHandler, VersionPool
 from cumulo.runtime.process_pool import ProcessPool
 from cumulo.runtime.settings import RuntimeSettings
@@ -48,6 +49,7 @@ class LocalExecutor:
         await self.spares.stop()
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        stop_spare_relays()
         cgroups.shutdown()
 
     def pool_for(self, spec: VersionSpec) -> VersionPool:
@@ -55,6 +57,8 @@ class LocalExecutor:
         if pool is None or pool.closed:
             # A process function (any language) proxies to its command instead of forking.
             kind = ProcessPool if spec.kind == KIND_PROCESS else VersionPool
+            if spec.kind == KIND_CONTAINER:
+                kind = ContainerPool  # a container image: a process function run by crun
             pool = kind(spec, self.settings, self._rpc, self._log_sink, self._clock)
             self.pools[spec.key] = pool
         return pool
@@ -73,7 +77,7 @@ class LocalExecutor:
 
     def prewarm_floor(self, spec: VersionSpec, workers: int, hold_s: float) -> int:
         """Predicted load (cumulo.ai.prewarm): hold `workers` warm for `hold_s` seconds."""
-        if spec.kind == KIND_PROCESS:
+        if spec.kind in (KIND_PROCESS, KIND_CONTAINER):
             return 0  # a process function proxies to its own command: nothing to fork
         return self.pool_for(spec).prewarm(workers, self._clock() + hold_s)
 

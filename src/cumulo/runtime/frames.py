@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cumulo.runtime.loader import KIND_ASGI, KIND_PROCESS, KIND_REQUEST
+from cumulo.runtime.loader import KIND_ASGI, KIND_CONTAINER, KIND_PROCESS, KIND_REQUEST
 
 
 def invocation_frame(
@@ -34,7 +34,7 @@ def invocation_frame(
         frame["at"] = time.time()
     elif kind == KIND_REQUEST:
         frame["http"] = [method, path, headers or {}, query or {}, body]
-    elif kind in (KIND_ASGI, KIND_PROCESS):
+    elif kind in (KIND_ASGI, KIND_PROCESS, KIND_CONTAINER):
         # An app or a process gets header pairs (repeats kept) and the raw query string.
         frame["http"] = [method, path, raw_headers or [], query_string, body]
     elif body:

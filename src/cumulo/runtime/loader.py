@@ -43,6 +43,7 @@ KIND_REQUEST = "request"  # f(request: cumulo.Request, ctx)
 KIND_LAMBDA = "lambda"  # undecorated AWS-style handler(event, context)
 KIND_ASGI = "asgi"  # a whole ASGI application (cumulo.app)
 KIND_PROCESS = "process"  # any-language HTTP server started from a command (cumulo.toml)
+KIND_CONTAINER = "container"  # an OCI image serving HTTP on $PORT (runtime/container_pool.py)
 KIND_MODEL = "model"  # a @cumulo.model class: load() in the zygote, predict(batch) per frame
 
 

@@ -238,7 +238,7 @@ class ProcessPool(VersionPool):
         self.queue.append(fut)
         self._scale_up()
         try:
-            return await _within(fut, self.config.timeout_s)
+            return await _within(fut, self._queue_wait_s())
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 instance, _ = fut.result()
@@ -254,6 +254,10 @@ class ProcessPool(VersionPool):
         finally:
             if fut in self.queue:
                 self.queue.remove(fut)
+
+    def _queue_wait_s(self) -> float:
+        """How long a call waits for a free instance (container_pool.py adds its start)."""
+        return self.config.timeout_s
 
     def _hand(self, instance: ProcessInstance, *, cold: bool) -> None:
         """Free slots of `instance` go to the longest waiters."""

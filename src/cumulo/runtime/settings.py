@@ -41,3 +41,6 @@ class RuntimeSettings:
     # Processes and threads one version's whole tree may hold (its control group's pids.max
     # and RLIMIT_NPROC), whatever max_instances x concurrency would allow.
     max_pids: int = 2048
+    # Largest container image a deploy may bring, archive and unpacked root alike
+    # (`cumulo up --max-image-mb`; runtime/oci_image.py).
+    max_image_mb: int = 512
