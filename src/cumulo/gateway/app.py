@@ -188,7 +188,7 @@ class Gateway:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(PREFIX):
             await self.invoke(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith(UI_PREFIX):
             await self.ui(scope, receive, send)

@@ -4,6 +4,7 @@ The app lives on one event loop in its own thread (started once per worker, with
 app's lifespan startup); the worker's reader thread hands each invocation frame over.
 A response whose body arrives in one piece goes back as one `res` frame; a streamed one
 (SSE, StreamingResponse) as `hdr`, then `chunk` frames as the app produces them, then `end`.
+A WebSocket is a `ws_open` frame and the frames after it (runtime/asgi_ws.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cumulo.runtime.asgi_ws import WsConnection
 from cumulo.runtime.loader import user_traceback
 
 Send = Callable[[dict[str, Any]], None]
@@ -38,6 +40,7 @@ class AsgiRunner:
         self._thread = threading.Thread(target=self.loop.run_forever, name="asgi", daemon=True)
         self._lifespan_done: asyncio.Future[None] | None = None
         self._cpu_mark = time.process_time()
+        self.sockets: dict[str, WsConnection] = {}  # open WebSockets by invocation id
 
     def start(self) -> None:
         self._thread.start()
@@ -45,6 +48,22 @@ class AsgiRunner:
 
     def submit(self, message: dict[str, Any]) -> None:
         asyncio.run_coroutine_threadsafe(self.handle(message), self.loop)
+
+    def ws_frame(self, message: dict[str, Any]) -> None:
+        """A WebSocket frame from the gateway (the reader thread): handled on the app's
+        loop, in arrival order, so a connection exists before its first message."""
+        self.loop.call_soon_threadsafe(self._ws_frame, message)
+
+    def _ws_frame(self, message: dict[str, Any]) -> None:
+        iid = str(message.get("id", ""))
+        if message.get("t") == "ws_open":
+            if iid not in self.sockets:
+                opened = self.sockets[iid] = WsConnection(self, message)
+                opened.task = self.loop.create_task(opened.run(self.app))
+            return
+        conn = self.sockets.get(iid)
+        if conn is not None:
+            conn.deliver(message)
 
     async def _lifespan_startup(self) -> None:
         """Run the app's startup once per worker; apps without lifespan support are fine."""
@@ -78,18 +97,22 @@ class AsgiRunner:
     async def handle(self, message: dict[str, Any]) -> None:
         iid = message["id"]
         method, path, headers, query_string, body = message["http"]
+        client = message.get("cl")
+        # As uvicorn behind a proxy with --root-path gives it: `path` includes the root
+        # path, so request.url and url_for carry /fn/{ns}/{name}; routing strips it.
+        full_path = self.root_path + path
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
             "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
+            "scheme": "https" if message.get("sc") == "https" else "http",
+            "path": full_path,
+            "raw_path": full_path.encode(),
             "root_path": self.root_path,
             "query_string": query_string.encode() if isinstance(query_string, str) else b"",
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            "client": None,
+            "client": (str(client[0]), int(client[1])) if client else None,
             "server": None,
             "state": {},
         }
@@ -126,13 +149,13 @@ class AsgiRunner:
                 if size > self.max_body:
                     raise ResponseTooLarge(size, self.max_body)
                 self.send_frame(
-                    {"t": "res", "id": iid, "http": [status, pairs, chunk], "u": self._usage()}
+                    {"t": "res", "id": iid, "http": [status, pairs, chunk], "u": self.usage()}
                 )
                 done.set()
                 return
             if not streaming:
                 streaming = True
-                frame = {"t": "hdr", "id": iid, "http": [status, pairs, b""], "u": self._usage()}
+                frame = {"t": "hdr", "id": iid, "http": [status, pairs, b""], "u": self.usage()}
                 self.send_frame(frame)
             if chunk:
                 self.send_frame({"t": "chunk", "id": iid, "data": chunk})
@@ -161,9 +184,9 @@ class AsgiRunner:
     def _fail(self, iid: str, code: str, type_name: str, message: str, tb: str) -> None:
         with contextlib.suppress(OSError):
             frame = {"t": "err", "id": iid, "code": code, "type": type_name, "message": message}
-            self.send_frame({**frame, "tb": tb, "u": self._usage()})
+            self.send_frame({**frame, "tb": tb, "u": self.usage()})
 
-    def _usage(self) -> list[float]:
+    def usage(self) -> list[float]:
         """[process CPU seconds since the previous reply, peak RSS in KB], for metering.
         The app's requests share one event loop, so no per-request CPU clock exists: CPU is
         billed reply by reply. Totals are exact; with overlapping requests one request's

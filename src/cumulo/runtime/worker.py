@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from cumulo.runtime.asgi import AsgiRunner
+from cumulo.runtime.frames import WS_TO_WORKER
 from cumulo.runtime.loader import (
     KIND_ASGI,
     KIND_LAMBDA,
@@ -195,6 +196,8 @@ class Worker:
                     pool.submit(self.invoke, message)
             elif kind == "rpr":
                 self.transport.resolve(message)
+            elif kind in WS_TO_WORKER and runner is not None:
+                runner.ws_frame(message)
 
     def invoke(self, message: dict[str, Any]) -> None:
         iid = message["id"]

@@ -1,0 +1,240 @@
+"""WebSockets to a `cumulo.app` (FastAPI) through the gateway, driven by the `websockets`
+client library against a real platform: messages both ways, subprotocols, close codes in
+both directions, refusals, limits (size, time, concurrency), crashes, metering, and the
+URL / client address an app sees (HTTP and WebSocket)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
+
+SOCKETS = FUNCTIONS / "sockets.py"
+MAX_BODY = 1024 * 1024  # the session platform's --max-body-mb 1
+
+
+def ws_url(platform: RunningPlatform, name: str, path: str, namespace: str = "default") -> str:
+    return f"{platform.url.replace('http', 'ws', 1)}/fn/{namespace}/{name}{path}"
+
+
+def open_ws(
+    platform: RunningPlatform, name: str, path: str, namespace: str = "default", **kw: Any
+) -> ClientConnection:
+    kw.setdefault("additional_headers", platform.headers)
+    kw.setdefault("open_timeout", 30)
+    kw.setdefault("max_size", 4 * MAX_BODY)
+    return connect(ws_url(platform, name, path, namespace), **kw)
+
+
+def closed_code(platform: RunningPlatform, name: str, tag: str) -> int | None:
+    with platform.http() as http:
+        code = http.get(f"/fn/default/{name}/closed/{tag}").json()["code"]
+    return int(code) if code is not None else None
+
+
+@pytest.fixture(scope="module")
+def app(platform: RunningPlatform) -> str:
+    platform.client().deploy(SOCKETS)
+    return "sockets"
+
+
+def close_of(ws: ClientConnection) -> tuple[int, str]:
+    """The close frame the client received (waits for it)."""
+    with pytest.raises(ConnectionClosed) as info:
+        drain(ws)
+    assert info.value.rcvd is not None, "the connection ended without a close frame"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+def drain(ws: ClientConnection) -> None:
+    while True:
+        ws.recv(timeout=30)
+
+
+def test_text_and_bytes_echo_with_a_subprotocol(platform: RunningPlatform, app: str) -> None:
+    with open_ws(platform, app, "/echo", subprotocols=["chat.v1"]) as ws:
+        assert ws.subprotocol == "chat.v1"
+        assert ws.response is not None
+        assert ws.response.headers["x-cumulo-invocation-id"]
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "hello"
+        ws.send(b"\x00\x01\xff")
+        assert ws.recv(timeout=10) == b"\x00\x01\xff"
+        for i in range(100):  # more than the flow-control window, in order
+            ws.send(f"m{i}")
+        assert [ws.recv(timeout=10) for _ in range(100)] == [f"m{i}" for i in range(100)]
+    with open_ws(platform, app, "/echo") as ws:
+        assert ws.subprotocol is None  # none offered, none chosen
+
+
+def test_the_apps_close_code_reaches_the_client(platform: RunningPlatform, app: str) -> None:
+    with open_ws(platform, app, "/echo") as ws:
+        ws.send("close:4001")
+        assert close_of(ws) == (4001, "asked to")
+
+
+def test_the_clients_close_code_reaches_the_app(platform: RunningPlatform, app: str) -> None:
+    with open_ws(platform, app, "/echo?tag=bye") as ws:
+        ws.send("ping")
+        assert ws.recv(timeout=10) == "ping"
+        ws.close(code=4002, reason="done here")
+    wait_until(lambda: closed_code(platform, app, "bye") == 4002, what="the app to see 4002")
+
+
+def test_a_refusal_before_accept_is_http_403(platform: RunningPlatform, app: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(platform, app, "/reject")
+    assert info.value.response.status_code == 403
+    assert json.loads(info.value.response.body)["error"]["code"] == "websocket_rejected"
+
+
+def test_auth_is_an_invokes(platform: RunningPlatform, app: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(platform, app, "/echo", additional_headers={})
+    assert info.value.response.status_code == 401
+    assert b"Traceback" not in info.value.response.body
+    bad = {"authorization": "Bearer ck_not_a_real_key"}
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(platform, app, "/echo", additional_headers=bad)
+    assert info.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(platform, "no-such-function", "/echo")
+    assert info.value.response.status_code == 404
+
+
+def test_oversized_messages_close_1009_both_ways(platform: RunningPlatform, app: str) -> None:
+    with open_ws(platform, app, "/echo?tag=huge") as ws:
+        ws.send(b"z" * (MAX_BODY + 1))
+        code, _ = close_of(ws)
+    assert code == 1009
+    wait_until(lambda: closed_code(platform, app, "huge") == 1009, what="the app to see 1009")
+    with open_ws(platform, app, "/echo") as ws:
+        ws.send(f"big:{MAX_BODY + 1}")  # the app answers with a message over the limit
+        code, _ = close_of(ws)
+    assert code == 1009
+
+
+def test_a_worker_crash_closes_1011(platform: RunningPlatform, app: str) -> None:
+    with open_ws(platform, app, "/crash") as ws:
+        ws.send("die")
+        code, reason = close_of(ws)
+    assert code == 1011
+    assert "crashed" in reason
+    with open_ws(platform, app, "/echo") as ws:  # the next connection gets a new worker
+        ws.send("alive")
+        assert ws.recv(timeout=10) == "alive"
+
+
+def test_the_functions_timeout_bounds_the_connection(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    platform.client().deploy(SOCKETS, name=unique_name, timeout_s=1.5)
+    began = time.monotonic()
+    with open_ws(platform, unique_name, "/hold?tag=late") as ws:
+        assert ws.recv(timeout=10) == "held"
+        code, reason = close_of(ws)
+    lasted = time.monotonic() - began
+    assert code == 1001
+    assert "1.5s limit" in reason
+    assert 1.4 <= lasted < 10
+    # The app was told too (its receive raised WebSocketDisconnect with the same code).
+    wait_until(lambda: closed_code(platform, unique_name, "late") == 1001, what="the app's 1001")
+    records = platform.client().invocations(unique_name)
+    assert any(r["status"] == 504 for r in records), records
+
+
+def test_a_connection_holds_a_concurrency_slot(platform: RunningPlatform, unique_name: str) -> None:
+    """With concurrency 1 and one instance, a second connection waits in the function's
+    queue (as an HTTP invoke does) until the first one ends."""
+    client = platform.client()
+    client.deploy(SOCKETS, name=unique_name, concurrency=1, max_instances=1, timeout_s=20)
+
+    def queued() -> int:
+        return sum(z["queued"] for z in client.workers(unique_name))
+
+    def second() -> str:
+        with open_ws(platform, unique_name, "/echo") as ws:
+            ws.send("my turn")
+            return str(ws.recv(timeout=10))
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        open_ws(platform, unique_name, "/hold") as first,
+    ):
+        assert first.recv(timeout=10) == "held"
+        waiting = pool.submit(second)
+        wait_until(lambda: queued() == 1, what="the second connection to queue")
+        assert not waiting.done()
+        first.close()
+        assert waiting.result(timeout=20) == "my turn"
+
+
+def test_a_connection_is_one_metered_invocation_with_its_duration(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    namespace = unique_name
+    client = platform.client(namespace)
+    client.deploy(SOCKETS, name="sockets")
+
+    def usage() -> dict[str, Any]:
+        answer = httpx.get(
+            f"{platform.url}/v1/usage",
+            params={"namespace": namespace},
+            headers=platform.headers,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        total: dict[str, Any] = answer.json()["total"]
+        return total
+
+    before = usage()
+    began = time.monotonic()
+    with open_ws(platform, "sockets", "/echo", namespace=namespace) as ws:
+        ws.send("x" * 100)
+        assert ws.recv(timeout=10) == "x" * 100
+        wait_until(lambda: time.monotonic() - began > 1.0, what="a second to pass")
+    held = time.monotonic() - began
+
+    def metered() -> bool:
+        return int(usage()["invocations"]) - int(before["invocations"]) == 1
+
+    wait_until(metered, what="the connection to be metered")
+    after = usage()
+    assert after["bytes_in"] - before["bytes_in"] == 100
+    assert after["bytes_out"] - before["bytes_out"] == 100
+    gb_s = after["gb_seconds"] - before["gb_seconds"]
+    assert 0.9 * (256 / 1024) <= gb_s <= held * (256 / 1024) * 1.1
+
+
+@pytest.fixture
+def who(platform: RunningPlatform, app: str) -> Iterator[dict[str, Any]]:
+    with open_ws(platform, app, "/who") as ws:
+        yield json.loads(ws.recv(timeout=10))
+
+
+def test_url_for_and_the_client_address(
+    platform: RunningPlatform, app: str, who: dict[str, Any]
+) -> None:
+    with platform.http() as http:
+        seen = http.get(f"/fn/default/{app}/who", params={"q": "1"}).json()
+    base = f"{platform.url}/fn/default/{app}"
+    assert seen["url"] == f"{base}/who?q=1"
+    assert seen["item_url"] == f"{base}/items/7"
+    assert seen["base_url"] == f"{base}/"
+    assert seen["client"][0] == "127.0.0.1"
+    assert isinstance(seen["client"][1], int)
+    # The same over a WebSocket (ws:// URLs), and the platform key never reaches the app.
+    ws_base = ws_url(platform, app, "")
+    assert who["url"] == f"{ws_base}/who"
+    assert who["echo_url"] == f"{ws_base}/echo"
+    assert who["client"][0] == "127.0.0.1"
+    assert who["authorization"] is None
