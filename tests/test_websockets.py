@@ -6,9 +6,11 @@ URL / client address an app sees (HTTP and WebSocket)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -213,6 +215,64 @@ def test_a_connection_is_one_metered_invocation_with_its_duration(
     assert after["bytes_out"] - before["bytes_out"] == 100
     gb_s = after["gb_seconds"] - before["gb_seconds"]
     assert 0.9 * (256 / 1024) <= gb_s <= held * (256 / 1024) * 1.1
+
+
+def settled(read: Callable[[], int]) -> Callable[[], bool]:
+    """A wait_until predicate: true once `read()` gave the same nonzero value twice, a
+    quarter second apart (a sender that flow control has stopped)."""
+    last = [-1, 0.0]
+
+    def check() -> bool:
+        now = time.monotonic()
+        if now - last[1] < 0.25:
+            return False
+        value, last[0], last[1] = read(), read(), now
+        return bool(value) and value == last[0]
+
+    return check
+
+
+def test_a_slow_client_stops_the_app_instead_of_filling_memory(
+    platform: RunningPlatform, app: str
+) -> None:
+    n, size = 2000, 64 * 1024  # 128 MB if nothing pushed back
+
+    def sent() -> int:
+        with platform.http() as http:
+            return int(http.get(f"/fn/default/{app}/sent/flood").json()["n"])
+
+    with open_ws(platform, app, f"/flood?n={n}&size={size}") as ws:
+        wait_until(settled(sent), what="the app's sends to stop")
+        stalled = sent()
+        # The window and the sockets' buffers: a few MB, not the 128 MB the app has.
+        assert stalled < n // 4, stalled
+        assert all(len(ws.recv(timeout=10)) == size for _ in range(n))
+    assert sent() == n
+
+
+def test_an_app_that_never_reads_stops_its_client(
+    platform: RunningPlatform, unique_name: str
+) -> None:
+    platform.client().deploy(SOCKETS, name=unique_name, timeout_s=4)
+    count = [0]
+    message = os.urandom(64 * 1024)  # incompressible (permessage-deflate)
+
+    def flood(ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            while True:
+                ws.send(message)
+                count[0] += 1
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        open_ws(platform, unique_name, "/deaf", close_timeout=1) as ws,
+    ):
+        assert ws.recv(timeout=10) == "deaf"
+        sending = pool.submit(flood, ws)
+        wait_until(settled(lambda: count[0]), what="the client's sends to block")
+        assert count[0] < 1000, count[0]  # 64 MB would be 1000: a window and buffers
+        # The time limit ends it (the app, never reading, is stopped), and the client.
+        sending.result(timeout=30)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import cumulo
 api = cumulo.app(FastAPI(), name="sockets")
 # How each connection ended, as the app saw it: tag → close code (read over HTTP).
 CLOSED: dict[str, int] = {}
+SENT: dict[str, int] = {}  # messages a sender got through so far
 
 
 @api.websocket("/echo")
@@ -61,16 +62,25 @@ async def hold(ws: WebSocket, tag: str = "") -> None:
 
 
 @api.websocket("/flood")
-async def flood(ws: WebSocket, n: int = 1000) -> None:
-    """Sends n messages as fast as it may: flow control paces it to the client."""
+async def flood(ws: WebSocket, n: int = 1000, size: int = 1024) -> None:
+    """Sends n messages as fast as it may: flow control paces it to its client."""
     await ws.accept()
-    sent = 0
+    SENT["flood"] = 0
+    noise = os.urandom(size)  # incompressible: permessage-deflate must not hide the size
     try:
-        for sent in range(1, n + 1):  # noqa: B007 - read after the loop
-            await ws.send_bytes(b"y" * 1024)
+        for _ in range(n):
+            await ws.send_bytes(noise)
+            SENT["flood"] += 1
     except WebSocketDisconnect:
         pass
-    CLOSED["flood"] = sent
+
+
+@api.websocket("/deaf")
+async def deaf(ws: WebSocket) -> None:
+    """Accepts and never reads, nor returns: stopped at its time limit."""
+    await ws.accept()
+    await ws.send_text("deaf")
+    await asyncio.sleep(3600)
 
 
 @api.websocket("/who")
@@ -90,6 +100,11 @@ async def who(ws: WebSocket) -> None:
 @api.get("/closed/{tag}")
 async def closed(tag: str) -> dict[str, int | None]:
     return {"code": CLOSED.get(tag)}
+
+
+@api.get("/sent/{tag}")
+async def sent(tag: str) -> dict[str, int]:
+    return {"n": SENT.get(tag, 0)}
 
 
 @api.get("/who")
