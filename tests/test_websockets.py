@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import FUNCTIONS, RunningPlatform, wait_until
+from tests.test_deps import REQUIREMENT, SANDBOX, _index_reachable
 
 SOCKETS = FUNCTIONS / "sockets.py"
 MAX_BODY = 1024 * 1024  # the session platform's --max-body-mb 1
@@ -41,6 +43,11 @@ def closed_code(platform: RunningPlatform, name: str, tag: str) -> int | None:
     with platform.http() as http:
         code = http.get(f"/fn/default/{name}/closed/{tag}").json()["code"]
     return int(code) if code is not None else None
+
+
+def deps_testable() -> bool:
+    """requirements.txt envs need the package index, and bubblewrap under a root gateway."""
+    return _index_reachable() and (SANDBOX.sandboxed or not SANDBOX.drop_uid)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +305,43 @@ def test_url_for_and_the_client_address(
     assert who["echo_url"] == f"{ws_base}/echo"
     assert who["client"][0] == "127.0.0.1"
     assert who["authorization"] is None
+
+
+REQUIRING_APP = """
+import humanize
+from fastapi import FastAPI, WebSocket
+
+import cumulo
+
+api = cumulo.app(FastAPI())
+
+
+@api.get("/n/{n}")
+async def n(n: int) -> dict[str, str]:
+    return {"text": humanize.intcomma(n)}
+
+
+@api.websocket("/ws")
+async def ws(socket: WebSocket) -> None:
+    await socket.accept()
+    await socket.send_text(humanize.intcomma(int(await socket.receive_text())))
+    await socket.close()
+"""
+
+
+@pytest.mark.skipif(not deps_testable(), reason="needs the package index and the sandbox")
+def test_an_app_with_requirements_finds_the_platforms_fastapi(
+    platform: RunningPlatform, unique_name: str, tmp_path: Path
+) -> None:
+    """Its requirements.txt lists only what the app adds; FastAPI comes from the platform."""
+    code = tmp_path / "app"
+    code.mkdir()
+    (code / "main.py").write_text(REQUIRING_APP)
+    (code / "requirements.txt").write_text(REQUIREMENT)
+    deployed = platform.client().deploy(code, name=unique_name)
+    assert deployed["config"]["requirements"]
+    with platform.http() as http:
+        assert http.get(f"/fn/default/{unique_name}/n/1234567").json() == {"text": "1,234,567"}
+    with open_ws(platform, unique_name, "/ws") as ws:
+        ws.send("7654321")
+        assert ws.recv(timeout=10) == "7,654,321"
