@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,9 @@ from typing import Any
 
 from cumulo.runtime.asgi_ws import WsConnection
 from cumulo.runtime.loader import user_traceback
+from cumulo.runtime.wire import HEADER, BlockingChannel, FrameTooLarge, pack, unpack
 
-Send = Callable[[dict[str, Any]], None]
+Reply = Callable[[dict[str, Any]], None]  # an rpc reply (rpr) for the worker's transport
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 log = logging.getLogger("cumulo.asgi")
@@ -29,10 +31,16 @@ log = logging.getLogger("cumulo.asgi")
 
 class AsgiRunner:
     def __init__(
-        self, app: ASGIApp, send_frame: Send, root_path: str, code_dir: Any, max_body: int
+        self,
+        app: ASGIApp,
+        send_bytes: Callable[[bytes], None],
+        root_path: str,
+        code_dir: Any,
+        max_body: int,
     ) -> None:
         self.app = app
-        self.send_frame = send_frame
+        self._send_bytes = send_bytes
+        self._out: list[bytes] = []  # frames packed this loop iteration, not yet written
         self.root_path = root_path
         self.code_dir = code_dir
         self.max_body = max_body
@@ -46,15 +54,72 @@ class AsgiRunner:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._lifespan_startup(), self.loop).result()
 
-    def submit(self, message: dict[str, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(self.handle(message), self.loop)
+    def send_frame(self, message: dict[str, Any]) -> None:
+        """Send a frame from the app's loop: the frames of one loop iteration (replies to
+        the several requests or WebSocket messages one read brought) go in one write."""
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(pack(message))
 
-    def ws_frame(self, message: dict[str, Any]) -> None:
-        """A WebSocket frame from the gateway (the reader thread): handled on the app's
-        loop, in arrival order, so a connection exists before its first message."""
-        self.loop.call_soon_threadsafe(self._ws_frame, message)
+    def _flush(self) -> None:
+        data, self._out = b"".join(self._out), []
+        with contextlib.suppress(OSError):  # the gateway is gone: the read side ends us
+            self._send_bytes(data)
+
+    def serve(self, channel: BlockingChannel, on_reply: Reply) -> None:
+        """Read the gateway's frames on the app's own loop until the gateway closes the
+        socket: a frame reaches the app without a hop from a reader thread (and its wait
+        for the GIL), which a WebSocket pays per message. Sends stay blocking `sendall`s
+        (recv uses MSG_DONTWAIT, so the socket itself stays blocking: asyncio's own loop,
+        not uvloop, whose add_reader would make it non-blocking under those sendalls)."""
+        sock, limit = channel.sock, channel.max_frame
+        buf = bytearray()
+        closed = threading.Event()
+
+        def stop() -> None:
+            self.loop.remove_reader(sock.fileno())
+            closed.set()
+
+        def readable() -> None:
+            try:
+                data = sock.recv(1 << 18, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                stop()
+                return
+            buf.extend(data)
+            offset = 0
+            while len(buf) - offset >= HEADER.size:
+                (size,) = HEADER.unpack_from(buf, offset)
+                if size > limit:
+                    log.warning("%s", FrameTooLarge(size, limit))
+                    stop()
+                    return
+                start = offset + HEADER.size
+                if len(buf) - start < size:
+                    break
+                message = unpack(bytes(buf[start : start + size]))
+                offset = start + size
+                self._dispatch(message, on_reply)
+            del buf[:offset]
+
+        self.loop.call_soon_threadsafe(self.loop.add_reader, sock.fileno(), readable)
+        closed.wait()
+
+    def _dispatch(self, message: dict[str, Any], on_reply: Reply) -> None:
+        kind = message.get("t")
+        if kind == "inv":
+            self.loop.create_task(self.handle(message))
+        elif kind == "rpr":
+            on_reply(message)
+        elif isinstance(kind, str) and kind.startswith("ws_"):
+            self._ws_frame(message)
 
     def _ws_frame(self, message: dict[str, Any]) -> None:
+        # On the loop, in arrival order: a connection exists before its first message.
         iid = str(message.get("id", ""))
         if message.get("t") == "ws_open":
             if iid not in self.sockets:

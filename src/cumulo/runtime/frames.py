@@ -45,8 +45,6 @@ def invocation_frame(
 # instead of growing a queue: at most WS_WINDOW messages are ever buffered each way.
 WS_WINDOW = 16
 WS_ACK_EVERY = WS_WINDOW // 2
-# Gateway → worker frames a worker's reader thread hands to the app's runner.
-WS_TO_WORKER = frozenset({"ws_open", "ws_msg", "ws_close", "ws_ack"})
 
 
 def ws_open_frame(
