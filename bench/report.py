@@ -256,6 +256,19 @@ def _later_issue_rows(r: dict[str, Any]) -> list[list[str]]:
                 _verdict(an.get("pass")),
             ]
         )
+    ws = r.get("websocket") or {}
+    if _ok(ws.get("ratio_median_of_rounds")):
+        rows.append(
+            [
+                f"16. WebSocket echo round trips, {ws.get('clients')} connections, cumulo.app",
+                _f(ws.get("cumulo_round_trips_s"), ",.0f", " round trips/s"),
+                "bare uvicorn, same FastAPI app: "
+                + _f(ws.get("bare_uvicorn_round_trips_s"), ",.0f", " round trips/s"),
+                _f(ws["ratio_median_of_rounds"], ".3f", "×"),
+                "≥ 0.60×",
+                _verdict(ws.get("pass")),
+            ]
+        )
     me = r.get("metering") or {}
     if _ok(me.get("ratio_median_of_rounds")):
         rows.append(
@@ -1102,6 +1115,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
     for key, title in (
         ("auth", "Key authentication overhead (issue 3: with a key ≥ 0.95× without)"),
         ("app", "A FastAPI app through cumulo vs bare uvicorn (issue 4: ≥ 0.5×)"),
+        ("websocket", "WebSocket echo through cumulo.app vs bare uvicorn (issue 16: ≥ 0.6×)"),
         ("async", "Async invocations (issue 4: ≥ 1,000 jobs/s end to end on SQLite)"),
         ("quantum", "Quantum"),
         ("batching", "Model batching on MiniLM (issue 6: batched ≥ 4× unbatched)"),

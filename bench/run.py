@@ -3,7 +3,7 @@
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
                                           #   memory, auth, app, async, quantum, cli, reliability,
-                                          #   gateways, scaleout, scaleout_jobs
+                                          #   gateways, scaleout, scaleout_jobs, websocket
                                           #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
@@ -47,6 +47,7 @@ EXTRAS = {
     "cli": "bench.cli_startup",  # issue 17: `cumulo --help` / `invoke` vs `python -c pass`
     "gateways": "bench.gateways_bench",  # issue 12c: a change reaching the other gateway
     "scaleout_jobs": "bench.scaleout_jobs",  # issue 12b: async jobs/s, 2 gateways, SIGKILLs
+    "websocket": "bench.websocket_bench",  # issue 16: WebSocket echo vs bare uvicorn
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 

@@ -120,6 +120,27 @@ def test_auth_is_an_invokes(platform: RunningPlatform, app: str) -> None:
     assert info.value.response.status_code == 404
 
 
+def test_a_session_cookie_opens_a_websocket_only_from_its_own_origin(
+    platform: RunningPlatform, app: str
+) -> None:
+    """Cross-site WebSocket hijacking: a page elsewhere may make the browser send the
+    dashboard's cookie on a handshake; only the gateway's own origin is let through."""
+    login = httpx.post(
+        f"{platform.url}/ui/login",
+        json={"key": platform.api_key},
+        headers={"x-cumulo-csrf": "1"},
+        timeout=10,
+    )
+    assert login.status_code == 200, login.text
+    cookie = {"cookie": login.headers["set-cookie"].split(";")[0]}
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(platform, app, "/echo", additional_headers=cookie, origin="https://evil.example")
+    assert info.value.response.status_code == 403
+    with open_ws(platform, app, "/echo", additional_headers=cookie, origin=platform.url) as ws:
+        ws.send("same origin")
+        assert ws.recv(timeout=10) == "same origin"
+
+
 def test_oversized_messages_close_1009_both_ways(platform: RunningPlatform, app: str) -> None:
     with open_ws(platform, app, "/echo?tag=huge") as ws:
         ws.send(b"z" * (MAX_BODY + 1))
