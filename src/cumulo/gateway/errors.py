@@ -48,8 +48,8 @@ async def send_ws_error(
             {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
         )
         await send({"type": "websocket.http.response.body", "body": body})
-    except OSError:
-        pass  # the client went away first
+    except (OSError, RuntimeError):
+        pass  # the client went away first, or the handshake was already answered
 
 
 def internal_error(exc: BaseException, where: str) -> ApiError:

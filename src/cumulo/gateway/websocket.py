@@ -31,7 +31,7 @@ from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import ws_open_frame
 from cumulo.runtime.loader import KIND_ASGI
 from cumulo.runtime.spec import VersionSpec
-from cumulo.runtime.ws_session import WsSession
+from cumulo.runtime.ws_session import WsSession, wire_size
 from cumulo.security.auth import PRINCIPAL
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class Relay:
                         await self.send({"type": "websocket.send", "bytes": data})
                     else:
                         continue
-                    session.delivered(len(data))
+                    session.delivered(wire_size(data))
                 elif kind == "ws_close":
                     code = event.get("code")
                     code = code if type(code) is int and code in SENDABLE else INTERNAL_ERROR

@@ -1,7 +1,7 @@
 """Running a whole ASGI application inside a worker.
 
 The app lives on one event loop in its own thread (started once per worker, with the
-app's lifespan startup); the worker's reader thread hands each invocation frame over.
+app's lifespan startup), which also reads the worker's socket (`serve`).
 A response whose body arrives in one piece goes back as one `res` frame; a streamed one
 (SSE, StreamingResponse) as `hdr`, then `chunk` frames as the app produces them, then `end`.
 A WebSocket is a `ws_open` frame and the frames after it (runtime/asgi_ws.py).
@@ -49,6 +49,7 @@ class AsgiRunner:
         self._lifespan_done: asyncio.Future[None] | None = None
         self._cpu_mark = time.process_time()
         self.sockets: dict[str, WsConnection] = {}  # open WebSockets by invocation id
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -71,7 +72,8 @@ class AsgiRunner:
         socket: a frame reaches the app without a hop from a reader thread (and its wait
         for the GIL), which a WebSocket pays per message. Sends stay blocking `sendall`s
         (recv uses MSG_DONTWAIT, so the socket itself stays blocking: asyncio's own loop,
-        not uvloop, whose add_reader would make it non-blocking under those sendalls)."""
+        not uvloop, whose add_reader would make it non-blocking under those sendalls).
+        An app gets no Context, so nothing on this loop waits for an rpc reply."""
         sock, limit = channel.sock, channel.max_frame
         buf = bytearray()
         closed = threading.Event()
@@ -112,7 +114,9 @@ class AsgiRunner:
     def _dispatch(self, message: dict[str, Any], on_reply: Reply) -> None:
         kind = message.get("t")
         if kind == "inv":
-            self.loop.create_task(self.handle(message))
+            task = self.loop.create_task(self.handle(message))
+            self._tasks.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._tasks.discard)
         elif kind == "rpr":
             on_reply(message)
         elif isinstance(kind, str) and kind.startswith("ws_"):

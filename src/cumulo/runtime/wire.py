@@ -8,6 +8,7 @@ worker → gateway   res  {id, body} | {id, http: [status, headers, body]}
                    err  {id, code, type, message}            the handler raised / failed
                    rpc  {rid, op, args}                      state, secrets, calls, ...
                    log  {id, level, msg, fields}             ctx.log and captured prints
+both ways          ws_* (ws_open, ws_msg, ws_close, …)       an app's WebSockets (asgi_ws.py)
 """
 
 from __future__ import annotations

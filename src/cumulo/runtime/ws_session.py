@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 END_GRACE_S = 4.0
 
 
+def wire_size(data: str | bytes) -> int:
+    """A message's size as metered: its bytes (UTF-8 for text)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode())
+
+
 class WsSession:
     def __init__(self, worker: WorkerHandle, iid: str, cold: bool) -> None:
         self.worker = worker
@@ -79,7 +86,7 @@ class WsSession:
         if self.ended.done():
             return False
         self.credit -= 1
-        self.bytes_in += len(data)
+        self.bytes_in += wire_size(data)
         self.worker.protocol.send({"t": "ws_msg", "id": self.iid, "d": data})
         return True
 
