@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def _first_line(text: Any) -> str:
 def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     rows = _summary_rows(r)
     for row in rows:  # sections left out with --only (later issues add rows only when run)
-        key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
+        # The row's leading number: "1b." is section 1, "16." is not.
+        number = re.sub(r"\D.*", "", row[0])
+        key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(number)
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
     return rows + _reliability_rows(r) + _scaleout_rows(r) + _gateway_rows(r)
