@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def _first_line(text: Any) -> str:
 def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     rows = _summary_rows(r)
     for row in rows:  # sections left out with --only (later issues add rows only when run)
-        key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(row[0][0])
+        # The row's leading number: "1b." is section 1, "16." is not.
+        number = re.sub(r"\D.*", "", row[0])
+        key = {"1": "throughput", "2": "coldstart", "3": "memory"}.get(number)
         if key is not None and key not in r:
             row[1], row[2], row[3], row[5] = "not run (`--only`)", "—", "—", "—"
     return (
@@ -279,6 +282,19 @@ def _later_issue_rows(r: dict[str, Any]) -> list[list[str]]:
                 f"FPR {_f(an.get('false_positive_rate', 0) * 100, '.2f', ' %')}",
                 "recall ≥ 0.9 at ≤ 5 % FPR",
                 _verdict(an.get("pass")),
+            ]
+        )
+    ws = r.get("websocket") or {}
+    if _ok(ws.get("ratio_median_of_rounds")):
+        rows.append(
+            [
+                f"16. WebSocket echo round trips, {ws.get('clients')} connections, cumulo.app",
+                _f(ws.get("cumulo_round_trips_s"), ",.0f", " round trips/s"),
+                "bare uvicorn, same FastAPI app: "
+                + _f(ws.get("bare_uvicorn_round_trips_s"), ",.0f", " round trips/s"),
+                _f(ws["ratio_median_of_rounds"], ".3f", "×"),
+                "≥ 0.60×",
+                _verdict(ws.get("pass")),
             ]
         )
     me = r.get("metering") or {}
@@ -1157,6 +1173,7 @@ def write(r: dict[str, Any], docs: Path = DOCS_DIR) -> Path:
     for key, title in (
         ("auth", "Key authentication overhead (issue 3: with a key ≥ 0.95× without)"),
         ("app", "A FastAPI app through cumulo vs bare uvicorn (issue 4: ≥ 0.5×)"),
+        ("websocket", "WebSocket echo through cumulo.app vs bare uvicorn (issue 16: ≥ 0.6×)"),
         ("async", "Async invocations (issue 4: ≥ 1,000 jobs/s end to end on SQLite)"),
         ("quantum", "Quantum"),
         ("batching", "Model batching on MiniLM (issue 6: batched ≥ 4× unbatched)"),

@@ -3,7 +3,7 @@
 python -m bench.run                       # everything
 python -m bench.run --only throughput     # one or more of: throughput, coldstart,
                                           #   memory, auth, app, async, quantum, cli, reliability,
-                                          #   gateways, scaleout, scaleout_jobs
+                                          #   gateways, scaleout, scaleout_jobs, websocket
                                           #   (comma-separated)
 python -m bench.run --quick               # short runs, to check the suite itself
 """
@@ -49,6 +49,7 @@ EXTRAS = {
     "scaleout_jobs": "bench.scaleout_jobs",  # issue 12b: async jobs/s, 2 gateways, SIGKILLs
     "lambda": "bench.lambda_bench",  # issue 16: boto3 invoke vs the plain /fn route
     "container": "bench.container_bench",  # issue 14: container images vs crun by hand
+    "websocket": "bench.websocket_bench",  # issue 16: WebSocket echo vs bare uvicorn
 }
 ALL = [*BENCHMARKS, *EXTRAS]
 

@@ -137,6 +137,10 @@ def serve(
         port=port,
         loop="uvloop",
         http=edge_protocol(limits),
+        # WebSockets to cumulo.app functions (gateway/websocket.py): a message over the
+        # body limit closes the connection with 1009.
+        ws="websockets-sansio",
+        ws_max_size=max_body_bytes,
         lifespan="on",
         access_log=False,
         log_level="warning",

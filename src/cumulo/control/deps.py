@@ -10,8 +10,12 @@ the same requirements. Layout:
   sandbox* (bubblewrap with network, the data dir hidden, only the new env writable): a
   package's build scripts are untrusted code;
 - `cumulo-platform/`: symlinks to the packages a zygote itself imports (cumulo, msgpack,
-  orjson…), added to `sys.path` by a `.pth` file *after* site-packages, so `import cumulo`
+  orjson…) and to the platform's ASGI stack (FastAPI, Starlette, pydantic and what they
+  import), added to `sys.path` by a `.pth` file *after* site-packages, so `import cumulo`
   works, the user's pinned versions win, and the gateway's other packages stay invisible.
+  The ASGI stack is there because `cumulo.app` is the platform's: an app that runs without
+  a requirements.txt keeps running when it adds one for something else (as Lambda's
+  runtime provides boto3); an app that lists FastAPI gets its own.
 
 A build goes to a temporary directory renamed into place when complete (a half-built env
 is never used); an asyncio lock per hash makes concurrent deploys of one hash build once
@@ -64,20 +68,38 @@ try:
     import croniter  # what @cumulo.schedule imports when a module is loaded
 except ImportError:
     pass
+try:
+    import fastapi, starlette.websockets  # the ASGI stack cumulo.app apps find (see above)
+except ImportError:
+    pass
 std = os.path.realpath(sysconfig.get_paths()["stdlib"]) + os.sep
 sites = tuple(os.path.realpath(p) + os.sep for p in site.getsitepackages())
+import importlib.metadata as metadata
+dists = metadata.packages_distributions()
 found = {}
 for name, mod in list(sys.modules.items()):
     file = getattr(mod, "__file__", None)
-    if "." in name or not file or name == "_distutils_hack":
+    if "." in name or name == "_distutils_hack":
         continue
-    where = os.path.dirname(file) if hasattr(mod, "__path__") else file
+    if file:
+        where = os.path.dirname(file) if hasattr(mod, "__path__") else file
+    else:
+        # A namespace package (opentelemetry, which FastAPI imports): its one directory.
+        portions = list(getattr(mod, "__path__", None) or ())
+        if len(portions) != 1:
+            continue
+        where = portions[0]
     real = os.path.realpath(where)
     if not real.startswith(std) or real.startswith(sites):
         found[name] = where
         libs = os.path.join(os.path.dirname(where), name + ".libs")
         if os.path.isdir(libs):
             found[name + ".libs"] = libs
+        # Its metadata too: entry points (opentelemetry's context) and version lookups.
+        for dist in dists.get(name, ()):
+            info = getattr(metadata.distribution(dist), "_path", None)
+            if info is not None and os.path.isdir(info):
+                found[os.path.basename(str(info))] = str(info)
 print(json.dumps({"version": "%d.%d" % sys.version_info[:2], "modules": found}))
 """
 

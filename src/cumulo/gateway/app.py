@@ -192,7 +192,7 @@ class Gateway:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(PREFIX):
             await self.invoke(scope, receive, send)
         elif scope["type"] == "http" and (
             scope["path"] == LAMBDA_PREFIX or scope["path"].startswith(LAMBDA_PREFIX + "/")

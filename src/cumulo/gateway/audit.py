@@ -115,7 +115,7 @@ def record_denial(audit: AuditLog, scope: Scope, status: int) -> None:
     naming paths."""
     actor = principal_key_id(scope)
     client = scope.get("client")
-    details = {"method": scope["method"], "status": status}
+    details = {"method": scope.get("method", "GET"), "status": status}  # WebSocket: GET
     source = client[0] if client else None
     audit.record(ALL_NAMESPACES, actor, "auth.failure", scope["path"], "denied", source, details)
 

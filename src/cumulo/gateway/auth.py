@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cumulo.errors import ApiError, Forbidden, TooManyRequests
 from cumulo.gateway.docs import SWAGGER_ASSETS
-from cumulo.gateway.errors import send_error
+from cumulo.gateway.errors import send_error, send_ws_error
 from cumulo.gateway.ui import SessionStore, csrf_ok, session_cookie
 from cumulo.security.auth import PRINCIPAL, Authenticator, principal_of
 from cumulo.security.ratelimit import Rate, RateLimiter
@@ -57,7 +57,8 @@ class AuthMiddleware:
         self.limiter = limiter or RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        # A WebSocket handshake is an HTTP request: authenticated like one.
+        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         authorization = None
@@ -95,7 +96,10 @@ class AuthMiddleware:
         except ApiError as exc:
             if self.on_denied is not None and scope["path"].startswith(INVOKE_PREFIX):
                 self.on_denied(scope, exc.status)
-            await send_error(send, exc)
+            if scope["type"] == "websocket":
+                await send_ws_error(scope, send, exc)
+            else:
+                await send_error(send, exc)
             return
         scope[PRINCIPAL] = principal
         await self.app(scope, receive, send)

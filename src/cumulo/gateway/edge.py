@@ -211,6 +211,23 @@ class EdgeProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        """The connection passes to the WebSocket protocol, whose end this protocol never
+        sees: the new one gives the connection's count back when it closes."""
+        key, self._client_key = self._client_key, None
+        self._disarm_head_timer()
+        super().handle_websocket_upgrade()
+        upgraded = self.transport.get_protocol()
+        lost = upgraded.connection_lost
+        counts = self.counts
+
+        def connection_lost(exc: Exception | None) -> None:
+            if key is not None:
+                counts.release(key)
+            lost(exc)
+
+        upgraded.connection_lost = connection_lost  # type: ignore[method-assign]
+
     def data_received(self, data: bytes) -> None:
         if self._client_key is None:
             return  # refused: closing

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import orjson
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 from cumulo.errors import ApiError, TooManyRequests, Unauthorized
 
@@ -30,6 +30,26 @@ async def send_error(
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_ws_error(
+    scope: Scope, send: Send, exc: ApiError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Refuse a WebSocket handshake: the error's status and JSON body where the server
+    supports the ASGI WebSocket Denial Response extension (uvicorn does), else a 403."""
+    try:
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = orjson.dumps(exc.to_dict())
+        headers = error_headers(exc) + (extra_headers or [])
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send(
+            {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    except (OSError, RuntimeError):
+        pass  # the client went away first, or the handshake was already answered
 
 
 def internal_error(exc: BaseException, where: str) -> ApiError:

@@ -24,6 +24,7 @@ from cumulo.gateway.auth import PRINCIPAL, principal_of
 from cumulo.gateway.errors import internal_error, send_error
 from cumulo.gateway.headers import FUNCTION_SECURITY_HEADERS, HSTS
 from cumulo.gateway.platform import Platform
+from cumulo.gateway.websocket import WebSocketInvoke
 from cumulo.observability.tracing import CURRENT_INVOCATION
 from cumulo.privacy.http import subject_of
 from cumulo.runtime.frames import invocation_frame
@@ -100,12 +101,16 @@ class InvokeApp:
         self.limit = platform.options.runtime.max_request_bytes
         self.limiter = platform.function_limiter  # shared with other gateways' (platform.py)
         self.tracing = platform.tracing
+        self.websockets = WebSocketInvoke(self)
         self.meta_headers = list(FUNCTION_SECURITY_HEADERS)
         if platform.options.tls:
             self.meta_headers.append(HSTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         invocation_id = new_invocation_id()
+        if scope["type"] == "websocket":
+            await self.websockets(scope, receive, send, invocation_id)
+            return
         if self.tracing.enabled:
             await self._traced(scope, receive, send, invocation_id)
             return
@@ -143,6 +148,69 @@ class InvokeApp:
         invocation_id: str,
         id_header: tuple[bytes, bytes],
     ) -> None:
+        spec, subpath = await self.resolve(scope)
+        body = await read_body(scope, receive, self.limit)
+        if spec.kind == KIND_MODEL:
+            await self._predict(send, spec, body, scope.get(PRINCIPAL))
+            return
+        method = scope["method"]
+        raw_query = scope["query_string"]
+        query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
+        headers: dict[str, str] | None = None
+        pairs: list[tuple[str, str]] | None = None
+        # A Lambda handler gets the request as API Gateway would give it, in the format its
+        # version was deployed with (none stored: deployed before formats, the JSON body).
+        event_format = ""
+        if spec.kind == KIND_LAMBDA and spec.config.event_format != FORMAT_RAW:
+            event_format = spec.config.event_format
+        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS, KIND_CONTAINER) or event_format:
+            pairs = self.user_headers(scope)
+            headers = dict(pairs)
+        elif body:
+            require_json(body)
+        frame = invocation_frame(
+            invocation_id,
+            spec.kind,
+            method=method,
+            path=subpath,
+            headers=headers,
+            query=query,
+            body=body,
+            raw_headers=pairs,
+            query_string=scope["query_string"].decode("latin-1"),
+            event_format=event_format,
+            source_ip=client[0] if (client := scope.get("client")) else "",
+            client=scope.get("client"),
+            scheme=scope.get("scheme", "http"),
+        )
+        principal = scope.get(PRINCIPAL)
+        try:
+            result = await self.platform.invoke(
+                spec,
+                frame,
+                key_id=principal.key_id if principal is not None else None,
+                subject=subject_of(scope),
+            )
+        except ApiError as exc:
+            if exc.status >= 500:
+                self.log_failure(spec, invocation_id, exc)
+            raise
+        await self._respond(send, result, spec.version, id_header)
+
+    def user_headers(self, scope: Scope) -> list[tuple[str, str]]:
+        # The platform key is ours: it never reaches user code.
+        pairs = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k != b"authorization"
+        ]
+        if self.tracing.enabled:
+            pairs = self.tracing.user_headers(pairs)
+        return pairs
+
+    async def resolve(self, scope: Scope) -> tuple[VersionSpec, str]:
+        """The version a request reaches and the app's sub-path, with authorization and
+        the function's rate limit applied (HTTP invokes and WebSockets alike)."""
         parts = scope["path"][len(PREFIX) :].split("/", 2)
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise NotFound("use /fn/{namespace}/{function}", code="function_not_found")
@@ -165,61 +233,9 @@ class InvokeApp:
                     code="function_rate_limited",
                     retry_after=wait,
                 )
-        body = await read_body(scope, receive, self.limit)
-        spec = route.pick()
-        if spec.kind == KIND_MODEL:
-            await self._predict(send, spec, body, scope.get(PRINCIPAL))
-            return
-        method = scope["method"]
-        raw_query = scope["query_string"]
-        query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
-        headers: dict[str, str] | None = None
-        pairs: list[tuple[str, str]] | None = None
-        # A Lambda handler gets the request as API Gateway would give it, in the format its
-        # version was deployed with (none stored: deployed before formats, the JSON body).
-        event_format = ""
-        if spec.kind == KIND_LAMBDA and spec.config.event_format != FORMAT_RAW:
-            event_format = spec.config.event_format
-        if spec.kind in (KIND_REQUEST, KIND_ASGI, KIND_PROCESS, KIND_CONTAINER) or event_format:
-            # The platform key is ours: it never reaches user code.
-            pairs = [
-                (k.decode("latin-1"), v.decode("latin-1"))
-                for k, v in scope["headers"]
-                if k != b"authorization"
-            ]
-            if self.tracing.enabled:
-                pairs = self.tracing.user_headers(pairs)
-            headers = dict(pairs)
-        elif body:
-            require_json(body)
-        frame = invocation_frame(
-            invocation_id,
-            spec.kind,
-            method=method,
-            path=subpath,
-            headers=headers,
-            query=query,
-            body=body,
-            raw_headers=pairs,
-            query_string=scope["query_string"].decode("latin-1"),
-            event_format=event_format,
-            source_ip=client[0] if (client := scope.get("client")) else "",
-        )
-        principal = scope.get(PRINCIPAL)
-        try:
-            result = await self.platform.invoke(
-                spec,
-                frame,
-                key_id=principal.key_id if principal is not None else None,
-                subject=subject_of(scope),
-            )
-        except ApiError as exc:
-            if exc.status >= 500:
-                self._log_failure(spec, invocation_id, exc)
-            raise
-        await self._respond(send, result, spec.version, id_header)
+        return route.pick(), subpath
 
-    def _log_failure(self, spec: VersionSpec, invocation_id: str, exc: ApiError) -> None:
+    def log_failure(self, spec: VersionSpec, invocation_id: str, exc: ApiError) -> None:
         """A failed invocation is a line in the function's log (`cumulo logs`), with the
         user's traceback the caller got."""
         trace = exc.details.get("traceback")

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from cumulo.runtime.frames import invocation_frame
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
+from cumulo.runtime.ws_session import WsSession
 from cumulo.sdk.spec import FunctionConfig
 from cumulo.security.audit import ANCHOR_FILE, AuditLog
 from cumulo.security.auth import ALL_NAMESPACES, Authenticator
@@ -373,6 +374,66 @@ class Platform:
                     memory_mb=spec.config.memory_mb,
                     bytes_in=bytes_in,
                     bytes_out=bytes_out,
+                )
+            )
+
+    async def websocket(
+        self,
+        spec: VersionSpec,
+        frame: dict[str, Any],
+        bridge: Callable[[WsSession], Awaitable[tuple[int, str]]],
+        *,
+        key_id: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        """One WebSocket connection (`frame`: its ws_open) as one invocation: the same
+        privacy, quota and concurrency as an HTTP invoke, for the connection's whole life;
+        `bridge` relays it and returns its (status, code). Metered with its duration."""
+        namespace, name = spec.namespace, spec.function
+        if subject is not None or spec.config.requires_consent:
+            self.privacy.enter(spec, frame, subject)
+        if self.metering is not None:
+            self.metering.admit(namespace)
+        if not self.quota.enter(namespace):
+            raise TooManyRequests(
+                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
+                code="namespace_concurrency",
+            )
+        started = time.time()
+        t0 = time.perf_counter()
+        status, code = 500, "internal"
+        session: WsSession | None = None
+        try:
+            session = await self.executor.connect(spec, frame)
+            status, code = await bridge(session)
+        except ApiError as exc:
+            status, code = exc.status, exc.code
+            raise
+        finally:
+            self.quota.leave(namespace)
+            elapsed = time.perf_counter() - t0
+            cold = session is not None and session.cold
+            self.metrics.observe(namespace, name, status, elapsed, cold)
+            usage = session.end.get("u") if session is not None else None
+            cpu_s, rss_mb, _, _ = invocation_usage({"usage": usage}, None)
+            self._outcomes.append(
+                Outcome(
+                    id=frame["id"],
+                    namespace=namespace,
+                    function=name,
+                    version=spec.version,
+                    status=status,
+                    code=code,
+                    cold=cold,
+                    started_at=started,
+                    duration_s=elapsed,
+                    key_id=key_id,
+                    subject=subject,
+                    cpu_s=cpu_s,
+                    peak_rss_mb=rss_mb,
+                    memory_mb=spec.config.memory_mb,
+                    bytes_in=session.bytes_in if session is not None else 0,
+                    bytes_out=session.bytes_out if session is not None else 0,
                 )
             )
 

@@ -160,7 +160,9 @@ def session_cookie(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 def csrf_ok(scope: Scope) -> bool:
     """May a cookie-authenticated request do this? Safe methods always; others only with
     the dashboard's custom header or a same-origin Origin."""
-    if scope["method"] in SAFE_METHODS:
+    # A WebSocket handshake (no method in its scope) is never "safe": a cross-site page may
+    # open one with the cookie, so it needs the same Origin as a write does.
+    if scope.get("method") in SAFE_METHODS:
         return True
     origin = host = None
     for name, value in scope["headers"]:
@@ -173,6 +175,7 @@ def csrf_ok(scope: Scope) -> bool:
     if origin is None or host is None:
         return False
     scheme: str = scope.get("scheme", "http")
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)  # the page's own origin
     return bool(origin == scheme.encode() + b"://" + host)
 
 

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from cumulo.errors import BadRequest
 from cumulo.runtime import cgroups
 from cumulo.runtime.container_pool import ContainerPool, stop_spare_relays
 from cumulo.runtime.loader import KIND_CONTAINER, KIND_PROCESS
@@ -16,6 +17,7 @@ from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spares import SparePool
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
+from cumulo.runtime.ws_session import WsSession
 from cumulo.tasks import cancel_and_wait
 
 
@@ -67,6 +69,13 @@ class LocalExecutor:
         self, spec: VersionSpec, frame: dict[str, Any], timings: Timings | None = None
     ) -> InvokeResult:
         return await self.pool_for(spec).invoke(frame, timings)
+
+    async def connect(self, spec: VersionSpec, frame: dict[str, Any]) -> WsSession:
+        """Open a WebSocket to an app (`frame`: ws_open); it holds a worker slot until it ends."""
+        pool = self.pool_for(spec)
+        if isinstance(pool, ProcessPool):
+            raise BadRequest("WebSockets reach only cumulo.app functions", code="not_an_app")
+        return await pool.connect(frame)
 
     def prewarm(self, spec: VersionSpec) -> None:
         """Start min_instances workers now instead of at the next reaper tick."""

@@ -22,10 +22,12 @@ from cumulo.errors import (
     TooManyRequests,
 )
 from cumulo.runtime import cgroups
+from cumulo.runtime.loader import KIND_ASGI
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
 from cumulo.runtime.timings import Timings
 from cumulo.runtime.wire import FrameProtocol, FrameTooLarge
+from cumulo.runtime.ws_session import WsSession
 from cumulo.runtime.zygote_handle import ExitInfo, ZygoteHandle
 from cumulo.tasks import TaskSet
 
@@ -109,6 +111,10 @@ def scale_up_count(
     return max(0, min(wanted, max_instances - workers - starting))
 
 
+# Worker → gateway frames of an open WebSocket (runtime/asgi_ws.py).
+WS_FROM_WORKER = frozenset({"ws_accept", "ws_msg", "ws_close", "ws_ack", "ws_end"})
+
+
 class Redispatch(Exception):
     """The frame never started on its worker (the worker died first): send it elsewhere."""
 
@@ -134,6 +140,8 @@ class WorkerHandle:
         # No frame will start on this worker any more (it timed out or announced its exit).
         self.exiting = False
         self.streams: dict[str, ResponseStream] = {}
+        # Open WebSockets: each holds one concurrency slot until its app returns.
+        self.sockets: dict[str, WsSession] = {}
         self._paused = False
         self.served = 0
         # Slots promised to waiters that have not sent their frame yet.
@@ -153,7 +161,7 @@ class WorkerHandle:
 
     @property
     def load(self) -> int:
-        return len(self.inflight) + self.reserved
+        return len(self.inflight) + len(self.sockets) + self.reserved
 
     def send_invoke(
         self, frame: dict[str, Any]
@@ -214,6 +222,10 @@ class WorkerHandle:
                 self._advance()
             if self.alive:
                 self.pool.release(self)
+        elif kind in WS_FROM_WORKER:
+            session = self.sockets.get(message.get("id", ""))
+            if session is not None:
+                session.from_worker(message)
         elif kind == "rpc":
             self.pool.background(self.pool.handle_rpc(self, message))
         elif kind == "log":
@@ -228,6 +240,8 @@ class WorkerHandle:
             )
             self.zygote.kill_worker(self.pid)
         self.pool.worker_gone(self)
+        for session in list(self.sockets.values()):
+            session.lost(f"the worker running {self.pool.spec.function} crashed")
         if self.inflight:
             self.pool.background(self._fail_inflight())
 
@@ -309,7 +323,10 @@ class VersionPool:
         self.closed = False
         # A version that lost all traffic: serve what arrives, keep nothing warm.
         self.draining = False
-        self.prefetch = settings.prefetch if spec.config.concurrency == 1 else 0
+        # Never for an app: its runner starts every frame it gets at once, so a prefetched
+        # frame would run past the app's concurrency (and wait behind no one).
+        sequential = spec.config.concurrency == 1 and spec.kind != KIND_ASGI
+        self.prefetch = settings.prefetch if sequential else 0
         self._ids = itertools.count(1)
         # Predicted load (cumulo.ai.prewarm): keep `floor` workers until `floor_until`.
         self.floor = 0
@@ -345,6 +362,33 @@ class VersionPool:
                     stream=stream,
                 )
             raise _error_from(reply)
+
+    async def connect(self, frame: dict[str, Any]) -> WsSession:
+        """Open a WebSocket (`frame` is its ws_open) on a worker slot it holds for its life;
+        the wait for a slot is an invocation's (429 when the queue is full or too slow)."""
+        while True:
+            worker, cold = await self._acquire()
+            if not worker.alive:
+                continue
+            session = worker.sockets[frame["id"]] = WsSession(worker, frame["id"], cold)
+            worker.protocol.send(frame)
+            return session
+
+    def ws_ended(self, session: WsSession) -> None:
+        worker = session.worker
+        if worker.sockets.pop(session.iid, None) is None:
+            return
+        worker.served += 1
+        worker.last_used = self._clock()
+        if worker.alive:
+            self.release(worker)
+
+    def ws_stuck(self, session: WsSession) -> None:
+        """An app that never returned from a finished connection (its loop is blocked):
+        its worker goes, as a timed-out invocation's does."""
+        worker = session.worker
+        worker.exiting = True
+        self._kill(worker)
 
     def stream_timed_out(self, worker: WorkerHandle, iid: str) -> None:
         """A streamed response ran past the function's timeout: the worker goes."""
@@ -478,7 +522,7 @@ class VersionPool:
     # ----------------------------------------------------------------- scaling
     @property
     def inflight(self) -> int:
-        return sum(len(w.inflight) for w in self.workers)
+        return sum(len(w.inflight) + len(w.sockets) for w in self.workers)
 
     def _scale_up(self) -> None:
         count = scale_up_count(

@@ -8,6 +8,7 @@ worker → gateway   res  {id, body} | {id, http: [status, headers, body]}
                    err  {id, code, type, message}            the handler raised / failed
                    rpc  {rid, op, args}                      state, secrets, calls, ...
                    log  {id, level, msg, fields}             ctx.log and captured prints
+both ways          ws_* (ws_open, ws_msg, ws_close, …)       an app's WebSockets (asgi_ws.py)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class FrameProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self._closed = False
+        self._out: list[bytes] = []  # frames sent this loop iteration, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its interface.
@@ -123,5 +125,14 @@ class FrameProtocol(asyncio.Protocol):
             self._on_close(exc)
 
     def send(self, message: dict[str, Any]) -> None:
+        """Queue a frame; the frames of one loop iteration go out in one write (a read of
+        many clients' WebSocket messages costs the worker one wake-up, not one each)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(pack(message))
+            if not self._out:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._out.append(pack(message))
+
+    def _flush(self) -> None:
+        data, self._out = b"".join(self._out), []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)

@@ -1,7 +1,8 @@
 """The worker: a process forked from a zygote that runs invocations one frame at a time.
 
 With `concurrency == 1` a worker runs each invocation on its main thread and reads rpc
-replies itself; with more, a reader thread dispatches invocations to a thread pool.
+replies itself; with more, a reader thread dispatches invocations to a thread pool. An
+ASGI app's worker reads its socket on the app's event loop instead (asgi.py).
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ class WorkerTransport:
     def send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
             self._channel.send(message)
+
+    def send_packed(self, data: bytes) -> None:
+        """Frames already packed (asgi.py writes a loop iteration's frames at once)."""
+        with self._send_lock:
+            self._channel.sock.sendall(data)
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         rid = next(self._rids)
@@ -174,20 +180,12 @@ class Worker:
         _rebind_log_streams(before, (sys.stdout, sys.stderr))
         if self.handler.kind == KIND_LAMBDA:
             _lambda_logging(self.transport)
-        runner: AsgiRunner | None = None
         if self.asgi:
-            meta = self.meta
-            runner = AsgiRunner(
-                self.handler.func,
-                self.transport.send,
-                f"/fn/{meta.namespace}/{meta.function}",
-                meta.code_dir,
-                meta.max_response,
-            )
-            runner.start()
+            self._serve_app()
+            return
         pool = (
             ThreadPoolExecutor(self.meta.config.concurrency, thread_name_prefix="invoke")
-            if self.threaded and runner is None
+            if self.threaded
             else None
         )
         while True:
@@ -197,14 +195,25 @@ class Worker:
                 return
             kind = message.get("t")
             if kind == "inv":
-                if runner is not None:
-                    runner.submit(message)
-                elif pool is None:
+                if pool is None:
                     self.invoke(message)
                 else:
                     pool.submit(self.invoke, message)
             elif kind == "rpr":
                 self.transport.resolve(message)
+
+    def _serve_app(self) -> None:
+        meta = self.meta
+        runner = AsgiRunner(
+            self.handler.func,
+            self.transport.send_packed,
+            f"/fn/{meta.namespace}/{meta.function}",
+            meta.code_dir,
+            meta.max_response,
+        )
+        runner.start()
+        # The app's loop reads the socket itself (asgi.py): this thread only waits.
+        runner.serve(self.channel, self.transport.resolve)
 
     def invoke(self, message: dict[str, Any]) -> None:
         iid = message["id"]
