@@ -132,7 +132,11 @@ def test_fork_bomb_is_capped_and_dies_with_its_worker(
         while thread.is_alive():
             peak = max(peak, len(group_members(worker)))
             thread.join(0.05)
-        assert isinstance(outcome[0], FunctionTimeout)
+        # Capped by processes (it spins until its timeout) or, where its copies fill the
+        # version's memory first, by the OOM killer (502 out_of_memory, not a crash).
+        assert isinstance(outcome[0], FunctionTimeout) or (
+            isinstance(outcome[0], FunctionCrashed) and outcome[0].code == "out_of_memory"
+        ), outcome[0]
     assert 1 < peak <= nproc, (peak, nproc)
     wait_until(lambda: group_members(worker) == [], 10, "every process of the bomb to be gone")
     if STATUS.drop_uid:

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import math
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -153,6 +154,10 @@ class WorkerHandle:
         self.spawned: tuple[int, int, bool] | None = None
         self.doomed_reason: ApiError | None = None
         self.exit_info: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
+        # The version group's OOM kills when this worker started: one more by the time it
+        # dies of SIGKILL, and the kernel's OOM killer is what killed it.
+        group = zygote.group
+        self.oom_baseline = (group.oom_kills() or 0) if group is not None else 0
         self.protocol = FrameProtocol(
             self._on_frame,
             self._on_close,
@@ -252,11 +257,19 @@ class WorkerHandle:
                 info = await asyncio.wait_for(asyncio.shield(self.exit_info), EXIT_REPORT_WAIT_S)
                 detail = info.describe()
             except TimeoutError:
-                detail = "closed its connection"
-            error = FunctionCrashed(
-                f"the worker running {self.pool.spec.function} crashed: {detail}",
-                code="function_crashed",
-            )
+                info, detail = None, "closed its connection"
+            if info is not None and info.signal == signal.SIGKILL and self._oom_killed():
+                error = FunctionCrashed(
+                    f"{self.pool.spec.function} ran out of memory: its version's limit of "
+                    f"{self.pool.config.memory_mb} MB per worker was reached and the kernel "
+                    "killed the worker",
+                    code="out_of_memory",
+                )
+            else:
+                error = FunctionCrashed(
+                    f"the worker running {self.pool.spec.function} crashed: {detail}",
+                    code="function_crashed",
+                )
         for stream in self.streams.values():
             stream.put(StreamEnd(error.message))
         self.streams.clear()
@@ -269,6 +282,10 @@ class WorkerHandle:
             elif not fut.done():
                 fut.set_exception(Redispatch() if never_ran else error)
         self.inflight.clear()
+
+    def _oom_killed(self) -> bool:
+        group = self.zygote.group
+        return group is not None and (group.oom_kills() or 0) > self.oom_baseline
 
     def pause(self) -> None:
         if not self._paused and self.protocol.transport is not None:
