@@ -315,15 +315,7 @@ class Platform:
     ) -> InvokeResult:
         """Run one invocation (HTTP, async or scheduled): quota, metrics and its record."""
         namespace, name = spec.namespace, spec.function
-        if subject is not None or spec.config.requires_consent:
-            self.privacy.enter(spec, frame, subject)  # 403 consent_required; ctx.subject
-        if self.metering is not None:
-            self.metering.admit(namespace)  # 429 quota_exceeded past a monthly quota
-        if not self.quota.enter(namespace):
-            raise TooManyRequests(
-                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
-                code="namespace_concurrency",
-            )
+        self._admit(spec, frame, subject)
         started = time.time()
         t0 = time.perf_counter()
         status, code, cold = 500, "internal", False
@@ -356,26 +348,10 @@ class Platform:
             # The invocation's record, metering, live stats and forecasts all start from
             # this one object, handed to them in batches (drain_outcomes).
             cpu_s, rss_mb, bytes_in, bytes_out = invocation_usage(frame, body_out)
-            self._outcomes.append(
-                Outcome(
-                    id=frame["id"],
-                    namespace=namespace,
-                    function=name,
-                    version=spec.version,
-                    status=status,
-                    code=code,
-                    cold=cold,
-                    started_at=started,
-                    duration_s=elapsed,
-                    key_id=key_id,
-                    subject=subject,
-                    cpu_s=cpu_s,
-                    peak_rss_mb=rss_mb,
-                    memory_mb=spec.config.memory_mb,
-                    bytes_in=bytes_in,
-                    bytes_out=bytes_out,
-                )
-            )
+            self._record(
+                spec, frame["id"], status, code, cold, started, elapsed, key_id, subject,
+                (cpu_s, rss_mb, bytes_in, bytes_out),
+            )  # fmt: skip
 
     async def websocket(
         self,
@@ -390,15 +366,7 @@ class Platform:
         privacy, quota and concurrency as an HTTP invoke, for the connection's whole life;
         `bridge` relays it and returns its (status, code). Metered with its duration."""
         namespace, name = spec.namespace, spec.function
-        if subject is not None or spec.config.requires_consent:
-            self.privacy.enter(spec, frame, subject)
-        if self.metering is not None:
-            self.metering.admit(namespace)
-        if not self.quota.enter(namespace):
-            raise TooManyRequests(
-                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
-                code="namespace_concurrency",
-            )
+        self._admit(spec, frame, subject)
         started = time.time()
         t0 = time.perf_counter()
         status, code = 500, "internal"
@@ -416,26 +384,63 @@ class Platform:
             self.metrics.observe(namespace, name, status, elapsed, cold)
             usage = session.end.get("u") if session is not None else None
             cpu_s, rss_mb, _, _ = invocation_usage({"usage": usage}, None)
-            self._outcomes.append(
-                Outcome(
-                    id=frame["id"],
-                    namespace=namespace,
-                    function=name,
-                    version=spec.version,
-                    status=status,
-                    code=code,
-                    cold=cold,
-                    started_at=started,
-                    duration_s=elapsed,
-                    key_id=key_id,
-                    subject=subject,
-                    cpu_s=cpu_s,
-                    peak_rss_mb=rss_mb,
-                    memory_mb=spec.config.memory_mb,
-                    bytes_in=session.bytes_in if session is not None else 0,
-                    bytes_out=session.bytes_out if session is not None else 0,
-                )
+            moved = (session.bytes_in, session.bytes_out) if session is not None else (0, 0)
+            self._record(
+                spec, frame["id"], status, code, cold, started, elapsed, key_id, subject,
+                (cpu_s, rss_mb, *moved),
+            )  # fmt: skip
+
+    def _admit(self, spec: VersionSpec, frame: dict[str, Any], subject: str | None) -> None:
+        """What every invocation passes first: consent (403 consent_required; sets
+        ctx.subject), the monthly quota (429 quota_exceeded), the namespace's in-flight
+        quota (429; the caller must `quota.leave`)."""
+        namespace = spec.namespace
+        if subject is not None or spec.config.requires_consent:
+            self.privacy.enter(spec, frame, subject)
+        if self.metering is not None:
+            self.metering.admit(namespace)
+        if not self.quota.enter(namespace):
+            raise TooManyRequests(
+                f"namespace {namespace!r} has {self.quota.limit} invocations in flight, its quota",
+                code="namespace_concurrency",
             )
+
+    def _record(
+        self,
+        spec: VersionSpec,
+        invocation_id: str,
+        status: int,
+        code: str,
+        cold: bool,
+        started: float,
+        elapsed: float,
+        key_id: str | None,
+        subject: str | None,
+        usage: tuple[float, float, int, int],
+    ) -> None:
+        """The invocation's one Outcome: its record, metering, live stats and forecasts
+        all start from it, handed to them in batches (drain_outcomes)."""
+        cpu_s, rss_mb, bytes_in, bytes_out = usage
+        self._outcomes.append(
+            Outcome(
+                id=invocation_id,
+                namespace=spec.namespace,
+                function=spec.function,
+                version=spec.version,
+                status=status,
+                code=code,
+                cold=cold,
+                started_at=started,
+                duration_s=elapsed,
+                key_id=key_id,
+                subject=subject,
+                cpu_s=cpu_s,
+                peak_rss_mb=rss_mb,
+                memory_mb=spec.config.memory_mb,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+            )
+        )
 
     def drain_outcomes(self) -> None:
         """Hand every buffered outcome to every observer, observer by observer (each one's
