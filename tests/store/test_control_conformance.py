@@ -474,3 +474,34 @@ def test_postgres_down_then_back_fails_fast_then_recovers(
             assert await deploy(store.control) == 2
 
     asyncio.run(main())
+
+
+def test_postgres_back_after_a_long_outage_serves_within_seconds_not_half_the_outage(
+    pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    """Regression: psycopg_pool doubles its reconnect delay with no cap, so after a 20 s
+    outage with calls arriving, the pool slept ~10 s past the server's return (a gateway
+    that sat through a restart answered its next call 503)."""
+
+    async def main() -> None:
+        async with _pg(pg_dsn, timeout=1.0) as store:
+            await deploy(store.control)
+            pg_cluster.stop_server()
+            try:
+                outage_ends = time.monotonic() + 20
+                while time.monotonic() < outage_ends:
+                    with pytest.raises(StoreUnavailable):
+                        await store.control.list_functions(NS)
+                    await asyncio.sleep(0.5)
+            finally:
+                pg_cluster.start_server()
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    await store.control.list_functions(NS)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "still down 5 s after the server's return"
+                    await asyncio.sleep(0.1)
+
+    asyncio.run(main())

@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 # the next one tries again waiting at most RETRY_TIMEOUT_S (not the full pool timeout).
 FAIL_FAST_S = 1.0
 RETRY_TIMEOUT_S = 1.0
+# How long the pool keeps retrying one lost connection. Its delay doubles each try with no
+# cap, so after a long outage the pool slept up to half the outage past the server's
+# return (a gateway served 503s for 10-18 s after a 20-40 s restart); giving up after a
+# few seconds lets the next call start a fresh attempt at once.
+RECONNECT_GIVE_UP_S = 3.0
 # pg_advisory_xact_lock key that serialises migrations: "cumulo" in ASCII.
 MIGRATION_LOCK = 0x63756D756C6F
 
@@ -503,6 +508,7 @@ class PostgresStore:
             timeout=timeout,
             open=False,
             check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
             name="cumulo",
         )
