@@ -34,3 +34,8 @@ class TaskSet:
 
     def pending(self) -> list[asyncio.Task[Any]]:
         return list(self._tasks)
+
+    async def cancel_all(self) -> None:
+        """Cancel every task still running and wait until each has stopped."""
+        for task in self.pending():
+            await cancel_and_wait(task)

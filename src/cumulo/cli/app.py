@@ -164,7 +164,6 @@ def up(
             envvar="CUMULO_SUBJECT_KEYS_DB",
         ),
     ] = None,
-    executor: Annotated[str, typer.Option(help="Where workers run: local.")] = "local",
     demo: Annotated[
         bool, typer.Option("--demo", help="Deploy the example functions shipped with cumulo.")
     ] = False,
@@ -197,6 +196,14 @@ def up(
             min=1.0,
         ),
     ] = 10.0,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="Where workers run: local (this machine), ray (the Ray cluster this machine "
+            "belongs to) or ray://HOST:PORT (a Ray cluster's GCS address); docs/ray.md.",
+        ),
+    ] = "local",
     queue_size: Annotated[int, typer.Option(help="Requests that may wait per version.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Request and response body limit.")] = 6.0,
     grace: Annotated[float, typer.Option(help="Seconds to drain requests on SIGTERM.")] = 30.0,
@@ -319,8 +326,6 @@ def up(
             fail(f"{flag} must be positive")
     if max_memory_mb < 16:
         fail("--max-memory-mb must be at least 16")
-    if executor != "local":
-        fail(f"unsupported --executor {executor!r}: this build runs workers locally")
     if max_unpacked_mb < 1 or max_bundle_files < 1:
         fail("--max-unpacked-mb and --max-bundle-files must be at least 1")
     for name, value in (("--idle-timeout", idle_timeout), ("--grace", grace)):
@@ -384,6 +389,7 @@ def up(
         reuse_port=reuse_port,
         subject_keys_db=subject_keys_db,
         quantum_lease_s=quantum_lease,
+        executor=executor,
     )
 
 

@@ -27,6 +27,7 @@ from cumulo.gateway.storage import (
 from cumulo.observability.tracing import TracingSettings
 from cumulo.privacy.service import PrivacySettings
 from cumulo.runtime import sandbox
+from cumulo.runtime.ray_executor import join_ray_cluster, parse_executor
 from cumulo.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def serve(
     reuse_port: bool = False,
     subject_keys_db: str | None = None,
     quantum_lease_s: float = 10.0,
+    executor: str = "local",
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Qiskit (and stevedore, its plugin loader) log every transpiler pass at INFO.
@@ -81,6 +83,7 @@ def serve(
     try:
         dsn = parse_db_url(db, data_dir)
         keys_dsn = require_subject_keys_db(dsn, subject_keys_db)
+        ray_address = parse_executor(executor)
     except CumuloError as exc:
         _refuse(exc)
     options = PlatformOptions(
@@ -111,6 +114,7 @@ def serve(
         demo_dir=examples_dir() if demo else None,
         watch_changes=watch_changes,
         quantum_lease_s=quantum_lease_s,
+        executor=ray_address,
         bundle_limits=UnpackLimits(
             max_bytes=bundle_limits[0] * MiB,
             max_files=bundle_limits[1],
@@ -125,6 +129,8 @@ def serve(
             # A wrong URL, an unreachable server, a bad password or the wrong master key:
             # one line, exit 1, before anything starts (the schema is migrated here, once).
             asyncio.run(check_database(dsn, platform.encryptor.master))
+        if ray_address is not None:
+            join_ray_cluster(ray_address)  # Ray unreachable: one line, exit 1
     except CumuloError as exc:
         _refuse(exc)
     platform.announce = _announce

@@ -17,7 +17,7 @@ from cumulo.control.process import DEFAULT_CONCURRENCY, read_manifest
 from cumulo.control.routes import Route, RouteCache
 from cumulo.errors import BadRequest, Conflict, FunctionCrashed, NotFound, Unavailable
 from cumulo.runtime import cgroups, sandbox
-from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.executor_api import Executor
 from cumulo.runtime.loader import KIND_CONTAINER, KIND_EVENT, KIND_LAMBDA, KIND_PROCESS
 from cumulo.runtime.settings import RuntimeSettings
 from cumulo.runtime.spec import VersionSpec
@@ -95,7 +95,7 @@ class ControlPlane:
         self,
         repo: ControlRepository,
         bundles: BundleStore,
-        executor: LocalExecutor,
+        executor: Executor,
         python: str = sys.executable,
     ) -> None:
         self.repo = repo

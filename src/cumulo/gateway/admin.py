@@ -184,7 +184,7 @@ def build_router() -> APIRouter:
     @router.get("/namespaces/{namespace}/functions/{name}/workers", dependencies=[Read])
     async def workers(namespace: str, name: str, p: P) -> dict[str, Any]:
         await p.control.function(namespace, name)
-        return {"zygotes": p.executor.describe(namespace, name)}
+        return {"zygotes": await p.executor.describe_workers(namespace, name)}
 
     @router.get("/namespaces/{namespace}/functions/{name}/invocations", dependencies=[Read])
     async def invocations(

@@ -105,6 +105,8 @@ def build_admin_app(platform: Platform) -> FastAPI:
         if not platform.ready:
             raise Unavailable("starting", code="not_ready")
         await platform.storage.ping()  # 503 store_unavailable while the database is down
+        if not platform.executor.ready():
+            raise Unavailable("no worker node is reachable", code="executor_unavailable")
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=Response)

@@ -37,6 +37,7 @@ from cumulo.privacy.data import Rooms
 from cumulo.privacy.service import PrivacyService, PrivacySettings
 from cumulo.runtime import sandbox
 from cumulo.runtime.executor import LocalExecutor
+from cumulo.runtime.executor_api import Executor
 from cumulo.runtime.frames import invocation_frame
 from cumulo.runtime.pool import InvokeResult
 from cumulo.runtime.settings import RuntimeSettings
@@ -99,6 +100,9 @@ class PlatformOptions:
     # every gateway on it (which then always follows the others' changes); None: SQLite.
     db: str | None = None
     subject_keys_db: str | None = None  # with `db`: the subject keys' own database
+    # A Ray cluster's address (`--executor ray[://HOST:PORT]`, "auto" for `ray`): workers
+    # run on its nodes (runtime/ray_executor.py); None: on this machine.
+    executor: str | None = None
 
 
 class Platform:
@@ -155,7 +159,15 @@ class Platform:
             options.privacy,
         )
         self.recorder.guard = self.privacy
-        self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
+        self.executor: Executor
+        if options.executor is not None:
+            from cumulo.runtime.ray_executor import RayExecutor
+
+            self.executor = RayExecutor(
+                options.runtime, self.handle_rpc, self.handle_log, options.executor
+            )
+        else:
+            self.executor = LocalExecutor(options.runtime, self.handle_rpc, self.handle_log)
         self.control = ControlPlane(
             self.control_repo, self.bundles, self.executor, options.runtime.python
         )

@@ -54,6 +54,9 @@ class LocalExecutor:
         stop_spare_relays()
         cgroups.shutdown()
 
+    def ready(self) -> bool:
+        return True
+
     def pool_for(self, spec: VersionSpec) -> VersionPool:
         pool = self.pools.get(spec.key)
         if pool is None or pool.closed:
@@ -117,3 +120,6 @@ class LocalExecutor:
             for key, pool in sorted(self.pools.items())
             if key[0] == namespace and key[1] == function
         ]
+
+    async def describe_workers(self, namespace: str, function: str) -> list[dict[str, Any]]:
+        return self.describe(namespace, function)
